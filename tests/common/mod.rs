@@ -912,11 +912,12 @@ pub fn make_tree(dir: &Path) {
 
 /// Compares two trees and returns their differences, empty when equal.
 ///
-/// Runs `diff -r --no-dereference A B` for contents (its lines are reported
+/// Runs `diff -r --no-dereference A B` for contents (its summary lines are reported
 /// as they are), then walks both trees without following symlinks and
 /// compares, for every entry below the roots (the roots themselves are not
 /// compared): presence, file type, permission bits (`mode & 0o7777`, not for
-/// symlinks), mtime in whole seconds (not for symlinks) and symlink targets.
+/// symlinks), mtime in whole seconds (not for symlinks), symlink targets and
+/// regular-file sizes.
 pub fn diff_trees(a: &Path, b: &Path) -> Vec<String> {
     let mut diffs = Vec::new();
 
