@@ -1,0 +1,570 @@
+//! The tar source: an [`EntrySource`] over any GNU, PAX or ustar tar stream.
+//!
+//! Headers are parsed one block at a time from a plain [`Read`] (no seeking), so a stream from
+//! stdin is consumed strictly sequentially and a member's content is lent out as a reader.
+//! A stream that ends early or holds a corrupt header is an [`Error`], never a silent end.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use tar::{EntryType, Header};
+
+use crate::pax::{parse_records, parse_time};
+use crate::{Entry, EntryKind, EntrySource, Error, Metadata, Timestamp, Warning, Xattr};
+
+const BLOCK: usize = 512;
+/// Extended headers and GNU long names larger than this are treated as corrupt.
+const MAX_EXTENDED: u64 = 64 << 20;
+/// Read buffer in front of the input; file content larger than it bypasses it.
+const READ_BUF: usize = 256 * 1024;
+
+/// True when `first_block` is a valid tar header: at least 512 bytes, a non-empty name and a
+/// correct header checksum (ustar, GNU and v7 headers all carry one). An all-zero block (an
+/// empty archive) is not recognised, as it cannot be told apart from zero-filled input.
+pub fn looks_like_tar(first_block: &[u8]) -> bool {
+    let Some(block) = first_block.get(..BLOCK) else {
+        return false;
+    };
+    block[0] != 0 && checksum_ok(block)
+}
+
+/// Whether the header's stored checksum matches its content (unsigned, or the signed sum some
+/// old tars wrote).
+fn checksum_ok(block: &[u8]) -> bool {
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    let Ok(stored) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let mut unsigned: u32 = 0;
+    let mut signed: i32 = 0;
+    for (i, &b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += u32::from(b);
+        signed += i32::from(b as i8);
+    }
+    stored == unsigned || i64::from(stored) == i64::from(signed)
+}
+
+/// The input plus the bytes left in the current member.
+struct Body<R: Read> {
+    inner: BufReader<R>,
+    /// Bytes consumed from the input so far.
+    pos: u64,
+    /// Content bytes of the current member not yet read.
+    remaining: u64,
+}
+
+impl<R: Read> Body<R> {
+    /// Reads a full block; `Ok(false)` on a clean end of input before its first byte.
+    fn read_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool, Error> {
+        let mut filled = 0;
+        while filled < BLOCK {
+            match self.inner.read(&mut block[filled..]) {
+                Ok(0) if filled == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(Error::Truncated {
+                        offset: self.pos + filled as u64,
+                        what: "header block".into(),
+                    })
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::ReadTar(e)),
+            }
+        }
+        self.pos += BLOCK as u64;
+        Ok(true)
+    }
+
+    /// Discards `n` bytes of input.
+    fn skip(&mut self, n: u64, what: &str) -> Result<(), Error> {
+        let copied = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())
+            .map_err(Error::ReadTar)?;
+        self.pos += copied;
+        if copied < n {
+            return Err(Error::Truncated {
+                offset: self.pos,
+                what: what.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the `size` bytes of a metadata member (extended header, long name) and its padding.
+    fn read_small(&mut self, size: u64, offset: u64) -> Result<Vec<u8>, Error> {
+        if size > MAX_EXTENDED {
+            return Err(Error::Malformed {
+                offset,
+                reason: format!("extended header of {size} bytes"),
+            });
+        }
+        let mut data = Vec::new();
+        let got = (&mut self.inner)
+            .take(size)
+            .read_to_end(&mut data)
+            .map_err(Error::ReadTar)?;
+        self.pos += got as u64;
+        if (got as u64) < size {
+            return Err(Error::Truncated {
+                offset: self.pos,
+                what: "extended header".into(),
+            });
+        }
+        self.skip(pad(size), "block padding")?;
+        Ok(data)
+    }
+}
+
+impl<R: Read> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("tar stream truncated at byte {} inside a member", self.pos),
+            ));
+        }
+        self.pos += n as u64;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+fn pad(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+/// Yields the members of a tar stream as [`Entry`]s.
+///
+/// Member names are normalised to relative paths (leading `/` and `./` removed); a member whose
+/// name or hard link target contains `..` is skipped with a [`Warning`]. The `./` member of
+/// `tar -C dir .` (the archive root) has no name left and is skipped. GNU sparse members are
+/// [`Error::Unsupported`].
+///
+/// ```no_run
+/// use snapback_stream::{EntrySource, TarSource};
+/// let mut source = TarSource::new(std::io::stdin().lock());
+/// while let Some(entry) = source.next_entry()? {
+///     println!("{}", entry.path.display());
+/// }
+/// # Ok::<(), snapback_stream::Error>(())
+/// ```
+pub struct TarSource<R: Read> {
+    body: Body<R>,
+    /// Padding after the current member's content.
+    pad: u64,
+    /// Records of `g` (global) extended headers, applying to all later members.
+    global: BTreeMap<String, Vec<u8>>,
+    warnings: Vec<Warning>,
+    done: bool,
+}
+
+impl<R: Read> TarSource<R> {
+    /// Reads a tar stream from `reader` (buffered internally). To re-feed a block already read
+    /// for [`looks_like_tar`], chain it in front: `io::Cursor::new(block).chain(stdin)`.
+    pub fn new(reader: R) -> Self {
+        TarSource {
+            body: Body {
+                inner: BufReader::with_capacity(READ_BUF, reader),
+                pos: 0,
+                remaining: 0,
+            },
+            pad: 0,
+            global: BTreeMap::new(),
+            warnings: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Bytes of the input consumed so far.
+    pub fn position(&self) -> u64 {
+        self.body.pos
+    }
+
+    fn warn(&mut self, path: PathBuf, message: String) {
+        tracing::warn!(path = %path.display(), "{message}");
+        self.warnings.push(Warning { path, message });
+    }
+
+    /// Consumes the input after the end-of-archive marker, so a producer writing into a pipe
+    /// does not fail with EPIPE on its final padding.
+    fn drain(&mut self) {
+        if let Err(e) = io::copy(&mut self.body.inner, &mut io::sink()) {
+            tracing::debug!("ignoring error after end of tar stream: {e}");
+        }
+    }
+
+    /// Reads headers up to the next real member and returns it (without borrowing content).
+    fn next_member(&mut self) -> Result<Option<Member>, Error> {
+        let mut local: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        let mut block = [0u8; BLOCK];
+        loop {
+            let offset = self.body.pos;
+            if !self.body.read_block(&mut block)? {
+                return Err(Error::Truncated {
+                    offset,
+                    what: "end-of-archive marker".into(),
+                });
+            }
+            if block.iter().all(|&b| b == 0) {
+                if !local.is_empty() || long_name.is_some() || long_link.is_some() {
+                    return Err(Error::Malformed {
+                        offset,
+                        reason: "extended header not followed by a member".into(),
+                    });
+                }
+                self.done = true;
+                self.drain();
+                return Ok(None);
+            }
+            if !checksum_ok(&block) {
+                return Err(Error::Malformed {
+                    offset,
+                    reason: "header checksum mismatch".into(),
+                });
+            }
+            let header = Header::from_byte_slice(&block);
+            let size = header.entry_size().map_err(|e| Error::Malformed {
+                offset,
+                reason: e.to_string(),
+            })?;
+            match header.entry_type() {
+                EntryType::XHeader | EntryType::XGlobalHeader => {
+                    let data = self.body.read_small(size, offset)?;
+                    let records =
+                        parse_records(&data).map_err(|reason| Error::Malformed { offset, reason })?;
+                    let target = if header.entry_type() == EntryType::XGlobalHeader {
+                        &mut self.global
+                    } else {
+                        &mut local
+                    };
+                    target.extend(records);
+                    continue;
+                }
+                EntryType::GNULongName => {
+                    long_name = Some(trim_nul(self.body.read_small(size, offset)?));
+                    continue;
+                }
+                EntryType::GNULongLink => {
+                    long_link = Some(trim_nul(self.body.read_small(size, offset)?));
+                    continue;
+                }
+                EntryType::GNUSparse => {
+                    return Err(Error::Unsupported {
+                        path: String::from_utf8_lossy(&header.path_bytes()).into_owned(),
+                        reason: "GNU sparse member".into(),
+                    })
+                }
+                _ => {}
+            }
+            let mut pax = self.global.clone();
+            for (k, v) in local {
+                // An empty value deletes the key (POSIX pax semantics).
+                if v.is_empty() {
+                    pax.remove(&k);
+                } else {
+                    pax.insert(k, v);
+                }
+            }
+            return member(header, size, pax, long_name, long_link, offset).map(Some);
+        }
+    }
+}
+
+fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+/// A parsed member header: everything but the content.
+struct Member {
+    raw_path: Vec<u8>,
+    kind: Result<EntryKind, String>,
+    meta: Metadata,
+    /// Content bytes following the header.
+    data_len: u64,
+}
+
+fn pax_str(pax: &BTreeMap<String, Vec<u8>>, key: &str) -> Option<String> {
+    pax.get(key).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn pax_num(pax: &BTreeMap<String, Vec<u8>>, key: &str, offset: u64) -> Result<Option<u64>, Error> {
+    match pax_str(pax, key) {
+        None => Ok(None),
+        Some(s) => s.trim().parse().map(Some).map_err(|_| Error::Malformed {
+            offset,
+            reason: format!("pax {key} {s:?} is not a number"),
+        }),
+    }
+}
+
+fn member(
+    header: &Header,
+    size: u64,
+    pax: BTreeMap<String, Vec<u8>>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    offset: u64,
+) -> Result<Member, Error> {
+    let malformed = |reason: String| Error::Malformed { offset, reason };
+    let raw_path = pax
+        .get("path")
+        .cloned()
+        .or(long_name)
+        .unwrap_or_else(|| header.path_bytes().into_owned());
+    if pax.keys().any(|k| k.starts_with("GNU.sparse.")) {
+        return Err(Error::Unsupported {
+            path: String::from_utf8_lossy(&raw_path).into_owned(),
+            reason: "PAX sparse member".into(),
+        });
+    }
+    let link = pax
+        .get("linkpath")
+        .cloned()
+        .or(long_link)
+        .or_else(|| header.link_name_bytes().map(|c| c.into_owned()))
+        .unwrap_or_default();
+    let size = pax_num(&pax, "size", offset)?.unwrap_or(size);
+    let ty = header.entry_type();
+    let device = |h: &Header| -> Result<u64, Error> {
+        let major = h.device_major().map_err(|e| malformed(e.to_string()))?;
+        let minor = h.device_minor().map_err(|e| malformed(e.to_string()))?;
+        Ok(makedev(major.unwrap_or(0), minor.unwrap_or(0)))
+    };
+    let kind = match ty {
+        EntryType::Regular | EntryType::Continuous if raw_path.ends_with(b"/") => {
+            Ok(EntryKind::Dir) // v7 archives mark directories by the trailing slash only
+        }
+        EntryType::Regular | EntryType::Continuous => Ok(EntryKind::File),
+        EntryType::Directory => Ok(EntryKind::Dir),
+        // GNU incremental dump directory: a directory whose content lists its names.
+        other if other.as_byte() == b'D' => Ok(EntryKind::Dir),
+        EntryType::Symlink => Ok(EntryKind::Symlink {
+            target: PathBuf::from(OsStr::from_bytes(&link)),
+        }),
+        EntryType::Link => match normalise(&link) {
+            Ok(target) => Ok(EntryKind::HardLink { target }),
+            Err(reason) => Err(format!("hard link target {reason}")),
+        },
+        EntryType::Fifo => Ok(EntryKind::Fifo),
+        EntryType::Char => Ok(EntryKind::CharDevice {
+            rdev: device(header)?,
+        }),
+        EntryType::Block => Ok(EntryKind::BlockDevice {
+            rdev: device(header)?,
+        }),
+        other => Err(format!("unsupported member type {:?}", other.as_byte() as char)),
+    };
+    // POSIX: devices and fifos never carry content blocks, whatever their size field says.
+    let data_len = match ty {
+        EntryType::Char | EntryType::Block | EntryType::Fifo => 0,
+        _ => size,
+    };
+    let id = |key: &str, field: io::Result<u64>| -> Result<u32, Error> {
+        let v = match pax_num(&pax, key, offset)? {
+            Some(v) => v,
+            None => field.map_err(|e| malformed(e.to_string()))?,
+        };
+        u32::try_from(v).map_err(|_| malformed(format!("{key} {v} out of range")))
+    };
+    let name = |key: &str, field: Option<&[u8]>| {
+        pax_str(&pax, key)
+            .or_else(|| field.map(|b| String::from_utf8_lossy(b).into_owned()))
+            .filter(|s| !s.is_empty())
+    };
+    let time = |key: &str| -> Result<Option<Timestamp>, Error> {
+        match pax_str(&pax, key) {
+            None => Ok(None),
+            Some(s) => parse_time(&s)
+                .map(Some)
+                .ok_or_else(|| malformed(format!("pax {key} {s:?} is not a time"))),
+        }
+    };
+    let mtime = match time("mtime")? {
+        Some(t) => t,
+        None => Timestamp {
+            secs: header
+                .mtime()
+                .map_err(|e| malformed(e.to_string()))
+                .and_then(|s| i64::try_from(s).map_err(|e| malformed(e.to_string())))?,
+            nanos: 0,
+        },
+    };
+    let gnu_time = |f: fn(&tar::GnuHeader) -> io::Result<u64>| {
+        header
+            .as_gnu()
+            .and_then(|g| f(g).ok())
+            .filter(|&s| s != 0)
+            .and_then(|s| i64::try_from(s).ok())
+            .map(|secs| Timestamp { secs, nanos: 0 })
+    };
+    let mut xattrs: Vec<Xattr> = pax
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("SCHILY.xattr.").map(|n| Xattr {
+                name: OsString::from(n),
+                value: v.clone(),
+            })
+        })
+        .collect();
+    xattrs.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let meta = Metadata {
+        mode: header.mode().map_err(|e| malformed(e.to_string()))? & 0o7777,
+        uid: id("uid", header.uid())?,
+        gid: id("gid", header.gid())?,
+        user: name("uname", header.username_bytes()),
+        group: name("gname", header.groupname_bytes()),
+        mtime,
+        atime: time("atime")?.or_else(|| gnu_time(tar::GnuHeader::atime)),
+        ctime: time("ctime")?.or_else(|| gnu_time(tar::GnuHeader::ctime)),
+        size: if matches!(kind, Ok(EntryKind::File)) { size } else { 0 },
+        inode: 0,
+        dev: 0,
+        nlink: 0,
+        xattrs,
+    };
+    Ok(Member {
+        raw_path,
+        kind,
+        meta,
+        data_len,
+    })
+}
+
+/// glibc `makedev`.
+fn makedev(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0x0000_0fff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0x0000_00ff)
+}
+
+/// Turns a member name into a clean relative path: no leading `/`, no `.` components, no
+/// trailing `/`. Names with a `..` component are refused.
+pub(crate) fn normalise(name: &[u8]) -> Result<PathBuf, String> {
+    let mut out: Vec<u8> = Vec::with_capacity(name.len());
+    for part in name.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                return Err(format!(
+                    "{:?} contains a `..` component",
+                    String::from_utf8_lossy(name)
+                ))
+            }
+            _ => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(part);
+            }
+        }
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(&out)))
+}
+
+impl<R: Read> EntrySource for TarSource<R> {
+    fn next_entry(&mut self) -> Result<Option<Entry<'_>>, Error> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            // Whatever the consumer left unread of the previous member.
+            let rest = self.body.remaining + self.pad;
+            self.body.remaining = 0;
+            self.pad = 0;
+            self.body.skip(rest, "member content")?;
+
+            let Some(m) = self.next_member()? else {
+                return Ok(None);
+            };
+            self.body.remaining = m.data_len;
+            self.pad = pad(m.data_len);
+            let path = match normalise(&m.raw_path) {
+                Ok(p) if p.as_os_str().is_empty() => {
+                    tracing::debug!("skipping the archive root member");
+                    continue;
+                }
+                Ok(p) => p,
+                Err(reason) => {
+                    let shown = PathBuf::from(OsStr::from_bytes(&m.raw_path));
+                    self.warn(shown, format!("member name {reason}; skipped"));
+                    continue;
+                }
+            };
+            let kind = match m.kind {
+                Ok(kind) => kind,
+                Err(reason) => {
+                    self.warn(path, format!("{reason}; skipped"));
+                    continue;
+                }
+            };
+            let data = match kind {
+                EntryKind::File => Some(&mut self.body as &mut dyn Read),
+                _ => None,
+            };
+            return Ok(Some(Entry {
+                path,
+                kind,
+                meta: m.meta,
+                data,
+            }));
+        }
+    }
+
+    fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_strips_root_and_dot_and_refuses_parent() {
+        assert_eq!(normalise(b"/data/x").unwrap(), PathBuf::from("data/x"));
+        assert_eq!(normalise(b"./a/./b/").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(normalise(b"./").unwrap(), PathBuf::from(""));
+        assert!(normalise(b"a/../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn makedev_matches_glibc_encoding() {
+        assert_eq!(makedev(8, 1), 0x801);
+        assert_eq!(makedev(1, 3), 0x103);
+    }
+
+    #[test]
+    fn looks_like_tar_checks_the_header_checksum() {
+        let mut h = Header::new_gnu();
+        h.set_path("hello.txt").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        assert!(looks_like_tar(h.as_bytes()));
+        let mut broken = *h.as_bytes();
+        broken[0] = b'j';
+        assert!(!looks_like_tar(&broken), "a changed byte must break the checksum");
+        assert!(!looks_like_tar(&[0u8; 512]));
+        assert!(!looks_like_tar(&h.as_bytes()[..100]));
+        assert!(!looks_like_tar(&[b'a'; 512]));
+    }
+}
