@@ -524,3 +524,233 @@ impl Read for FileReader {
         Ok(want)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn collect(w: &mut Walker) -> Vec<(PathBuf, EntryKind, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(mut e) = w.next_entry().unwrap() {
+            let mut data = Vec::new();
+            if let Some(r) = e.data.as_mut() {
+                r.read_to_end(&mut data).unwrap();
+            }
+            out.push((e.path, e.kind, data));
+        }
+        out
+    }
+
+    fn rel(p: &Path) -> PathBuf {
+        p.strip_prefix("/").unwrap().to_path_buf()
+    }
+
+    #[test]
+    fn walk_yields_dirs_before_children_sorted_by_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(root.join("b/inner")).unwrap();
+        fs::write(root.join("B"), "upper").unwrap();
+        fs::write(root.join("a"), "x").unwrap();
+        fs::write(root.join("b/inner/f"), "deep").unwrap();
+        fs::write(root.join("c"), "").unwrap();
+        let mut w = Walker::new([&root], WalkOptions::default()).unwrap();
+        let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
+        let r = rel(&root);
+        let want: Vec<PathBuf> = ["", "B", "a", "b", "b/inner", "b/inner/f", "c"]
+            .iter()
+            .map(|s| if s.is_empty() { r.clone() } else { r.join(s) })
+            .collect();
+        assert_eq!(got, want);
+        assert!(w.warnings().is_empty());
+    }
+
+    #[test]
+    fn walk_reports_metadata_and_content() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, b"hello").unwrap();
+        fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o4751)).unwrap();
+        xattr::set(&f, "user.b", b"2").unwrap();
+        xattr::set(&f, "user.a", b"1").unwrap();
+        std::os::unix::fs::symlink("../somewhere", t.path().join("l")).unwrap();
+        let mut w = Walker::new([&f, &t.path().join("l")], WalkOptions::default()).unwrap();
+        let mut e = w.next_entry().unwrap().unwrap();
+        assert_eq!(e.kind, EntryKind::File);
+        assert_eq!(e.meta.mode, 0o4751);
+        assert_eq!(e.meta.size, 5);
+        if e.meta.uid == 0 {
+            assert_eq!(e.meta.user.as_deref(), Some("root"));
+        }
+        let names: Vec<_> = e.meta.xattrs.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(names, vec![OsString::from("user.a"), OsString::from("user.b")]);
+        let mut s = String::new();
+        e.data.take().unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+        let e = w.next_entry().unwrap().unwrap();
+        assert_eq!(
+            e.kind,
+            EntryKind::Symlink {
+                target: "../somewhere".into()
+            }
+        );
+        assert_eq!(e.meta.size, 0);
+        assert!(w.next_entry().unwrap().is_none());
+    }
+
+    #[test]
+    fn second_hard_link_is_a_link_entry_to_the_first() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("a"), "shared").unwrap();
+        fs::hard_link(t.path().join("a"), t.path().join("b")).unwrap();
+        fs::hard_link(t.path().join("a"), t.path().join("c")).unwrap();
+        let mut w = Walker::new([t.path()], WalkOptions::default()).unwrap();
+        let got = collect(&mut w);
+        let first = rel(&t.path().join("a"));
+        assert_eq!(got[1], (first.clone(), EntryKind::File, b"shared".to_vec()));
+        for (i, name) in [(2, "b"), (3, "c")] {
+            assert_eq!(got[i].0, rel(&t.path().join(name)));
+            assert_eq!(got[i].1, EntryKind::HardLink { target: first.clone() });
+            assert!(got[i].2.is_empty());
+        }
+    }
+
+    #[test]
+    fn fifo_is_metadata_only_and_never_opened() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("pipe");
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+        let mut w = Walker::new([&p], WalkOptions::default()).unwrap();
+        let e = w.next_entry().unwrap().unwrap();
+        assert_eq!(e.kind, EntryKind::Fifo);
+        assert_eq!(e.meta.mode, 0o640);
+        assert!(e.data.is_none());
+    }
+
+    #[test]
+    fn pseudo_mount_below_root_is_skipped_using_fixture_mountinfo() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join("shm")).unwrap();
+        fs::write(root.join("shm/secret"), "x").unwrap();
+        fs::create_dir(root.join("data")).unwrap();
+        fs::write(root.join("data/keep"), "y").unwrap();
+        let esc = |p: &Path| p.display().to_string().replace(' ', "\\040");
+        let mountinfo = format!(
+            "1 0 0:1 / {} rw - tmpfs tmpfs rw\n2 0 8:1 / {} rw - ext4 /dev/sda rw\n3 0 0:2 / {} rw - tmpfs tmpfs rw\n",
+            esc(&root.join("shm")),
+            esc(&root.join("data")),
+            esc(root),
+        );
+        let opts = WalkOptions {
+            mountinfo_content: Some(mountinfo),
+            ..WalkOptions::default()
+        };
+        let mut w = Walker::new([root], opts).unwrap();
+        let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
+        // The root itself is a tmpfs mount too, but an explicit root is always walked.
+        assert_eq!(
+            got,
+            vec![rel(root), rel(&root.join("data")), rel(&root.join("data/keep"))]
+        );
+    }
+
+    #[test]
+    fn injected_mountinfo_path_is_read_and_missing_one_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("p")).unwrap();
+        let mi = t.path().join("mountinfo");
+        fs::write(&mi, format!("1 0 0:1 / {} rw - proc proc rw\n", t.path().join("p").display())).unwrap();
+        let opts = WalkOptions { mountinfo: Some(mi), ..WalkOptions::default() };
+        let mut w = Walker::new([t.path()], opts).unwrap();
+        let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
+        assert_eq!(got, vec![rel(t.path()), rel(&t.path().join("mountinfo"))]);
+
+        let opts = WalkOptions { mountinfo: Some(t.path().join("nope")), ..WalkOptions::default() };
+        assert!(matches!(Walker::new([t.path()], opts), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn excludes_and_exclude_file_leave_matching_paths_out() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join("logs")).unwrap();
+        fs::write(root.join("logs/a.txt"), "").unwrap();
+        fs::write(root.join("x.log"), "").unwrap();
+        fs::write(root.join("keep"), "").unwrap();
+        let ex = root.join("excludes");
+        fs::write(&ex, "# comment\n\n  *.log  \nlogs\n").unwrap();
+        let pats = read_exclude_file(&ex).unwrap();
+        assert_eq!(pats, vec!["*.log".to_string(), "logs".to_string()]);
+        let opts = WalkOptions { excludes: pats, ..WalkOptions::default() };
+        let mut w = Walker::new([root], opts).unwrap();
+        let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
+        assert_eq!(got, vec![rel(root), rel(&ex), rel(&root.join("keep"))]);
+    }
+
+    #[test]
+    fn missing_root_is_an_error_not_a_warning() {
+        let t = tempfile::tempdir().unwrap();
+        let mut w = Walker::new([t.path().join("missing")], WalkOptions::default()).unwrap();
+        assert!(matches!(w.next_entry(), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn relative_root_with_dots_becomes_clean_absolute_path() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("d")).unwrap();
+        let odd = t.path().join("d/./../d/");
+        let mut w = Walker::new([&odd], WalkOptions::default()).unwrap();
+        assert_eq!(w.next_entry().unwrap().unwrap().path, rel(&t.path().join("d")));
+    }
+
+    #[test]
+    fn file_that_shrinks_while_read_is_zero_padded_with_warning() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, b"0123456789").unwrap();
+        let mut w = Walker::new([&f], WalkOptions::default()).unwrap();
+        let mut e = w.next_entry().unwrap().unwrap();
+        assert_eq!(e.meta.size, 10);
+        fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(4).unwrap();
+        let mut data = Vec::new();
+        e.data.take().unwrap().read_to_end(&mut data).unwrap();
+        assert_eq!(data, b"0123\0\0\0\0\0\0");
+        assert!(w.next_entry().unwrap().is_none());
+        assert_eq!(w.warnings().len(), 1);
+        assert!(w.warnings()[0].message.contains("shrank"), "{:?}", w.warnings());
+    }
+
+    #[test]
+    fn file_that_grows_while_read_is_truncated_with_warning() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, b"0123456789").unwrap();
+        let mut w = Walker::new([&f], WalkOptions::default()).unwrap();
+        let mut e = w.next_entry().unwrap().unwrap();
+        fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(b"more").unwrap();
+        let mut data = Vec::new();
+        e.data.take().unwrap().read_to_end(&mut data).unwrap();
+        assert_eq!(data, b"0123456789");
+        assert!(w.next_entry().unwrap().is_none());
+        assert_eq!(w.warnings().len(), 1);
+        assert!(w.warnings()[0].message.contains("grew"), "{:?}", w.warnings());
+    }
+
+    #[test]
+    fn file_vanishing_after_listing_is_skipped_with_warning() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("gone"), "x").unwrap();
+        fs::write(t.path().join("stays"), "y").unwrap();
+        let mut w = Walker::new([t.path()], WalkOptions::default()).unwrap();
+        assert_eq!(w.next_entry().unwrap().unwrap().kind, EntryKind::Dir);
+        fs::remove_file(t.path().join("gone")).unwrap();
+        let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
+        assert_eq!(got, vec![rel(&t.path().join("stays"))]);
+        assert_eq!(w.warnings().len(), 1);
+        assert_eq!(w.warnings()[0].path, rel(&t.path().join("gone")));
+    }
+}
