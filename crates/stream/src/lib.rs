@@ -22,4 +22,4 @@ pub use entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning, Xat
 pub use error::Error;
 pub use tar_read::{looks_like_tar, TarSource};
 pub use tar_write::{write_tar, write_tar_with, Summary, TarOptions};
-pub use walk::{read_exclude_file, Walker, WalkOptions};
+pub use walk::{read_exclude_file, WalkOptions, Walker};

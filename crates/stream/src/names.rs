@@ -17,12 +17,18 @@ const MAX_BUF: usize = 1 << 20;
 impl NameCache {
     /// The user name of `uid`, if the system knows one.
     pub(crate) fn user(&mut self, uid: u32) -> Option<String> {
-        self.users.entry(uid).or_insert_with(|| lookup_user(uid)).clone()
+        self.users
+            .entry(uid)
+            .or_insert_with(|| lookup_user(uid))
+            .clone()
     }
 
     /// The group name of `gid`, if the system knows one.
     pub(crate) fn group(&mut self, gid: u32) -> Option<String> {
-        self.groups.entry(gid).or_insert_with(|| lookup_group(gid)).clone()
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| lookup_group(gid))
+            .clone()
     }
 }
 
@@ -33,7 +39,13 @@ fn lookup_user(uid: u32) -> Option<String> {
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; `buf.len()` is the buffer's real size.
         let rc = unsafe {
-            libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result)
+            libc::getpwuid_r(
+                uid,
+                pwd.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
         };
         if rc == libc::ERANGE && buf.len() < MAX_BUF {
             buf.resize(buf.len() * 2, 0);
@@ -56,7 +68,13 @@ fn lookup_group(gid: u32) -> Option<String> {
         let mut result: *mut libc::group = std::ptr::null_mut();
         // SAFETY: as in `lookup_user`.
         let rc = unsafe {
-            libc::getgrgid_r(gid, grp.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result)
+            libc::getgrgid_r(
+                gid,
+                grp.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
         };
         if rc == libc::ERANGE && buf.len() < MAX_BUF {
             buf.resize(buf.len() * 2, 0);

@@ -132,16 +132,43 @@ mod tests {
     #[test]
     fn times_format_and_parse_including_negative_fractions() {
         for (t, s) in [
-            (Timestamp { secs: 1700000000, nanos: 0 }, "1700000000"),
-            (Timestamp { secs: 1, nanos: 500_000_000 }, "1.5"),
-            (Timestamp { secs: 1, nanos: 123_456_789 }, "1.123456789"),
-            (Timestamp { secs: -2, nanos: 500_000_000 }, "-1.5"),
+            (
+                Timestamp {
+                    secs: 1700000000,
+                    nanos: 0,
+                },
+                "1700000000",
+            ),
+            (
+                Timestamp {
+                    secs: 1,
+                    nanos: 500_000_000,
+                },
+                "1.5",
+            ),
+            (
+                Timestamp {
+                    secs: 1,
+                    nanos: 123_456_789,
+                },
+                "1.123456789",
+            ),
+            (
+                Timestamp {
+                    secs: -2,
+                    nanos: 500_000_000,
+                },
+                "-1.5",
+            ),
             (Timestamp { secs: -3, nanos: 0 }, "-3"),
         ] {
             assert_eq!(format_time(t), s);
             assert_eq!(parse_time(s), Some(t), "{s}");
         }
-        assert_eq!(parse_time("12.0000000019"), Some(Timestamp { secs: 12, nanos: 1 }));
+        assert_eq!(
+            parse_time("12.0000000019"),
+            Some(Timestamp { secs: 12, nanos: 1 })
+        );
         assert_eq!(parse_time("x1"), None);
         assert_eq!(parse_time(""), None);
     }

@@ -232,12 +232,25 @@ mod tests {
         let rules = rules_for(&["/"], POD_MOUNTINFO);
         let expected: std::collections::BTreeSet<PathBuf> = [
             // defaults
-            "/proc", "/sys", "/dev", "/tmp", "/run", "/var/lib/kubelet/pods",
-            "/var/run/secrets/kubernetes.io", "/etc/hosts", "/etc/hostname",
-            "/etc/resolv.conf", "/dev/termination-log",
+            "/proc",
+            "/sys",
+            "/dev",
+            "/tmp",
+            "/run",
+            "/var/lib/kubelet/pods",
+            "/var/run/secrets/kubernetes.io",
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+            "/dev/termination-log",
             // pseudo filesystems from the mountinfo
-            "/dev/pts", "/dev/mqueue", "/sys/fs/cgroup", "/dev/shm",
-            "/var/run/secrets/kubernetes.io/serviceaccount", "/cache", "/proc/bus",
+            "/dev/pts",
+            "/dev/mqueue",
+            "/sys/fs/cgroup",
+            "/dev/shm",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/cache",
+            "/proc/bus",
         ]
         .iter()
         .map(PathBuf::from)
@@ -257,7 +270,10 @@ mod tests {
         let line = "1 0 0:1 / /mnt/with\\040space\\011tab\\134slash rw - tmpfs tmpfs rw\n";
         assert_eq!(
             pseudo_mounts(line),
-            vec![(PathBuf::from("/mnt/with space\ttab\\slash"), "tmpfs".to_string())]
+            vec![(
+                PathBuf::from("/mnt/with space\ttab\\slash"),
+                "tmpfs".to_string()
+            )]
         );
         // A backslash not followed by three octal digits stays as is.
         assert_eq!(unescape("/a\\9b\\04"), PathBuf::from("/a\\9b\\04"));
@@ -268,7 +284,10 @@ mod tests {
         let line = "36 35 98:0 / /x rw shared:1 master:2 - proc proc rw\n\
                     37 35 98:0 / /y rw - ext4 /dev/sda rw\n\
                     garbage line\n";
-        assert_eq!(pseudo_mounts(line), vec![(PathBuf::from("/x"), "proc".into())]);
+        assert_eq!(
+            pseudo_mounts(line),
+            vec![(PathBuf::from("/x"), "proc".into())]
+        );
     }
 
     #[test]
@@ -332,6 +351,9 @@ mod tests {
     #[test]
     fn invalid_exclude_glob_is_a_pattern_error() {
         let err = SkipRules::new(&[], &[], true, &["a[".to_string()]).unwrap_err();
-        assert!(matches!(err, Error::Pattern { ref pattern, .. } if pattern == "a["), "{err}");
+        assert!(
+            matches!(err, Error::Pattern { ref pattern, .. } if pattern == "a["),
+            "{err}"
+        );
     }
 }

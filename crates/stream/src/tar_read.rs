@@ -86,8 +86,8 @@ impl<R: Read> Body<R> {
 
     /// Discards `n` bytes of input.
     fn skip(&mut self, n: u64, what: &str) -> Result<(), Error> {
-        let copied = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())
-            .map_err(Error::ReadTar)?;
+        let copied =
+            io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(Error::ReadTar)?;
         self.pos += copied;
         if copied < n {
             return Err(Error::Truncated {
@@ -128,7 +128,9 @@ impl<R: Read> Read for Body<R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -245,8 +247,8 @@ impl<R: Read> TarSource<R> {
             match header.entry_type() {
                 EntryType::XHeader | EntryType::XGlobalHeader => {
                     let data = self.body.read_small(size, offset)?;
-                    let records =
-                        parse_records(&data).map_err(|reason| Error::Malformed { offset, reason })?;
+                    let records = parse_records(&data)
+                        .map_err(|reason| Error::Malformed { offset, reason })?;
                     let target = if header.entry_type() == EntryType::XGlobalHeader {
                         &mut self.global
                     } else {
@@ -302,7 +304,8 @@ struct Member {
 }
 
 fn pax_str(pax: &BTreeMap<String, Vec<u8>>, key: &str) -> Option<String> {
-    pax.get(key).map(|v| String::from_utf8_lossy(v).into_owned())
+    pax.get(key)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 fn pax_num(pax: &BTreeMap<String, Vec<u8>>, key: &str, offset: u64) -> Result<Option<u64>, Error> {
@@ -370,7 +373,10 @@ fn member(
         EntryType::Block => Ok(EntryKind::BlockDevice {
             rdev: device(header)?,
         }),
-        other => Err(format!("unsupported member type {:?}", other.as_byte() as char)),
+        other => Err(format!(
+            "unsupported member type {:?}",
+            other.as_byte() as char
+        )),
     };
     // POSIX: devices and fifos never carry content blocks, whatever their size field says.
     let data_len = match ty {
@@ -434,7 +440,11 @@ fn member(
         mtime,
         atime: time("atime")?.or_else(|| gnu_time(tar::GnuHeader::atime)),
         ctime: time("ctime")?.or_else(|| gnu_time(tar::GnuHeader::ctime)),
-        size: if matches!(kind, Ok(EntryKind::File)) { size } else { 0 },
+        size: if matches!(kind, Ok(EntryKind::File)) {
+            size
+        } else {
+            0
+        },
         inode: 0,
         dev: 0,
         nlink: 0,
@@ -562,7 +572,10 @@ mod tests {
         assert!(looks_like_tar(h.as_bytes()));
         let mut broken = *h.as_bytes();
         broken[0] = b'j';
-        assert!(!looks_like_tar(&broken), "a changed byte must break the checksum");
+        assert!(
+            !looks_like_tar(&broken),
+            "a changed byte must break the checksum"
+        );
         assert!(!looks_like_tar(&[0u8; 512]));
         assert!(!looks_like_tar(&h.as_bytes()[..100]));
         assert!(!looks_like_tar(&[b'a'; 512]));

@@ -191,8 +191,8 @@ fn build_header(
     if entry.kind == EntryKind::Dir && !name.ends_with(b"/") {
         name.push(b'/');
     }
-    let binary_names = std::str::from_utf8(&name).is_err()
-        || link.is_some_and(|l| l.to_str().is_none());
+    let binary_names =
+        std::str::from_utf8(&name).is_err() || link.is_some_and(|l| l.to_str().is_none());
     if binary_names {
         // PAX text is UTF-8 unless declared otherwise; GNU tar understands this record.
         push_record(&mut pax, "hdrcharset", b"BINARY");
@@ -223,7 +223,11 @@ fn build_header(
     set_name(&mut header, &mut pax, "uname", meta.user.as_deref());
     set_name(&mut header, &mut pax, "gname", meta.group.as_deref());
 
-    let size = if entry.kind == EntryKind::File { meta.size } else { 0 };
+    let size = if entry.kind == EntryKind::File {
+        meta.size
+    } else {
+        0
+    };
     header.set_size(size);
     if size > MAX_OCTAL_12 {
         push_record(&mut pax, "size", size.to_string().as_bytes());
@@ -258,7 +262,10 @@ fn build_header(
             Some(name) => push_record(&mut pax, &format!("SCHILY.xattr.{name}"), &x.value),
             None => warnings.push(Warning {
                 path: entry.path.clone(),
-                message: format!("extended attribute {:?} has a non-UTF-8 name; not stored", x.name),
+                message: format!(
+                    "extended attribute {:?} has a non-UTF-8 name; not stored",
+                    x.name
+                ),
             }),
         }
     }
@@ -344,10 +351,11 @@ mod tests {
     fn rdev_splits_like_glibc() {
         // makedev(8, 1) and makedev(259, 65536)
         assert_eq!(split_rdev(0x801), (8, 1));
-        let dev = ((259u64 & 0xfff) << 8)
-            | ((259u64 & !0xfff) << 32)
-            | (65536u64 & 0xff)
-            | ((65536u64 & !0xff) << 12);
+        let (major, minor) = (259u64, 65536u64);
+        let dev = ((major & 0xfff) << 8)
+            | ((major & !0xfff) << 32)
+            | (minor & 0xff)
+            | ((minor & !0xff) << 12);
         assert_eq!(split_rdev(dev), (259, 65536));
     }
 }

@@ -345,10 +345,7 @@ impl Walker {
                 Ok(Some(value)) => out.push(Xattr { name, value }),
                 Ok(None) => {} // removed since listed
                 Err(e) if is_unsupported(&e) => {}
-                Err(e) => self.warn(
-                    rel,
-                    format!("cannot read extended attribute {name:?}: {e}"),
-                ),
+                Err(e) => self.warn(rel, format!("cannot read extended attribute {name:?}: {e}")),
             }
         }
         out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
@@ -489,7 +486,9 @@ impl Read for FileReader {
             self.check_growth();
             return Ok(0);
         }
-        let want = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         if want == 0 {
             return Ok(0);
         }
@@ -584,7 +583,10 @@ mod tests {
             assert_eq!(e.meta.user.as_deref(), Some("root"));
         }
         let names: Vec<_> = e.meta.xattrs.iter().map(|x| x.name.clone()).collect();
-        assert_eq!(names, vec![OsString::from("user.a"), OsString::from("user.b")]);
+        assert_eq!(
+            names,
+            vec![OsString::from("user.a"), OsString::from("user.b")]
+        );
         let mut s = String::new();
         e.data.take().unwrap().read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");
@@ -611,7 +613,12 @@ mod tests {
         assert_eq!(got[1], (first.clone(), EntryKind::File, b"shared".to_vec()));
         for (i, name) in [(2, "b"), (3, "c")] {
             assert_eq!(got[i].0, rel(&t.path().join(name)));
-            assert_eq!(got[i].1, EntryKind::HardLink { target: first.clone() });
+            assert_eq!(
+                got[i].1,
+                EntryKind::HardLink {
+                    target: first.clone()
+                }
+            );
             assert!(got[i].2.is_empty());
         }
     }
@@ -654,7 +661,11 @@ mod tests {
         // The root itself is a tmpfs mount too, but an explicit root is always walked.
         assert_eq!(
             got,
-            vec![rel(root), rel(&root.join("data")), rel(&root.join("data/keep"))]
+            vec![
+                rel(root),
+                rel(&root.join("data")),
+                rel(&root.join("data/keep"))
+            ]
         );
     }
 
@@ -663,14 +674,30 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join("p")).unwrap();
         let mi = t.path().join("mountinfo");
-        fs::write(&mi, format!("1 0 0:1 / {} rw - proc proc rw\n", t.path().join("p").display())).unwrap();
-        let opts = WalkOptions { mountinfo: Some(mi), ..WalkOptions::default() };
+        fs::write(
+            &mi,
+            format!(
+                "1 0 0:1 / {} rw - proc proc rw\n",
+                t.path().join("p").display()
+            ),
+        )
+        .unwrap();
+        let opts = WalkOptions {
+            mountinfo: Some(mi),
+            ..WalkOptions::default()
+        };
         let mut w = Walker::new([t.path()], opts).unwrap();
         let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
         assert_eq!(got, vec![rel(t.path()), rel(&t.path().join("mountinfo"))]);
 
-        let opts = WalkOptions { mountinfo: Some(t.path().join("nope")), ..WalkOptions::default() };
-        assert!(matches!(Walker::new([t.path()], opts), Err(Error::Io { .. })));
+        let opts = WalkOptions {
+            mountinfo: Some(t.path().join("nope")),
+            ..WalkOptions::default()
+        };
+        assert!(matches!(
+            Walker::new([t.path()], opts),
+            Err(Error::Io { .. })
+        ));
     }
 
     #[test]
@@ -685,7 +712,10 @@ mod tests {
         fs::write(&ex, "# comment\n\n  *.log  \nlogs\n").unwrap();
         let pats = read_exclude_file(&ex).unwrap();
         assert_eq!(pats, vec!["*.log".to_string(), "logs".to_string()]);
-        let opts = WalkOptions { excludes: pats, ..WalkOptions::default() };
+        let opts = WalkOptions {
+            excludes: pats,
+            ..WalkOptions::default()
+        };
         let mut w = Walker::new([root], opts).unwrap();
         let got: Vec<PathBuf> = collect(&mut w).into_iter().map(|e| e.0).collect();
         assert_eq!(got, vec![rel(root), rel(&ex), rel(&root.join("keep"))]);
@@ -704,7 +734,10 @@ mod tests {
         fs::create_dir(t.path().join("d")).unwrap();
         let odd = t.path().join("d/./../d/");
         let mut w = Walker::new([&odd], WalkOptions::default()).unwrap();
-        assert_eq!(w.next_entry().unwrap().unwrap().path, rel(&t.path().join("d")));
+        assert_eq!(
+            w.next_entry().unwrap().unwrap().path,
+            rel(&t.path().join("d"))
+        );
     }
 
     #[test]
@@ -715,13 +748,22 @@ mod tests {
         let mut w = Walker::new([&f], WalkOptions::default()).unwrap();
         let mut e = w.next_entry().unwrap().unwrap();
         assert_eq!(e.meta.size, 10);
-        fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(4).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(4)
+            .unwrap();
         let mut data = Vec::new();
         e.data.take().unwrap().read_to_end(&mut data).unwrap();
         assert_eq!(data, b"0123\0\0\0\0\0\0");
         assert!(w.next_entry().unwrap().is_none());
         assert_eq!(w.warnings().len(), 1);
-        assert!(w.warnings()[0].message.contains("shrank"), "{:?}", w.warnings());
+        assert!(
+            w.warnings()[0].message.contains("shrank"),
+            "{:?}",
+            w.warnings()
+        );
     }
 
     #[test]
@@ -731,13 +773,22 @@ mod tests {
         fs::write(&f, b"0123456789").unwrap();
         let mut w = Walker::new([&f], WalkOptions::default()).unwrap();
         let mut e = w.next_entry().unwrap().unwrap();
-        fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(b"more").unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
         let mut data = Vec::new();
         e.data.take().unwrap().read_to_end(&mut data).unwrap();
         assert_eq!(data, b"0123456789");
         assert!(w.next_entry().unwrap().is_none());
         assert_eq!(w.warnings().len(), 1);
-        assert!(w.warnings()[0].message.contains("grew"), "{:?}", w.warnings());
+        assert!(
+            w.warnings()[0].message.contains("grew"),
+            "{:?}",
+            w.warnings()
+        );
     }
 
     #[test]

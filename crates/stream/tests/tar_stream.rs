@@ -31,7 +31,11 @@ fn build_tree(root: &Path) {
     fs::write(root.join("hard1"), b"hard").unwrap();
     fs::hard_link(root.join("hard1"), root.join("hard2")).unwrap();
     let fifo = root.join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(root.join("hard1"), fs::Permissions::from_mode(0o4755)).unwrap();
     xattr::set(root.join("big.bin"), "user.note", b"multi\nline=value").unwrap();
@@ -104,7 +108,9 @@ fn writer_then_reader_round_trips_every_entry() {
         assert_eq!(r, w);
     }
     // The tree really exercised the interesting cases.
-    assert!(walked.iter().any(|e| matches!(e.kind, EntryKind::HardLink { .. })));
+    assert!(walked
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::HardLink { .. })));
     assert!(walked.iter().any(|e| e.meta.mtime.nanos == 123_456_789));
     assert!(walked.iter().any(|e| !e.meta.xattrs.is_empty()));
     assert!(walked.iter().any(|e| e.path.as_os_str().len() > 255));
@@ -123,8 +129,16 @@ fn writer_output_is_byte_identical_for_an_unchanged_tree() {
 
 /// Runs GNU tar with `args`, returning stdout.
 fn gnu_tar(args: &[&str], cwd: &Path) -> Vec<u8> {
-    let out = Command::new("/usr/bin/tar").args(args).current_dir(cwd).output().unwrap();
-    assert!(out.status.success(), "tar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("/usr/bin/tar")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -154,7 +168,11 @@ fn reader_yields_what_gnu_tar_wrote_in_gnu_and_posix_formats() {
             assert_eq!(r.kind, w.kind, "{format} {:?}", r.path);
             assert_eq!(r.data, w.data, "{format} {:?}", r.path);
             assert_eq!(r.meta.mode, w.meta.mode, "{format} {:?}", r.path);
-            assert_eq!(r.meta.mtime.secs, w.meta.mtime.secs, "{format} {:?}", r.path);
+            assert_eq!(
+                r.meta.mtime.secs, w.meta.mtime.secs,
+                "{format} {:?}",
+                r.path
+            );
             assert_eq!(r.meta.user, w.meta.user, "{format} {:?}", r.path);
             if format == "--format=posix" {
                 assert_eq!(r.meta.mtime, w.meta.mtime, "{format} {:?}", r.path);
@@ -188,11 +206,20 @@ fn gnu_tar_lists_and_extracts_our_stream_identically() {
         .arg(&extracted)
         .output()
         .unwrap();
-    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
     use std::os::unix::fs::FileTypeExt;
-    assert!(fs::symlink_metadata(extracted.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(extracted.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     assert_eq!(
-        xattr::get(extracted.join("big.bin"), "user.note").unwrap().as_deref(),
+        xattr::get(extracted.join("big.bin"), "user.note")
+            .unwrap()
+            .as_deref(),
         Some(&b"multi\nline=value"[..])
     );
 }
@@ -204,7 +231,12 @@ fn truncated_stream_is_an_error_wherever_it_is_cut() {
     build_tree(&root);
     let stream = our_tar(&root);
     // Before the end marker, inside a header, inside file content.
-    for cut in [stream.len() - 1024, 512 + 100, 1_000_000, stream.len() - 1536 - 7] {
+    for cut in [
+        stream.len() - 1024,
+        512 + 100,
+        1_000_000,
+        stream.len() - 1536 - 7,
+    ] {
         let r = drain(&mut TarSource::new(&stream[..cut]));
         assert!(
             matches!(r, Err(Error::Truncated { .. }) | Err(Error::ReadTar(_))),
@@ -223,7 +255,11 @@ fn corrupt_header_is_a_malformed_error() {
     let mut stream = our_tar(&root);
     stream[10] ^= 0x20; // inside the first header's name
     let r = drain(&mut TarSource::new(stream.as_slice()));
-    assert!(matches!(r, Err(Error::Malformed { .. })), "{:?}", r.map(|v| v.len()));
+    assert!(
+        matches!(r, Err(Error::Malformed { .. })),
+        "{:?}",
+        r.map(|v| v.len())
+    );
 }
 
 #[test]
@@ -256,7 +292,10 @@ fn reader_skips_dotdot_members_with_a_warning_and_strips_leading_slash() {
     let mut src = TarSource::new(stream.as_slice());
     let got = drain(&mut src).unwrap();
     let paths: Vec<_> = got.iter().map(|e| e.path.clone()).collect();
-    assert_eq!(paths, vec![PathBuf::from("abs/file"), PathBuf::from("rel/file")]);
+    assert_eq!(
+        paths,
+        vec![PathBuf::from("abs/file"), PathBuf::from("rel/file")]
+    );
     assert_eq!(got[1].data, b"b");
     assert_eq!(src.warnings().len(), 1);
     assert_eq!(src.warnings()[0].path, PathBuf::from("../evil"));
