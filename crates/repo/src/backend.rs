@@ -1,0 +1,423 @@
+//! Storage of repository files through opendal: the local filesystem or S3.
+//!
+//! Knows restic's repository URL forms and file layout, nothing about file contents.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::{services, EntryMode, ErrorKind, Operator};
+
+use crate::Id;
+
+/// The kinds of files in a repository and the folder each lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// `keys/`
+    Key,
+    /// `locks/`
+    Lock,
+    /// `snapshots/`
+    Snapshot,
+    /// `index/`
+    Index,
+    /// `data/xx/`
+    Pack,
+}
+
+impl FileType {
+    /// The folder name.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileType::Key => "keys",
+            FileType::Lock => "locks",
+            FileType::Snapshot => "snapshots",
+            FileType::Index => "index",
+            FileType::Pack => "data",
+        }
+    }
+
+    /// The path of file `id` of this type, relative to the repository root.
+    pub fn path(self, id: &Id) -> String {
+        let hex = id.to_hex();
+        match self {
+            FileType::Pack => format!("data/{}/{hex}", &hex[..2]),
+            _ => format!("{}/{hex}", self.dir()),
+        }
+    }
+}
+
+/// Where a repository lives, parsed from restic's URL forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `/path`, `local:/path` or a relative path.
+    Local {
+        /// Directory of the repository.
+        path: String,
+    },
+    /// `s3:http(s)://host[:port]/bucket[/prefix]` or `s3:host/bucket[/prefix]` (https).
+    S3 {
+        /// `http(s)://host[:port]`.
+        endpoint: String,
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket (may be empty).
+        prefix: String,
+    },
+}
+
+/// The repository location or storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The repository string is not a form we know.
+    #[error("unsupported repository location {0:?} (use /path, local:/path or s3:http(s)://host:port/bucket/prefix)")]
+    Location(String),
+    /// The file does not exist.
+    #[error("{path} not found in the repository")]
+    NotFound {
+        /// Repository-relative path.
+        path: String,
+    },
+    /// Any other storage error (after retries).
+    #[error("storage error on {path}: {source}")]
+    Storage {
+        /// Repository-relative path.
+        path: String,
+        /// What opendal reported.
+        #[source]
+        source: opendal::Error,
+    },
+}
+
+impl Location {
+    /// Parses restic's repository string.
+    pub fn parse(repo: &str) -> Result<Self, BackendError> {
+        let bad = || BackendError::Location(repo.to_string());
+        if let Some(rest) = repo.strip_prefix("s3:") {
+            let (scheme, rest) = if let Some(r) = rest.strip_prefix("http://") {
+                ("http", r)
+            } else if let Some(r) = rest.strip_prefix("https://") {
+                ("https", r)
+            } else {
+                ("https", rest)
+            };
+            let mut parts = rest.splitn(3, '/');
+            let host = parts.next().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+            let bucket = parts.next().filter(|b| !b.is_empty()).ok_or_else(bad)?;
+            let prefix = parts.next().unwrap_or("").trim_matches('/').to_string();
+            return Ok(Location::S3 {
+                endpoint: format!("{scheme}://{host}"),
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        if let Some(path) = repo.strip_prefix("local:") {
+            return Ok(Location::Local { path: path.to_string() });
+        }
+        // Any other `scheme:` prefix is a backend we do not support (rest:, sftp:, b2:, ...).
+        if let Some((scheme, _)) = repo.split_once(':') {
+            if !scheme.contains('/') && scheme.len() > 1 {
+                return Err(bad());
+            }
+        }
+        if repo.is_empty() {
+            return Err(bad());
+        }
+        Ok(Location::Local { path: repo.to_string() })
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local { path } => write!(f, "local:{path}"),
+            Location::S3 { endpoint, bucket, prefix } => write!(f, "s3:{endpoint}/{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// S3 credentials and settings, normally from restic's environment variables.
+#[derive(Clone, Default)]
+pub struct S3Credentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// `AWS_DEFAULT_REGION` (default `us-east-1`).
+    pub region: Option<String>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+impl S3Credentials {
+    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_DEFAULT_REGION`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        S3Credentials {
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            region: var("AWS_DEFAULT_REGION"),
+        }
+    }
+}
+
+/// Retry and timeout policy for storage operations.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts after the first one for a temporary failure.
+    pub max_retries: usize,
+    /// First backoff delay (doubles each retry, with jitter).
+    pub min_delay: Duration,
+    /// Longest backoff delay.
+    pub max_delay: Duration,
+    /// Timeout of one non-IO operation (stat, delete, list page).
+    pub timeout: Duration,
+    /// Timeout of one read/write chunk.
+    pub io_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 6,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A repository's storage.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    op: Operator,
+    location: Location,
+}
+
+/// Listing entry: id and size of a stored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    /// The file's id (its name).
+    pub id: Id,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl Backend {
+    /// Connects to `location` (no request is made yet).
+    pub fn new(location: Location, creds: &S3Credentials, policy: RetryPolicy) -> Result<Self, BackendError> {
+        let op = match &location {
+            Location::Local { path } => {
+                let abs = std::path::absolute(path).map_err(|_| BackendError::Location(path.clone()))?;
+                let b = services::Fs::default().root(&abs.to_string_lossy());
+                Operator::new(b).map_err(|e| storage("", e))?.finish()
+            }
+            Location::S3 { endpoint, bucket, prefix } => {
+                // Never read ~/.aws or ask the EC2 metadata service: credentials come from the
+                // environment only, and no address but the endpoint is ever contacted.
+                let mut b = services::S3::default()
+                    .endpoint(endpoint)
+                    .bucket(bucket)
+                    .root(&format!("/{prefix}"))
+                    .region(creds.region.as_deref().unwrap_or("us-east-1"))
+                    .disable_config_load()
+                    .disable_ec2_metadata();
+                match (&creds.access_key_id, &creds.secret_access_key) {
+                    (Some(id), Some(secret)) => b = b.access_key_id(id).secret_access_key(secret),
+                    _ => b = b.allow_anonymous(),
+                }
+                Operator::new(b).map_err(|e| storage("", e))?.finish()
+            }
+        };
+        let op = op
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(policy.timeout)
+                    .with_io_timeout(policy.io_timeout),
+            )
+            .layer(
+                RetryLayer::new()
+                    .with_max_times(policy.max_retries)
+                    .with_min_delay(policy.min_delay)
+                    .with_max_delay(policy.max_delay)
+                    .with_jitter(),
+            );
+        Ok(Backend { op, location })
+    }
+
+    /// Parses `repo` and connects with credentials from the environment and default retries.
+    pub fn from_url(repo: &str) -> Result<Self, BackendError> {
+        Self::new(Location::parse(repo)?, &S3Credentials::from_env(), RetryPolicy::default())
+    }
+
+    /// Where this backend stores.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Reads a whole file.
+    pub async fn read_path(&self, path: &str) -> Result<Bytes, BackendError> {
+        match self.op.read(path).await {
+            Ok(buf) => Ok(buf.to_bytes()),
+            Err(e) => Err(map_err(path, e)),
+        }
+    }
+
+    /// Reads file `id` of type `ft`.
+    pub async fn read(&self, ft: FileType, id: &Id) -> Result<Bytes, BackendError> {
+        self.read_path(&ft.path(id)).await
+    }
+
+    /// Reads `length` bytes at `offset` of file `id`.
+    pub async fn read_range(&self, ft: FileType, id: &Id, offset: u64, length: u64) -> Result<Bytes, BackendError> {
+        let path = ft.path(id);
+        match self.op.read_with(&path).range(offset..offset + length).await {
+            Ok(buf) => Ok(buf.to_bytes()),
+            Err(e) => Err(map_err(&path, e)),
+        }
+    }
+
+    /// Size of file `id`.
+    pub async fn size(&self, ft: FileType, id: &Id) -> Result<u64, BackendError> {
+        let path = ft.path(id);
+        self.op
+            .stat(&path)
+            .await
+            .map(|m| m.content_length())
+            .map_err(|e| map_err(&path, e))
+    }
+
+    /// Writes a whole file (overwrites; ids are content hashes, so a rewrite is identical).
+    pub async fn write_path(&self, path: &str, data: Bytes) -> Result<(), BackendError> {
+        self.op
+            .write(path, data)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(path, e))
+    }
+
+    /// Writes file `id` of type `ft`.
+    pub async fn write(&self, ft: FileType, id: &Id, data: Bytes) -> Result<(), BackendError> {
+        self.write_path(&ft.path(id), data).await
+    }
+
+    /// Writes `path` only if it does not exist yet. Returns false when it existed. Where the
+    /// store cannot do this atomically, falls back to a check before the write.
+    pub async fn write_new(&self, path: &str, data: Bytes) -> Result<bool, BackendError> {
+        if self.exists(path).await? {
+            return Ok(false);
+        }
+        let cap = self.op.info().full_capability();
+        let res = if cap.write_with_if_not_exists {
+            self.op.write_with(path, data).if_not_exists(true).await
+        } else {
+            self.op.write(path, data).await
+        };
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(false),
+            Err(e) => Err(map_err(path, e)),
+        }
+    }
+
+    /// Whether `path` exists.
+    pub async fn exists(&self, path: &str) -> Result<bool, BackendError> {
+        self.op.exists(path).await.map_err(|e| map_err(path, e))
+    }
+
+    /// Deletes file `id` (missing files are not an error).
+    pub async fn remove(&self, ft: FileType, id: &Id) -> Result<(), BackendError> {
+        let path = ft.path(id);
+        self.op.delete(&path).await.map_err(|e| map_err(&path, e))
+    }
+
+    /// Lists all files of type `ft` with their sizes. Names that are not ids are ignored.
+    pub async fn list(&self, ft: FileType) -> Result<Vec<Listed>, BackendError> {
+        let dir = format!("{}/", ft.dir());
+        let entries = match self.op.list_with(&dir).recursive(true).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(map_err(&dir, e)),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.metadata().mode() != EntryMode::FILE {
+                continue;
+            }
+            let Ok(id) = entry.name().parse::<Id>() else { continue };
+            let mut size = entry.metadata().content_length();
+            if size == 0 {
+                // Some services (the local fs) do not report sizes while listing.
+                size = self
+                    .op
+                    .stat(entry.path())
+                    .await
+                    .map_err(|e| map_err(entry.path(), e))?
+                    .content_length();
+            }
+            out.push(Listed { id, size });
+        }
+        Ok(out)
+    }
+}
+
+fn storage(path: &str, source: opendal::Error) -> BackendError {
+    BackendError::Storage {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn map_err(path: &str, e: opendal::Error) -> BackendError {
+    if e.kind() == ErrorKind::NotFound {
+        BackendError::NotFound { path: path.to_string() }
+    } else {
+        storage(path, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_restic_location_forms() {
+        assert_eq!(Location::parse("/srv/repo").unwrap(), Location::Local { path: "/srv/repo".into() });
+        assert_eq!(Location::parse("local:/srv/r").unwrap(), Location::Local { path: "/srv/r".into() });
+        assert_eq!(
+            Location::parse("s3:http://127.0.0.1:9000/bucket/some/prefix").unwrap(),
+            Location::S3 {
+                endpoint: "http://127.0.0.1:9000".into(),
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3:s3.amazonaws.com/b").unwrap(),
+            Location::S3 {
+                endpoint: "https://s3.amazonaws.com".into(),
+                bucket: "b".into(),
+                prefix: String::new()
+            }
+        );
+        assert!(Location::parse("sftp:host:/x").is_err());
+        assert!(Location::parse("s3:http://host").is_err());
+        assert!(Location::parse("").is_err());
+    }
+
+    #[test]
+    fn pack_paths_use_two_hex_digit_folders() {
+        let id = Id::hash(b"x");
+        assert_eq!(FileType::Pack.path(&id), format!("data/{}/{}", &id.to_hex()[..2], id));
+        assert_eq!(FileType::Snapshot.path(&id), format!("snapshots/{id}"));
+    }
+}

@@ -1,0 +1,25 @@
+//! Reads and writes restic-compatible repositories (format versions 1 and 2).
+//!
+//! Layers, bottom up: [`backend`] stores files (opendal: local filesystem or S3), [`crypto`]
+//! seals them (AES-256-CTR + Poly1305-AES), [`file`] gives the JSON files their types, [`pack`]
+//! assembles and parses pack files, [`index`] knows where every blob is, and [`Repository`]
+//! ties them together (init, open, load/save files and blobs, snapshots, locks).
+
+pub mod backend;
+pub mod crypto;
+pub mod error;
+pub mod file;
+pub mod host;
+pub mod id;
+pub mod index;
+pub mod locking;
+pub mod pack;
+pub mod repository;
+
+pub use backend::{Backend, BackendError, FileType, Location};
+pub use crypto::Key;
+pub use error::{Error, Result};
+pub use id::Id;
+pub use index::{BlobIndex, BlobLocation, IndexWriter};
+pub use pack::BlobType;
+pub use repository::{InitOptions, InitOutcome, Repository};

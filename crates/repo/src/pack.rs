@@ -1,0 +1,252 @@
+//! Pack files: encrypted blobs back to back, then the encrypted header, then the header's length.
+//!
+//! ```text
+//! blob_1 .. blob_n | encrypted header | header length (u32 LE)
+//! header entry: type (u8) | length (u32 LE) | [uncompressed length (u32 LE)] | id (32 bytes)
+//! ```
+//! Types 0/1 are plain data/tree blobs, 2/3 the zstd-compressed ones of format version 2.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{CryptoError, Key, OVERHEAD};
+use crate::Id;
+
+/// Data or tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    /// File content.
+    Data,
+    /// A directory (tree JSON).
+    Tree,
+}
+
+/// A blob's place in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedBlob {
+    /// Blob id (SHA-256 of the plaintext).
+    pub id: Id,
+    /// Data or tree.
+    pub ty: BlobType,
+    /// Offset of the encrypted blob in the pack.
+    pub offset: u32,
+    /// Length of the encrypted blob.
+    pub length: u32,
+    /// Plaintext length when compressed.
+    pub uncompressed_length: Option<u32>,
+}
+
+const ENTRY_PLAIN: usize = 1 + 4 + 32;
+const ENTRY_COMPRESSED: usize = 1 + 4 + 4 + 32;
+
+/// The pack header could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The header does not authenticate.
+    #[error("pack header: {0}")]
+    Crypto(#[from] CryptoError),
+    /// The decrypted header or the trailer is malformed.
+    #[error("malformed pack header: {0}")]
+    Malformed(String),
+}
+
+/// Assembles one pack in memory (packs never touch local disk).
+#[derive(Debug, Default)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    blobs: Vec<PackedBlob>,
+}
+
+impl PackBuilder {
+    /// An empty pack with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        PackBuilder {
+            buf: Vec::with_capacity(capacity),
+            blobs: Vec::new(),
+        }
+    }
+
+    /// Appends an already encrypted blob.
+    pub fn add(
+        &mut self,
+        id: Id,
+        ty: BlobType,
+        encrypted: &[u8],
+        uncompressed_length: Option<u32>,
+    ) -> Result<(), PackError> {
+        let too_big = || PackError::Malformed("pack larger than 4 GiB".into());
+        let offset = u32::try_from(self.buf.len()).map_err(|_| too_big())?;
+        let length = u32::try_from(encrypted.len()).map_err(|_| too_big())?;
+        self.buf.extend_from_slice(encrypted);
+        self.blobs.push(PackedBlob {
+            id,
+            ty,
+            offset,
+            length,
+            uncompressed_length,
+        });
+        Ok(())
+    }
+
+    /// Bytes of blob data so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// No blob yet.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Number of blobs.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Appends the encrypted header and its length; returns the pack id, bytes and blobs.
+    pub fn finish(mut self, key: &Key) -> Result<FinishedPack, PackError> {
+        let header = encode_header(&self.blobs);
+        let before = self.buf.len();
+        key.encrypt_into(&header, &mut self.buf);
+        let header_len = u32::try_from(self.buf.len() - before)
+            .map_err(|_| PackError::Malformed("header too large".into()))?;
+        self.buf.extend_from_slice(&header_len.to_le_bytes());
+        Ok(FinishedPack {
+            id: Id::hash(&self.buf),
+            bytes: self.buf,
+            blobs: self.blobs,
+        })
+    }
+}
+
+/// A complete pack ready for upload.
+#[derive(Debug)]
+pub struct FinishedPack {
+    /// SHA-256 of `bytes`: the pack's file name.
+    pub id: Id,
+    /// The whole pack file.
+    pub bytes: Vec<u8>,
+    /// Its blobs, for the index.
+    pub blobs: Vec<PackedBlob>,
+}
+
+fn encode_header(blobs: &[PackedBlob]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(blobs.len() * ENTRY_COMPRESSED);
+    for b in blobs {
+        let ty: u8 = match (b.ty, b.uncompressed_length.is_some()) {
+            (BlobType::Data, false) => 0,
+            (BlobType::Tree, false) => 1,
+            (BlobType::Data, true) => 2,
+            (BlobType::Tree, true) => 3,
+        };
+        h.push(ty);
+        h.extend_from_slice(&b.length.to_le_bytes());
+        if let Some(u) = b.uncompressed_length {
+            h.extend_from_slice(&u.to_le_bytes());
+        }
+        h.extend_from_slice(&b.id.0);
+    }
+    h
+}
+
+/// How many bytes from the end of a pack to read to get the header in one request: large enough
+/// for most packs' headers; [`header_length`] tells when more is needed.
+pub const TAIL_GUESS: usize = 16 * 1024;
+
+/// The encrypted header length stored in the last four bytes of `tail`.
+pub fn header_length(tail: &[u8]) -> Result<usize, PackError> {
+    let n = tail.len();
+    let last: [u8; 4] = tail
+        .get(n.saturating_sub(4)..)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| PackError::Malformed("pack shorter than 4 bytes".into()))?;
+    Ok(u32::from_le_bytes(last) as usize)
+}
+
+/// Parses the header from the pack's tail (which must include the header and its length).
+pub fn parse_header(key: &Key, tail: &[u8], pack_size: u64) -> Result<Vec<PackedBlob>, PackError> {
+    let hlen = header_length(tail)?;
+    if hlen < OVERHEAD || (hlen as u64) + 4 > pack_size || hlen + 4 > tail.len() {
+        return Err(PackError::Malformed(format!(
+            "header length {hlen} does not fit a pack of {pack_size} bytes"
+        )));
+    }
+    let enc = &tail[tail.len() - 4 - hlen..tail.len() - 4];
+    let plain = key.decrypt(enc)?;
+    let data_end = pack_size - 4 - hlen as u64;
+    let mut blobs = Vec::new();
+    let mut offset: u64 = 0;
+    let mut rest = plain.as_slice();
+    while !rest.is_empty() {
+        let (ty, compressed) = match rest[0] {
+            0 => (BlobType::Data, false),
+            1 => (BlobType::Tree, false),
+            2 => (BlobType::Data, true),
+            3 => (BlobType::Tree, true),
+            t => return Err(PackError::Malformed(format!("unknown blob type {t}"))),
+        };
+        let entry_len = if compressed { ENTRY_COMPRESSED } else { ENTRY_PLAIN };
+        if rest.len() < entry_len {
+            return Err(PackError::Malformed("truncated header entry".into()));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let length = u32_at(1);
+        let (uncompressed_length, id_at) = if compressed { (Some(u32_at(5)), 9) } else { (None, 5) };
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&rest[id_at..id_at + 32]);
+        if offset + u64::from(length) > data_end {
+            return Err(PackError::Malformed("blob extends past the header".into()));
+        }
+        blobs.push(PackedBlob {
+            id: Id(id),
+            ty,
+            offset: offset as u32,
+            length,
+            uncompressed_length,
+        });
+        offset += u64::from(length);
+        rest = &rest[entry_len..];
+    }
+    Ok(blobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_with_plain_and_compressed_blobs() {
+        let key = Key::random();
+        let mut p = PackBuilder::default();
+        let a = key.encrypt(b"hello");
+        let b = key.encrypt(b"compressed-bytes");
+        p.add(Id::hash(b"hello"), BlobType::Data, &a, None).unwrap();
+        p.add(Id::hash(b"tree"), BlobType::Tree, &b, Some(100)).unwrap();
+        let f = p.finish(&key).unwrap();
+        assert_eq!(f.id, Id::hash(&f.bytes));
+        let parsed = parse_header(&key, &f.bytes, f.bytes.len() as u64).unwrap();
+        assert_eq!(parsed, f.blobs);
+        assert_eq!(parsed[1].offset as usize, a.len());
+        let blob = &f.bytes[parsed[0].offset as usize..][..parsed[0].length as usize];
+        assert_eq!(key.decrypt(blob).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn tampered_or_truncated_header_is_an_error_not_a_panic() {
+        let key = Key::random();
+        let mut p = PackBuilder::default();
+        p.add(Id::hash(b"x"), BlobType::Data, &key.encrypt(b"x"), None).unwrap();
+        let f = p.finish(&key).unwrap();
+        let mut bad = f.bytes.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 0xff;
+        assert!(matches!(parse_header(&key, &bad, n as u64), Err(PackError::Crypto(_))));
+        for cut in 0..8 {
+            let t = &f.bytes[..cut];
+            assert!(parse_header(&key, t, t.len() as u64).is_err());
+        }
+        let mut huge = f.bytes.clone();
+        huge[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_header(&key, &huge, n as u64).is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! Opening, creating and reading/writing the files of a repository.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::{Backend, BackendError, FileType};
+use crate::crypto::{CryptoError, Key};
+use crate::file::key::{KdfParams, KeyError};
+use crate::file::{ConfigFile, KeyFile, SnapshotFile};
+use crate::index::BlobLocation;
+use crate::{Error, Id, Result};
+
+const CONFIG: &str = "config";
+
+/// zstd level used for repository JSON files and, by default, blobs (restic's "auto").
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// How to create a repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Format version (2: compression; 1: for old restic versions).
+    pub version: u32,
+    /// scrypt parameters for the first key.
+    pub kdf: KdfParams,
+    /// Chunker polynomial; a fresh random irreducible one when `None`.
+    pub polynomial: Option<u64>,
+    /// User name recorded in the key file.
+    pub username: String,
+    /// Host name recorded in the key file.
+    pub hostname: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            version: 2,
+            kdf: KdfParams::default(),
+            polynomial: None,
+            username: crate::host::username(),
+            hostname: crate::host::hostname(),
+        }
+    }
+}
+
+/// An open repository: storage, master key and config. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Backend,
+    key: Arc<Key>,
+    config: ConfigFile,
+}
+
+/// Outcome of [`Repository::init_or_open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// This call created the repository.
+    Created,
+    /// It existed already (or another process won the race) and was opened.
+    Opened,
+}
+
+impl Repository {
+    /// Creates a new repository. Fails with [`Error::AlreadyExists`] when one is there.
+    pub async fn init(backend: Backend, password: &[u8], opts: InitOptions) -> Result<Self> {
+        match Self::try_init(backend, password, opts).await? {
+            (repo, InitOutcome::Created) => Ok(repo),
+            (repo, InitOutcome::Opened) => Err(Error::AlreadyExists(repo.backend.location().to_string())),
+        }
+    }
+
+    /// Creates the repository unless it exists, then opens it. Safe when several processes race:
+    /// exactly one config is written, the others open it with the same password.
+    pub async fn init_or_open(backend: Backend, password: &[u8], opts: InitOptions) -> Result<(Self, InitOutcome)> {
+        Self::try_init(backend, password, opts).await
+    }
+
+    async fn try_init(backend: Backend, password: &[u8], opts: InitOptions) -> Result<(Self, InitOutcome)> {
+        if !matches!(opts.version, 1 | 2) {
+            return Err(Error::UnsupportedVersion(opts.version));
+        }
+        if backend.exists(CONFIG).await? {
+            return Ok((Self::open(backend, password).await?, InitOutcome::Opened));
+        }
+        let master = Key::random();
+        let kdf = opts.kdf;
+        let (user, host) = (opts.username.clone(), opts.hostname.clone());
+        let pw = password.to_vec();
+        let master_copy = master.clone();
+        let keyfile = tokio::task::spawn_blocking(move || KeyFile::create(&master_copy, &pw, kdf, &user, &host))
+            .await
+            .map_err(|e| Error::format("keys", e))?
+            .map_err(|source| Error::Key {
+                file: "keys/<new>".into(),
+                source,
+            })?;
+        let key_json = serde_json::to_vec(&keyfile).map_err(|e| Error::format("keys", e))?;
+        let key_id = Id::hash(&key_json);
+        backend.write(FileType::Key, &key_id, Bytes::from(key_json)).await?;
+
+        let polynomial = match opts.polynomial {
+            Some(p) => p,
+            None => snapback_chunker::Pol::random(&mut rand::thread_rng()).0,
+        };
+        let config = ConfigFile {
+            version: opts.version,
+            id: Id::random(),
+            chunker_polynomial: polynomial,
+        };
+        let plain = serde_json::to_vec(&config).map_err(|e| Error::format(CONFIG, e))?;
+        // The config is never compressed (restic reads it before it knows the version).
+        let sealed = master.encrypt(&plain);
+        if !backend.write_new(CONFIG, Bytes::from(sealed)).await? {
+            // Lost the race: our key file wraps a master key nobody uses.
+            backend.remove(FileType::Key, &key_id).await?;
+            return Ok((Self::open(backend, password).await?, InitOutcome::Opened));
+        }
+        tracing::info!(location = %backend.location(), id = %config.id.short(), version = config.version, "created repository");
+        Ok((
+            Repository {
+                backend,
+                key: Arc::new(master),
+                config,
+            },
+            InitOutcome::Created,
+        ))
+    }
+
+    /// Opens the repository with `password`, trying every key file.
+    pub async fn open(backend: Backend, password: &[u8]) -> Result<Self> {
+        let config_data = read_config(&backend).await?;
+        let keys = backend.list(FileType::Key).await?;
+        for listed in keys {
+            let path = FileType::Key.path(&listed.id);
+            let kf = match load_key_file(&backend, &listed.id).await {
+                Ok(kf) => kf,
+                Err(e) => {
+                    tracing::warn!(file = %path, error = %e, "skipping unreadable key file");
+                    continue;
+                }
+            };
+            let pw = password.to_vec();
+            let opened = tokio::task::spawn_blocking(move || kf.open(&pw))
+                .await
+                .map_err(|e| Error::format(path.clone(), e))?;
+            match opened {
+                Ok(master) => match decode_config(&master, &config_data) {
+                    Ok(config) => return Self::finish_open(backend, master, config),
+                    // A key of a repository that lost an init race: not ours.
+                    Err(Error::Auth { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+                Err(KeyError::WrongPassword) => continue,
+                Err(source) => return Err(Error::Key { file: path, source }),
+            }
+        }
+        Err(Error::WrongPassword)
+    }
+
+    /// Opens the repository with an already unwrapped master key (no password, no KDF).
+    pub async fn open_with_key(backend: Backend, master: Key) -> Result<Self> {
+        let config_data = read_config(&backend).await?;
+        let config = decode_config(&master, &config_data)?;
+        Self::finish_open(backend, master, config)
+    }
+
+    fn finish_open(backend: Backend, master: Key, config: ConfigFile) -> Result<Self> {
+        if !matches!(config.version, 1 | 2) {
+            return Err(Error::UnsupportedVersion(config.version));
+        }
+        Ok(Repository {
+            backend,
+            key: Arc::new(master),
+            config,
+        })
+    }
+
+    /// The storage.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Arc<Key> {
+        &self.key
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ConfigFile {
+        &self.config
+    }
+
+    /// Whether blobs and files are compressed (format version 2).
+    pub fn compression(&self) -> bool {
+        self.config.version >= 2
+    }
+
+    /// Loads, authenticates, decompresses and parses a JSON file.
+    pub async fn load_json<T: DeserializeOwned>(&self, ft: FileType, id: &Id) -> Result<T> {
+        let path = ft.path(id);
+        let plain = self.load_unpacked(ft, id).await?;
+        serde_json::from_slice(&plain).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+    }
+
+    /// Loads an encrypted file and returns its plaintext (decompressed in version 2).
+    pub async fn load_unpacked(&self, ft: FileType, id: &Id) -> Result<Vec<u8>> {
+        let path = ft.path(id);
+        let data = self.backend.read(ft, id).await?;
+        let plain = self.key.decrypt(&data).map_err(|source| Error::Auth {
+            file: path.clone(),
+            source,
+        })?;
+        if Id::hash(&data) != *id {
+            return Err(Error::format(path, "content does not match its name"));
+        }
+        self.decompress_unpacked(&path, plain)
+    }
+
+    fn decompress_unpacked(&self, path: &str, plain: Vec<u8>) -> Result<Vec<u8>> {
+        match plain.first() {
+            Some(b'{') | Some(b'[') | None => Ok(plain),
+            Some(2) if self.config.version >= 2 => zstd::stream::decode_all(&plain[1..])
+                .map_err(|e| Error::format(path, format!("cannot decompress: {e}"))),
+            Some(v) => Err(Error::format(path, format!("unknown file encoding {v}"))),
+        }
+    }
+
+    /// Serialises, compresses (version 2), encrypts and stores a JSON file; returns its id.
+    pub async fn save_json<T: Serialize>(&self, ft: FileType, value: &T) -> Result<Id> {
+        let plain = serde_json::to_vec(value).map_err(|e| Error::format(ft.dir(), e))?;
+        self.save_unpacked(ft, &plain).await
+    }
+
+    /// Encrypts and stores `plain` (compressed in version 2); returns the file id.
+    pub async fn save_unpacked(&self, ft: FileType, plain: &[u8]) -> Result<Id> {
+        let sealed = if self.compression() {
+            let mut buf = vec![2u8];
+            let z = zstd::bulk::compress(plain, DEFAULT_ZSTD_LEVEL).map_err(|e| Error::format(ft.dir(), e))?;
+            buf.extend_from_slice(&z);
+            self.key.encrypt(&buf)
+        } else {
+            self.key.encrypt(plain)
+        };
+        let id = Id::hash(&sealed);
+        self.backend.write(ft, &id, Bytes::from(sealed)).await?;
+        Ok(id)
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(Id, SnapshotFile)>> {
+        let listed = self.backend.list(FileType::Snapshot).await?;
+        let mut out: Vec<(Id, SnapshotFile)> = futures::stream::iter(listed)
+            .map(|l| async move { Ok::<_, Error>((l.id, self.load_json(FileType::Snapshot, &l.id).await?)) })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id or an unambiguous id prefix to a snapshot. `latest` may be
+    /// narrowed by host and paths.
+    pub async fn find_snapshot(&self, spec: &str, host: Option<&str>, paths: &[String]) -> Result<(Id, SnapshotFile)> {
+        let found = if spec == "latest" {
+            self.latest_snapshot(host, paths).await?
+        } else {
+            let all = self.snapshots().await?;
+            let mut matches = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(spec));
+            let first = matches.next();
+            if first.is_some() && matches.next().is_some() {
+                return Err(Error::format("snapshots", format!("snapshot prefix {spec:?} is ambiguous")));
+            }
+            first
+        };
+        found.ok_or_else(|| Error::format("snapshots", format!("no snapshot matches {spec:?}")))
+    }
+
+    /// The newest snapshot, narrowed by host and (as a set) paths; `None` when there is none.
+    pub async fn latest_snapshot(&self, host: Option<&str>, paths: &[String]) -> Result<Option<(Id, SnapshotFile)>> {
+        Ok(self
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|(_, s)| host.is_none_or(|h| s.hostname == h))
+            .filter(|(_, s)| paths.is_empty() || sorted(&s.paths) == sorted(paths))
+            .next_back())
+    }
+
+    /// Reads one blob: authenticates, decompresses and checks its hash.
+    pub async fn load_blob(&self, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let data = self
+            .backend
+            .read_range(FileType::Pack, &loc.pack, u64::from(loc.offset), u64::from(loc.length))
+            .await?;
+        self.open_blob(id, loc, &data)
+    }
+
+    /// Authenticates, decompresses and hash-checks an encrypted blob already read from its pack.
+    pub fn open_blob(&self, id: &Id, loc: &BlobLocation, encrypted: &[u8]) -> Result<Vec<u8>> {
+        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
+        let plain = self.key.decrypt(encrypted).map_err(|source| Error::Auth { file: file(), source })?;
+        let plain = match loc.uncompressed_length {
+            Some(n) => zstd::bulk::decompress(&plain, n as usize)
+                .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?,
+            None => plain,
+        };
+        if Id::hash(&plain) != *id {
+            return Err(Error::format(file(), "blob content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Reads and parses a pack's header.
+    pub async fn pack_header(&self, pack: &Id, size: u64) -> Result<Vec<crate::pack::PackedBlob>> {
+        let path = FileType::Pack.path(pack);
+        let guess = (crate::pack::TAIL_GUESS as u64).min(size);
+        let mut tail = self.backend.read_range(FileType::Pack, pack, size - guess, guess).await?;
+        let hlen = crate::pack::header_length(&tail).map_err(|source| Error::Pack {
+            file: path.clone(),
+            source,
+        })? as u64;
+        if hlen + 4 > guess && hlen + 4 <= size {
+            tail = self.backend.read_range(FileType::Pack, pack, size - hlen - 4, hlen + 4).await?;
+        }
+        crate::pack::parse_header(&self.key, &tail, size).map_err(|source| Error::Pack { file: path, source })
+    }
+}
+
+fn sorted(v: &[String]) -> Vec<&String> {
+    let mut s: Vec<&String> = v.iter().collect();
+    s.sort();
+    s
+}
+
+async fn read_config(backend: &Backend) -> Result<Bytes> {
+    match backend.read_path(CONFIG).await {
+        Ok(d) => Ok(d),
+        Err(BackendError::NotFound { .. }) => Err(Error::NotARepository(backend.location().to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn decode_config(master: &Key, data: &[u8]) -> Result<ConfigFile> {
+    let plain = master.decrypt(data).map_err(|source: CryptoError| Error::Auth {
+        file: CONFIG.into(),
+        source,
+    })?;
+    serde_json::from_slice(&plain).map_err(|e| Error::format(CONFIG, format!("invalid JSON: {e}")))
+}
+
+async fn load_key_file(backend: &Backend, id: &Id) -> Result<KeyFile> {
+    let data = backend.read(FileType::Key, id).await?;
+    serde_json::from_slice(&data).map_err(|e| Error::format(FileType::Key.path(id), format!("invalid JSON: {e}")))
+}
