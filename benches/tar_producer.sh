@@ -2,10 +2,14 @@
 # Throughput and peak memory of `snapback tar DIR` against `tar -cf - DIR`.
 #
 #   benches/tar_producer.sh [OUT_DIR]     (default: bench-out/)
+#   SNAPBACK_BIN=/path/to/snapback benches/tar_producer.sh [OUT_DIR]
 #
 # Generates the shared data set (~1 GiB in OUT_DIR/data, plus a changed copy) with
 # ../shared/bench/gen_data.py once, builds the release binary, then times each producer
 # writing to /dev/null: one warm-up run (page cache warm), then the median of 3 runs.
+# Output goes through `| cat >/dev/null`: GNU tar notices a stdout that *is* /dev/null and then
+# skips reading file contents, which would make its figure meaningless. Peak RSS is the largest
+# of the pipeline's processes (producer, cat, bash), i.e. the producer's.
 set -euo pipefail
 
 top=$(git rev-parse --show-toplevel)
@@ -21,9 +25,13 @@ if [[ ! -f "$out/.generated" ]]; then
     touch "$out/.generated"
 fi
 
-(cd "$top" && cargo build --release --bin snapback >&2)
-snapback="$top/target/release/snapback"
-[[ -n "${CARGO_TARGET_DIR:-}" ]] && snapback="$CARGO_TARGET_DIR/release/snapback"
+# SNAPBACK_BIN=path/to/snapback skips the build (e.g. while the workspace is mid-edit).
+if [[ -n "${SNAPBACK_BIN:-}" ]]; then
+    snapback=$SNAPBACK_BIN
+else
+    (cd "$top" && cargo build --release --bin snapback >&2)
+    snapback="${CARGO_TARGET_DIR:-$top/target}/release/snapback"
+fi
 
 bytes=$(du -sb --apparent-size "$data" | cut -f1)
 have_time_v=0
@@ -35,14 +43,14 @@ measure() {
     if [[ $have_time_v == 1 ]]; then
         local log; log=$(mktemp)
         start=$(date +%s.%N)
-        /usr/bin/time -v -o "$log" "$@" >/dev/null
+        /usr/bin/time -v -o "$log" "$@" >/dev/null 2>/dev/null
         end=$(date +%s.%N)
         rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
         rm -f "$log"
     else
         # Fallback: poll VmHWM of the process while it runs.
         start=$(date +%s.%N)
-        "$@" >/dev/null &
+        "$@" >/dev/null 2>/dev/null &
         local pid=$! hwm=0 v
         while kill -0 "$pid" 2>/dev/null; do
             v=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
@@ -58,7 +66,7 @@ measure() {
 
 bench() {
     local label=$1; shift
-    "$@" >/dev/null # warm the page cache
+    "$@" >/dev/null 2>&1 # warm the page cache
     local runs=() rss=0 line
     for _ in 1 2 3; do
         line=$(measure "$@")
@@ -72,5 +80,6 @@ bench() {
 }
 
 echo "data: $data ($(echo "$bytes / 1048576" | bc) MiB)"
-bench "tar" tar -cf - "$data"
-bench "snapback" "$snapback" tar "$data"
+piped=(bash -c '"$@" | cat >/dev/null' piped)
+bench "tar" "${piped[@]}" tar -cf - "$data"
+bench "snapback" "${piped[@]}" "$snapback" tar "$data"

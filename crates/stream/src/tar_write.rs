@@ -347,6 +347,73 @@ mod tests {
         assert_eq!(ustar_split(&deep), None);
     }
 
+    fn records(pax: &[u8]) -> Vec<(String, Vec<u8>)> {
+        crate::pax::parse_records(pax).unwrap()
+    }
+
+    #[test]
+    fn fields_ustar_cannot_hold_go_into_pax_records() {
+        let entry = Entry {
+            path: "data/huge.img".into(),
+            kind: EntryKind::File,
+            meta: crate::Metadata {
+                mode: 0o640,
+                uid: 3_000_000,
+                gid: 7,
+                user: Some("u".repeat(40)),
+                group: Some("staff".into()),
+                mtime: Timestamp { secs: -5, nanos: 0 },
+                size: 9 << 30,
+                ..Default::default()
+            },
+            data: None,
+        };
+        let (header, pax) = build_header(&entry, &TarOptions::default(), &mut Vec::new()).unwrap();
+        let recs = records(&pax);
+        let get = |k: &str| {
+            recs.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("size"), Some(b"9663676416".to_vec()));
+        assert_eq!(get("uid"), Some(b"3000000".to_vec()));
+        assert_eq!(get("uname"), Some("u".repeat(40).into_bytes()));
+        assert_eq!(get("mtime"), Some(b"-5".to_vec()));
+        assert_eq!(get("gid"), None, "a small gid fits the header");
+        assert_eq!(get("gname"), None);
+        // The header itself still holds the size (GNU base-256) and a valid checksum.
+        assert_eq!(header.entry_size().unwrap(), 9 << 30);
+        assert!(crate::looks_like_tar(header.as_bytes()));
+    }
+
+    #[test]
+    fn plain_entry_needs_no_pax_header() {
+        let entry = Entry {
+            path: "etc/config".into(),
+            kind: EntryKind::File,
+            meta: crate::Metadata {
+                mode: 0o644,
+                mtime: Timestamp {
+                    secs: 1_700_000_000,
+                    nanos: 0,
+                },
+                size: 3,
+                ..Default::default()
+            },
+            data: None,
+        };
+        let (_, pax) = build_header(&entry, &TarOptions::default(), &mut Vec::new()).unwrap();
+        assert!(pax.is_empty());
+        let with_times = TarOptions { atime_ctime: true };
+        let mut e2 = entry;
+        e2.meta.ctime = Some(Timestamp { secs: 5, nanos: 1 });
+        let (_, pax) = build_header(&e2, &with_times, &mut Vec::new()).unwrap();
+        assert_eq!(
+            records(&pax),
+            vec![("ctime".to_string(), b"5.000000001".to_vec())]
+        );
+    }
+
     #[test]
     fn rdev_splits_like_glibc() {
         // makedev(8, 1) and makedev(259, 65536)

@@ -319,3 +319,48 @@ fn unread_content_is_skipped_before_the_next_entry() {
     let walked = drain(&mut Walker::new([&root], WalkOptions::default()).unwrap()).unwrap();
     assert_eq!(n, walked.len());
 }
+
+#[test]
+fn every_gnu_tar_format_is_detected_and_read() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("tree");
+    fs::create_dir_all(root.join("d")).unwrap();
+    fs::write(root.join("d/f.txt"), b"content").unwrap();
+    std::os::unix::fs::symlink("d/f.txt", root.join("s")).unwrap();
+    for format in ["v7", "ustar", "gnu", "posix", "oldgnu"] {
+        let stream = gnu_tar(
+            &[
+                "-c",
+                &format!("--format={format}"),
+                "--sort=name",
+                "-f",
+                "-",
+                "tree",
+            ],
+            t.path(),
+        );
+        assert!(snapback_stream::looks_like_tar(&stream[..512]), "{format}");
+        let got = drain(&mut TarSource::new(stream.as_slice())).unwrap();
+        let summary: Vec<(String, EntryKind, Vec<u8>)> = got
+            .into_iter()
+            .map(|e| (e.path.display().to_string(), e.kind, e.data))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("tree".into(), EntryKind::Dir, vec![]),
+                ("tree/d".into(), EntryKind::Dir, vec![]),
+                ("tree/d/f.txt".into(), EntryKind::File, b"content".to_vec()),
+                (
+                    "tree/s".into(),
+                    EntryKind::Symlink {
+                        target: "d/f.txt".into()
+                    },
+                    vec![]
+                ),
+            ],
+            "{format}"
+        );
+    }
+    assert!(!snapback_stream::looks_like_tar(b"#!/bin/sh\n"));
+}
