@@ -303,3 +303,21 @@ fn snapback_tar_on_missing_path_fails_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist"));
 }
+
+#[test]
+fn snapback_tar_exits_3_and_warns_when_a_file_shrinks_while_read() {
+    // sysfs attributes stat as 4096 bytes but read as a few: a file that "shrank" for real.
+    let attr = Path::new("/sys/kernel/uevent_seqnum");
+    if !attr.exists() {
+        eprintln!("skipped: {} not available", attr.display());
+        return;
+    }
+    let out = snapback(&["tar", attr.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shrank while being read"), "{stderr}");
+    // The stream is still complete and valid: the member has its stat size, zero-padded.
+    let list = run_tar(&["-tvf", "-"], &out.stdout);
+    assert!(list.status.success());
+    assert!(String::from_utf8_lossy(&list.stdout).contains(" 4096 "));
+}
