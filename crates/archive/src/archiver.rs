@@ -1,0 +1,440 @@
+//! The archiver: turns an entry stream into restic trees and data blobs.
+//!
+//! Runs on one blocking thread, because every source is a synchronous lending iterator; all
+//! CPU-heavy work past hashing (compression, encryption, pack hashing) and all I/O to the
+//! repository happen in the [`sink`](crate::sink) on other threads.
+//!
+//! Trees are built with a stack of open directories: a source yields a directory before its
+//! children and groups each directory's members (the walker sorts them; `tar -c` groups them),
+//! so when an entry lies outside the top directory, that directory is complete and is written
+//! as a tree blob right away. Memory grows with the depth of the tree and the width of the open
+//! directories, never with the size of the data.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset};
+use snapback_chunker::{Chunker, Tables};
+use snapback_repo::file::{Node, NodeType, Tree};
+use snapback_repo::{BlobIndex, BlobType, Id, Repository};
+use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{implicit_dir, node_from_entry, unchanged};
+use crate::sink::BlobJob;
+use crate::{Error, Result};
+
+/// Bytes read from a file per read call.
+const READ_SIZE: usize = 512 * 1024;
+
+/// Live counters, readable from another thread for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Content bytes read from the source (or reused from the parent).
+    pub bytes_done: AtomicU64,
+    /// Entries processed.
+    pub entries_done: AtomicU64,
+    /// Plaintext bytes of new blobs handed to the sink.
+    pub bytes_new: AtomicU64,
+}
+
+/// How the archiver treats its source.
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    /// Root tree of the parent snapshot, whose unchanged files are reused without reading.
+    pub parent_tree: Option<Id>,
+    /// Reuse unchanged files from the parent (path backups only: a stream is always re-read).
+    pub reuse_unchanged: bool,
+    /// Fill directories the source did not describe from the local filesystem (`/` + path).
+    pub stat_implicit_dirs: bool,
+    /// Time for directories nobody described.
+    pub time: DateTime<FixedOffset>,
+    /// Stops the archiver between reads.
+    pub cancel: CancellationToken,
+    /// Live counters.
+    pub progress: Arc<Progress>,
+}
+
+/// What the archiver saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Files not in the parent.
+    pub files_new: u64,
+    /// Files in the parent but changed (read again).
+    pub files_changed: u64,
+    /// Files reused from the parent without reading.
+    pub files_unchanged: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks, devices, fifos, sockets.
+    pub others: u64,
+    /// Content bytes read.
+    pub bytes_read: u64,
+    /// Content bytes of unchanged files (not read).
+    pub bytes_reused: u64,
+    /// Plaintext bytes of blobs new to the repository.
+    pub bytes_new: u64,
+    /// Entries that could not be represented (e.g. a hard link to an unknown member).
+    pub warnings: Vec<String>,
+}
+
+struct OpenDir {
+    /// Path components from the snapshot root.
+    path: Vec<String>,
+    /// The directory's own node (without subtree); `None` for the root.
+    node: Option<Node>,
+    children: Vec<Node>,
+    /// The same directory in the parent snapshot.
+    parent: Option<Tree>,
+}
+
+/// Builds trees and data blobs from an entry stream; see the module docs.
+pub struct Archiver {
+    repo: Repository,
+    handle: Handle,
+    index: Arc<BlobIndex>,
+    known: HashSet<Id>,
+    tx: mpsc::Sender<BlobJob>,
+    tables: Arc<Tables>,
+    stack: Vec<OpenDir>,
+    /// Content of files that later hard links may point at, by path.
+    links: HashMap<PathBuf, (Vec<Id>, u64)>,
+    opts: ArchiveOptions,
+    stats: ArchiveStats,
+}
+
+impl Archiver {
+    /// An archiver sending new blobs to `tx`. `handle` runs the async repository reads of parent
+    /// trees; the archiver itself must run on a blocking thread.
+    pub fn new(
+        repo: Repository,
+        handle: Handle,
+        index: Arc<BlobIndex>,
+        tx: mpsc::Sender<BlobJob>,
+        opts: ArchiveOptions,
+    ) -> Result<Self> {
+        let tables = Arc::new(Tables::new(snapback_chunker::Pol(repo.config().chunker_polynomial)));
+        let mut me = Archiver {
+            repo,
+            handle,
+            index,
+            known: HashSet::new(),
+            tx,
+            tables,
+            stack: Vec::new(),
+            links: HashMap::new(),
+            opts,
+            stats: ArchiveStats::default(),
+        };
+        let parent = match me.opts.parent_tree {
+            Some(id) => Some(me.load_tree(&id)?),
+            None => None,
+        };
+        me.stack.push(OpenDir {
+            path: Vec::new(),
+            node: None,
+            children: Vec::new(),
+            parent,
+        });
+        Ok(me)
+    }
+
+    /// Consumes the whole source; returns the root tree id.
+    pub fn run(mut self, source: &mut dyn EntrySource) -> Result<(Id, ArchiveStats)> {
+        while let Some(entry) = source.next_entry()? {
+            if self.opts.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            self.entry(entry)?;
+            self.opts.progress.entries_done.fetch_add(1, Ordering::Relaxed);
+        }
+        while self.stack.len() > 1 {
+            self.close_top()?;
+        }
+        let root = self.stack.pop().ok_or_else(|| Error::Pipeline("no root directory".into()))?;
+        let id = self.write_tree(root.children)?;
+        self.stats
+            .warnings
+            .extend(source.warnings().iter().map(|w| format!("{}: {}", w.path.display(), w.message)));
+        Ok((id, self.stats))
+    }
+
+    fn entry(&mut self, entry: Entry<'_>) -> Result<()> {
+        let comps: Vec<String> = entry
+            .path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let Some((name, parents)) = comps.split_last() else {
+            // The stream's root itself (`./`): restic's root tree has no node of its own.
+            return Ok(());
+        };
+        self.enter(parents)?;
+        let Entry { kind, meta, data, path } = entry;
+        let mut node = node_from_entry(name, &kind, &meta);
+        match &kind {
+            EntryKind::Dir => {
+                self.stats.dirs += 1;
+                if self.top().children.iter().any(|c| &c.name == name && c.node_type == NodeType::Dir) {
+                    return Err(self.reentered(&comps));
+                }
+                let parent = self.parent_subtree(name)?;
+                self.stack.push(OpenDir {
+                    path: comps.clone(),
+                    node: Some(node),
+                    children: Vec::new(),
+                    parent,
+                });
+                return Ok(());
+            }
+            EntryKind::File => {
+                let old = self.top().parent.as_ref().and_then(|t| t.nodes.iter().find(|n| &n.name == name)).cloned();
+                let reusable = old
+                    .as_ref()
+                    .filter(|o| self.opts.reuse_unchanged && unchanged(o, &meta))
+                    .and_then(|o| o.content.clone())
+                    .filter(|ids| ids.iter().all(|id| self.index.contains(id)));
+                let content = match reusable {
+                    Some(ids) => {
+                        self.stats.files_unchanged += 1;
+                        self.stats.bytes_reused += meta.size;
+                        self.opts.progress.bytes_done.fetch_add(meta.size, Ordering::Relaxed);
+                        ids
+                    }
+                    None => {
+                        let (ids, size) = match data {
+                            Some(reader) => self.chunk_file(reader)?,
+                            None => (Vec::new(), 0),
+                        };
+                        // A re-read stream member with the same content counts as unchanged.
+                        match old.as_ref().map(|o| o.content.as_deref() == Some(ids.as_slice())) {
+                            Some(true) => self.stats.files_unchanged += 1,
+                            Some(false) => self.stats.files_changed += 1,
+                            None => self.stats.files_new += 1,
+                        }
+                        node.size = size;
+                        ids
+                    }
+                };
+                if meta.nlink != 1 {
+                    self.links.insert(path.clone(), (content.clone(), node.size));
+                }
+                node.content = Some(content);
+            }
+            EntryKind::HardLink { target } => {
+                self.stats.files_new += 1;
+                match self.links.get(&normalize(target)) {
+                    Some((ids, size)) => {
+                        node.content = Some(ids.clone());
+                        node.size = *size;
+                    }
+                    None => {
+                        self.stats.warnings.push(format!(
+                            "{}: hard link to {} which is not an earlier regular file; stored empty",
+                            path.display(),
+                            target.display()
+                        ));
+                        node.content = Some(Vec::new());
+                        node.size = 0;
+                    }
+                }
+            }
+            _ => self.stats.others += 1,
+        }
+        self.top_mut().children.push(node);
+        Ok(())
+    }
+
+    /// Makes the directory at `parents` the top of the stack, closing finished directories and
+    /// opening ones the stream did not describe.
+    fn enter(&mut self, parents: &[String]) -> Result<()> {
+        while self.stack.len() > 1 && !parents.starts_with(&self.top().path) {
+            self.close_top()?;
+        }
+        while self.top().path.len() < parents.len() {
+            let depth = self.top().path.len();
+            let name = parents[depth].clone();
+            if self.top().children.iter().any(|c| c.name == name && c.node_type == NodeType::Dir) {
+                return Err(self.reentered(&parents[..=depth]));
+            }
+            let node = self.implicit_node(&parents[..=depth]);
+            let parent = self.parent_subtree(&name)?;
+            self.stack.push(OpenDir {
+                path: parents[..=depth].to_vec(),
+                node: Some(node),
+                children: Vec::new(),
+                parent,
+            });
+        }
+        Ok(())
+    }
+
+    fn implicit_node(&self, comps: &[String]) -> Node {
+        let name = comps.last().map(String::as_str).unwrap_or_default();
+        if self.opts.stat_implicit_dirs {
+            let path = Path::new("/").join(comps.iter().collect::<PathBuf>());
+            if let Ok(md) = std::fs::symlink_metadata(&path) {
+                if md.is_dir() {
+                    return node_from_entry(name, &EntryKind::Dir, &dir_meta(&md));
+                }
+            }
+        }
+        implicit_dir(name, self.opts.time)
+    }
+
+    fn reentered(&self, comps: &[String]) -> Error {
+        Error::Stream(format!(
+            "the stream returns to directory /{} after leaving it; snapback needs each directory's \
+             members grouped together (as `tar -c` writes them)",
+            comps.join("/")
+        ))
+    }
+
+    fn parent_subtree(&self, name: &str) -> Result<Option<Tree>> {
+        let sub = self
+            .top()
+            .parent
+            .as_ref()
+            .and_then(|t| t.nodes.iter().find(|n| n.name == name && n.node_type == NodeType::Dir))
+            .and_then(|n| n.subtree);
+        match sub {
+            Some(id) => Ok(Some(self.load_tree(&id)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let loc = self.index.get(id).ok_or(snapback_repo::Error::BlobNotFound(*id))?;
+        let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
+        serde_json::from_slice(&data).map_err(|e| Error::Stream(format!("parent tree {}: {e}", id.short())))
+    }
+
+    fn close_top(&mut self) -> Result<()> {
+        let dir = self.stack.pop().ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
+        let id = self.write_tree(dir.children)?;
+        let mut node = dir.node.unwrap_or_else(|| implicit_dir("", self.opts.time));
+        node.subtree = Some(id);
+        node.content = None;
+        self.top_mut().children.push(node);
+        Ok(())
+    }
+
+    fn write_tree(&mut self, mut nodes: Vec<Node>) -> Result<Id> {
+        // Sorted by name, and a name given twice in a stream keeps its last entry.
+        nodes.reverse();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes.dedup_by(|later, earlier| later.name == earlier.name);
+        let bytes = Tree { nodes }
+            .to_bytes()
+            .map_err(|e| Error::Pipeline(format!("tree encoding: {e}")))?;
+        self.submit(BlobType::Tree, bytes)
+    }
+
+    fn submit(&mut self, ty: BlobType, data: Vec<u8>) -> Result<Id> {
+        let id = Id::hash(&data);
+        if !self.index.contains(&id) && self.known.insert(id) {
+            let len = data.len() as u64;
+            self.tx
+                .blocking_send(BlobJob { id, ty, data })
+                .map_err(|_| Error::Pipeline("the upload stage stopped".into()))?;
+            self.stats.bytes_new += len;
+            self.opts.progress.bytes_new.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(id)
+    }
+
+    /// Reads a file, cutting it with restic's chunker; returns its blob ids and size.
+    fn chunk_file(&mut self, reader: &mut dyn Read) -> Result<(Vec<Id>, u64)> {
+        let mut chunker = Chunker::new(self.tables.clone());
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * READ_SIZE);
+        let mut scanned = 0;
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        loop {
+            if self.opts.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let start = buf.len();
+            buf.resize(start + READ_SIZE, 0);
+            let n = read_some(reader, &mut buf[start..])?;
+            buf.truncate(start + n);
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            self.stats.bytes_read += n as u64;
+            self.opts.progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+            while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
+                let end = scanned + cut;
+                let mut next = Vec::with_capacity((buf.len() - end).max(2 * READ_SIZE));
+                next.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
+                let chunk = std::mem::replace(&mut buf, next);
+                ids.push(self.submit(BlobType::Data, chunk)?);
+                scanned = 0;
+            }
+            scanned = buf.len();
+        }
+        if !buf.is_empty() {
+            ids.push(self.submit(BlobType::Data, buf)?);
+        }
+        Ok((ids, total))
+    }
+
+    fn top(&self) -> &OpenDir {
+        // The root is pushed in `new` and popped only at the very end of `run`.
+        &self.stack[self.stack.len() - 1]
+    }
+
+    fn top_mut(&mut self) -> &mut OpenDir {
+        let n = self.stack.len() - 1;
+        &mut self.stack[n]
+    }
+}
+
+fn read_some(reader: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Source(snapback_stream::Error::ReadTar(e))),
+        }
+    }
+    Ok(filled)
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect()
+}
+
+fn dir_meta(md: &std::fs::Metadata) -> Metadata {
+    use std::os::unix::fs::MetadataExt;
+    let ts = |secs: i64, nanos: i64| snapback_stream::entry::Timestamp {
+        secs,
+        nanos: u32::try_from(nanos).unwrap_or(0),
+    };
+    Metadata {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: ts(md.mtime(), md.mtime_nsec()),
+        atime: Some(ts(md.atime(), md.atime_nsec())),
+        ctime: Some(ts(md.ctime(), md.ctime_nsec())),
+        inode: md.ino(),
+        dev: md.dev(),
+        nlink: md.nlink(),
+        ..Metadata::default()
+    }
+}

@@ -1,0 +1,48 @@
+//! The archive crate's error type.
+
+use std::path::PathBuf;
+
+/// What can go wrong in a backup, restore, dump or listing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository failed (storage, authentication, format).
+    #[error(transparent)]
+    Repo(#[from] snapback_repo::Error),
+    /// The entry source failed (unreadable root, malformed or truncated tar stream).
+    #[error("reading the source: {0}")]
+    Source(#[from] snapback_stream::Error),
+    /// Local I/O failed (restore target, stdout).
+    #[error("{path}: {source}")]
+    Io {
+        /// File concerned.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path is not in the snapshot.
+    #[error("{0} not found in the snapshot")]
+    PathNotFound(String),
+    /// The operation was cancelled (SIGTERM, shutdown); nothing was saved.
+    #[error("cancelled")]
+    Cancelled,
+    /// A stage of the pipeline stopped unexpectedly.
+    #[error("backup pipeline failed: {0}")]
+    Pipeline(String),
+    /// The stream is not in a shape we can turn into trees.
+    #[error("{0}")]
+    Stream(String),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

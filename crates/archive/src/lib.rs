@@ -1,0 +1,21 @@
+//! The backup pipeline and the read side of snapshots.
+//!
+//! Write side, data flowing one way: an entry source (walker or tar reader) →
+//! [`archiver`] (tree building, chunking, hashing, dedup, parent reuse) → [`sink`] (compression,
+//! encryption, pack assembly, concurrent upload, index flushing) → the repository.
+//!
+//! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory,
+//! [`dump`] streams a file or a directory as tar, [`ls`] lists nodes.
+
+pub mod archiver;
+pub mod backup;
+pub mod dump;
+pub mod error;
+pub mod ls;
+pub mod node;
+pub mod restore;
+pub mod sink;
+pub mod tree_walk;
+
+pub use backup::{backup, BackupOptions, BackupSummary};
+pub use error::{Error, Result};

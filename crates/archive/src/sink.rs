@@ -1,0 +1,266 @@
+//! The blob sink: compresses and encrypts new blobs on the blocking pool, assembles packs in
+//! memory (one open pack per blob type) and uploads them concurrently, then records them in
+//! index files. Nothing touches local disk.
+//!
+//! Memory is bounded by construction: the input channel holds a few blobs, at most `workers`
+//! blobs are being encoded, at most `max_uploads` packs are in flight, and the sink stops
+//! taking input while uploads are saturated, which back-pressures the reader.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use snapback_repo::pack::{FinishedPack, PackBuilder};
+use snapback_repo::{BlobType, FileType, Id, IndexWriter, Key, Repository};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::{Error, Result};
+
+/// A new blob for the sink.
+#[derive(Debug)]
+pub struct BlobJob {
+    /// SHA-256 of `data`.
+    pub id: Id,
+    /// Data or tree.
+    pub ty: BlobType,
+    /// Plaintext.
+    pub data: Vec<u8>,
+}
+
+/// Sink tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkOptions {
+    /// A pack is closed once its blobs reach this many bytes.
+    pub pack_size: usize,
+    /// Packs uploading at once.
+    pub max_uploads: usize,
+    /// Blobs encoding at once.
+    pub workers: usize,
+    /// zstd level, or `None` for no compression (always `None` in format version 1).
+    pub zstd_level: Option<i32>,
+    /// Write an index file at least this often while packs are being uploaded.
+    pub index_interval: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        SinkOptions {
+            pack_size: 8 * 1024 * 1024,
+            max_uploads: 2,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            zstd_level: Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
+            index_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the sink stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Data blobs stored.
+    pub data_blobs: u64,
+    /// Tree blobs stored.
+    pub tree_blobs: u64,
+    /// Plaintext bytes of the stored blobs.
+    pub plain_bytes: u64,
+    /// Bytes uploaded in packs.
+    pub packed_bytes: u64,
+    /// Packs uploaded.
+    pub packs: u64,
+    /// Index files written.
+    pub index_files: u64,
+}
+
+struct Encoded {
+    id: Id,
+    ty: BlobType,
+    plain_len: usize,
+    sealed: Vec<u8>,
+    uncompressed_length: Option<u32>,
+}
+
+/// Starts the sink on the current runtime; returns the sender for new blobs and the task that
+/// finishes (flushing everything) once the sender is dropped.
+pub fn start(
+    repo: Repository,
+    opts: SinkOptions,
+) -> (mpsc::Sender<BlobJob>, tokio::task::JoinHandle<Result<SinkStats>>) {
+    let (tx, rx) = mpsc::channel(opts.workers.max(1));
+    let task = tokio::spawn(run(repo, rx, opts));
+    (tx, task)
+}
+
+struct State {
+    repo: Repository,
+    opts: SinkOptions,
+    open: [PackBuilder; 2],
+    uploads: JoinSet<Result<(FinishedPack, usize)>>,
+    index: IndexWriter,
+    last_index: Instant,
+    stats: SinkStats,
+}
+
+async fn run(repo: Repository, mut rx: mpsc::Receiver<BlobJob>, mut opts: SinkOptions) -> Result<SinkStats> {
+    if !repo.compression() {
+        opts.zstd_level = None;
+    }
+    let mut st = State {
+        open: [PackBuilder::with_capacity(opts.pack_size + 1024 * 1024), PackBuilder::default()],
+        uploads: JoinSet::new(),
+        index: IndexWriter::default(),
+        last_index: Instant::now(),
+        stats: SinkStats::default(),
+        repo,
+        opts,
+    };
+    let result = st.pump(&mut rx).await;
+    // Even when failing, record what reached the repository, so a retry reuses it.
+    let flushed = st.drain_uploads().await.and(st.flush_index().await);
+    match (result, flushed) {
+        (Ok(()), Ok(())) => Ok(st.stats),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+    }
+}
+
+impl State {
+    async fn pump(&mut self, rx: &mut mpsc::Receiver<BlobJob>) -> Result<()> {
+        let key = self.repo.key().clone();
+        let mut encoding: JoinSet<Encoded> = JoinSet::new();
+        let mut input_open = true;
+        loop {
+            let can_take = input_open && encoding.len() < self.opts.workers && self.uploads.len() < self.opts.max_uploads;
+            tokio::select! {
+                job = rx.recv(), if can_take => match job {
+                    Some(job) => {
+                        let key = key.clone();
+                        let level = self.opts.zstd_level;
+                        encoding.spawn_blocking(move || encode(&key, job, level));
+                    }
+                    None => input_open = false,
+                },
+                Some(done) = encoding.join_next(), if !encoding.is_empty() => {
+                    let enc = done.map_err(|e| Error::Pipeline(format!("encoder: {e}")))?;
+                    self.add(enc).await?;
+                }
+                up = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                    self.uploaded(up).await?;
+                }
+                else => break,
+            }
+            if !input_open && encoding.is_empty() {
+                break;
+            }
+        }
+        for ty in [BlobType::Data, BlobType::Tree] {
+            self.close_pack(ty).await?;
+        }
+        Ok(())
+    }
+
+    async fn add(&mut self, enc: Encoded) -> Result<()> {
+        let slot = slot(enc.ty);
+        self.open[slot]
+            .add(enc.id, enc.ty, &enc.sealed, enc.uncompressed_length)
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        match enc.ty {
+            BlobType::Data => self.stats.data_blobs += 1,
+            BlobType::Tree => self.stats.tree_blobs += 1,
+        }
+        self.stats.plain_bytes += enc.plain_len as u64;
+        if self.open[slot].len() >= self.opts.pack_size {
+            self.close_pack(enc.ty).await?;
+        }
+        Ok(())
+    }
+
+    async fn close_pack(&mut self, ty: BlobType) -> Result<()> {
+        let slot = slot(ty);
+        if self.open[slot].is_empty() {
+            return Ok(());
+        }
+        let cap = if ty == BlobType::Data { self.opts.pack_size + 1024 * 1024 } else { 0 };
+        let builder = std::mem::replace(&mut self.open[slot], PackBuilder::with_capacity(cap));
+        while self.uploads.len() >= self.opts.max_uploads {
+            let up = self.uploads.join_next().await;
+            self.uploaded(up).await?;
+        }
+        let key: Arc<Key> = self.repo.key().clone();
+        let repo = self.repo.clone();
+        self.uploads.spawn(async move {
+            let pack = tokio::task::spawn_blocking(move || builder.finish(&key))
+                .await
+                .map_err(|e| Error::Pipeline(format!("pack: {e}")))?
+                .map_err(|e| Error::Pipeline(e.to_string()))?;
+            let bytes = Bytes::from(pack.bytes);
+            let len = bytes.len();
+            repo.backend().write(FileType::Pack, &pack.id, bytes).await.map_err(snapback_repo::Error::from)?;
+            tracing::debug!(pack = %pack.id.short(), bytes = len, blobs = pack.blobs.len(), "uploaded pack");
+            Ok((
+                FinishedPack {
+                    id: pack.id,
+                    bytes: Vec::new(),
+                    blobs: pack.blobs,
+                },
+                len,
+            ))
+        });
+        Ok(())
+    }
+
+    async fn uploaded(&mut self, up: Option<std::result::Result<Result<(FinishedPack, usize)>, tokio::task::JoinError>>) -> Result<()> {
+        let Some(up) = up else { return Ok(()) };
+        let (pack, len) = up.map_err(|e| Error::Pipeline(format!("upload task: {e}")))??;
+        self.stats.packs += 1;
+        self.stats.packed_bytes += len as u64;
+        self.index.add(pack.id, &pack.blobs);
+        if self.index.is_full() || self.last_index.elapsed() >= self.opts.index_interval {
+            self.flush_index().await?;
+        }
+        Ok(())
+    }
+
+    async fn drain_uploads(&mut self) -> Result<()> {
+        let mut first_err = None;
+        while let Some(up) = self.uploads.join_next().await {
+            if let Err(e) = self.uploaded(Some(up)).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn flush_index(&mut self) -> Result<()> {
+        self.last_index = Instant::now();
+        if self.index.flush(&self.repo).await?.is_some() {
+            self.stats.index_files += 1;
+        }
+        Ok(())
+    }
+}
+
+fn slot(ty: BlobType) -> usize {
+    match ty {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    }
+}
+
+fn encode(key: &Key, job: BlobJob, level: Option<i32>) -> Encoded {
+    let plain_len = job.data.len();
+    // Keep the compressed form only when it is smaller (restic reads both forms).
+    let compressed = level
+        .and_then(|l| zstd::bulk::compress(&job.data, l).ok())
+        .filter(|z| z.len() < plain_len);
+    let (payload, uncompressed_length) = match compressed {
+        Some(z) => (z, u32::try_from(plain_len).ok()),
+        None => (job.data, None),
+    };
+    Encoded {
+        id: job.id,
+        ty: job.ty,
+        plain_len,
+        sealed: key.encrypt(&payload),
+        uncompressed_length,
+    }
+}

@@ -1,0 +1,89 @@
+//! Command-line interface: argument parsing and the subcommands. Only this layer turns typed
+//! library errors into messages and exit codes.
+
+pub mod backup;
+pub mod init;
+pub mod logging;
+pub mod repo;
+pub mod snapshots;
+pub mod stdin;
+pub mod tar;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when the backup finished but some files could not be read (as restic).
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// Streaming, encrypted, deduplicating backups into restic-compatible repositories.
+#[derive(Debug, Parser)]
+#[command(name = "snapback", version, about)]
+pub struct Cli {
+    /// Options shared by every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Repository: /path, local:/path or s3:http(s)://host:port/bucket/prefix.
+    #[arg(short = 'r', long = "repo", env = "RESTIC_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// File holding the repository password (else RESTIC_PASSWORD is read).
+    #[arg(long, env = "RESTIC_PASSWORD_FILE", global = true)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Less output (warnings and errors only).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More output (repeat for debug logs).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log as JSON lines (the sidecar's default).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(init::InitArgs),
+    /// List snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Write a directory tree as a tar stream to stdout.
+    Tar(tar::TarArgs),
+    /// Back up paths or a stream into the repository.
+    Backup(backup::BackupArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Tar(args) => tar::run(&args),
+        Command::Backup(args) => runtime()?.block_on(backup::run(&cli.global, &args)),
+        Command::Init(args) => runtime()?.block_on(init::run(&cli.global, &args)),
+        Command::Snapshots(args) => runtime()?.block_on(snapshots::run(&cli.global, &args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let s = cause.to_string();
+        // Typed errors often repeat their source in their own message.
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
