@@ -363,6 +363,7 @@ fn member(
             target: PathBuf::from(OsStr::from_bytes(&link)),
         }),
         EntryType::Link => match normalise(&link) {
+            Ok(target) if target.as_os_str().is_empty() => Err("hard link without target".into()),
             Ok(target) => Ok(EntryKind::HardLink { target }),
             Err(reason) => Err(format!("hard link target {reason}")),
         },

@@ -76,18 +76,24 @@ pub fn write_tar_with<W: Write>(
                 .append(&pax_header, pax.as_slice())
                 .map_err(Error::WriteTar)?;
         }
-        match entry.data.take() {
-            Some(data) if entry.kind == EntryKind::File => {
-                let out = builder.get_mut();
-                out.write_all(header.as_bytes()).map_err(Error::WriteTar)?;
-                let size = entry.meta.size;
-                copy_exact(data, out, size, &mut buf, &entry.path, &mut own_warnings)?;
-                write_zeros(out, padding(size))?;
-                summary.bytes += size;
-            }
-            _ => builder
+        if entry.kind == EntryKind::File {
+            // A file without a reader (a source bug) still gets its size in zeros, keeping the
+            // archive valid; copy_exact records the warning.
+            let mut empty = io::empty();
+            let data: &mut dyn Read = match entry.data.take() {
+                Some(data) => data,
+                None => &mut empty,
+            };
+            let out = builder.get_mut();
+            out.write_all(header.as_bytes()).map_err(Error::WriteTar)?;
+            let size = entry.meta.size;
+            copy_exact(data, out, size, &mut buf, &entry.path, &mut own_warnings)?;
+            write_zeros(out, padding(size))?;
+            summary.bytes += size;
+        } else {
+            builder
                 .append(&header, io::empty())
-                .map_err(Error::WriteTar)?,
+                .map_err(Error::WriteTar)?;
         }
         summary.entries += 1;
     }
@@ -412,6 +418,47 @@ mod tests {
             records(&pax),
             vec![("ctime".to_string(), b"5.000000001".to_vec())]
         );
+    }
+
+    /// A source yielding fixed entries without content readers.
+    struct Fixed(Vec<(&'static str, EntryKind, u64)>);
+
+    impl EntrySource for Fixed {
+        fn next_entry(&mut self) -> Result<Option<Entry<'_>>, Error> {
+            if self.0.is_empty() {
+                return Ok(None);
+            }
+            let (path, kind, size) = self.0.remove(0);
+            let meta = crate::Metadata {
+                size,
+                ..Default::default()
+            };
+            Ok(Some(Entry {
+                path: path.into(),
+                kind,
+                meta,
+                data: None,
+            }))
+        }
+        fn warnings(&self) -> &[Warning] {
+            &[]
+        }
+    }
+
+    #[test]
+    fn file_without_reader_is_zero_filled_and_socket_is_left_out() {
+        let mut src = Fixed(vec![
+            ("sock", EntryKind::Socket, 0),
+            ("f", EntryKind::File, 700),
+        ]);
+        let mut out = Vec::new();
+        let summary = write_tar(&mut src, &mut out).unwrap();
+        assert_eq!(summary.entries, 1);
+        assert_eq!(summary.warnings.len(), 1);
+        assert_eq!(summary.warnings[0].path, std::path::PathBuf::from("f"));
+        // header + 700 bytes padded to 1024 + end marker
+        assert_eq!(out.len(), 512 + 1024 + 1024);
+        assert!(out[512..].iter().all(|&b| b == 0));
     }
 
     #[test]
