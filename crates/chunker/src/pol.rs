@@ -104,7 +104,9 @@ impl FromStr for Pol {
     type Err = ParsePolError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        u64::from_str_radix(s, 16).map(Pol).map_err(|_| ParsePolError(s.to_string()))
+        u64::from_str_radix(s, 16)
+            .map(Pol)
+            .map_err(|_| ParsePolError(s.to_string()))
     }
 }
 
@@ -128,7 +130,10 @@ mod tests {
     fn modulo_and_parse() {
         assert_eq!(Pol(0b110001).modulo(Pol(0b111)), Pol(0));
         assert_eq!(Pol(0b1000).modulo(Pol(0b1011)), Pol(0b011));
-        assert_eq!("3da3358b4dc173".parse::<Pol>().unwrap(), Pol(0x3DA3358B4DC173));
+        assert_eq!(
+            "3da3358b4dc173".parse::<Pol>().unwrap(),
+            Pol(0x3DA3358B4DC173)
+        );
         assert_eq!(Pol(0x3DA3358B4DC173).to_string(), "3da3358b4dc173");
         assert!("xyz".parse::<Pol>().is_err());
     }

@@ -16,7 +16,11 @@ fn restic(repo: &std::path::Path, args: &[&str]) -> Vec<u8> {
         .env("RESTIC_PASSWORD", PASSWORD)
         .output()
         .expect("restic must be installed (.ci/setup installs it)");
-    assert!(out.status.success(), "restic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -45,19 +49,42 @@ fn blob_ids_equal_restics_for_the_same_file() {
 
     restic(&repo, &["init"]);
     let config = json(&repo, &["cat", "config"]);
-    let pol: Pol = config["chunker_polynomial"].as_str().unwrap().parse().unwrap();
-    restic(&repo, &["backup", "--compression", "off", data_dir.to_str().unwrap()]);
+    let pol: Pol = config["chunker_polynomial"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    restic(
+        &repo,
+        &["backup", "--compression", "off", data_dir.to_str().unwrap()],
+    );
 
     // Walk from the snapshot's tree down to the file node.
     let snaps = json(&repo, &["snapshots", "--json"]);
     let mut tree = snaps[0]["tree"].as_str().unwrap().to_string();
-    let comps: Vec<&str> = data_dir.to_str().unwrap().trim_start_matches('/').split('/').collect();
+    let comps: Vec<&str> = data_dir
+        .to_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
     let mut restic_ids = Vec::new();
     for (i, name) in comps.iter().chain(std::iter::once(&"big")).enumerate() {
         let t = json(&repo, &["cat", "blob", &tree]);
-        let node = t["nodes"].as_array().unwrap().iter().find(|n| n["name"] == *name).unwrap().clone();
+        let node = t["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == *name)
+            .unwrap()
+            .clone();
         if i == comps.len() {
-            restic_ids = node["content"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            restic_ids = node["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
         } else {
             tree = node["subtree"].as_str().unwrap().to_string();
         }
