@@ -17,7 +17,12 @@ fn backend(s3: &S3Server, prefix: &str) -> Backend {
         secret_access_key: Some(common::TEST_SECRET_KEY.into()),
         region: Some("us-east-1".into()),
     };
-    Backend::new(Location::parse(&s3.repo_url(prefix)).unwrap(), &creds, RetryPolicy::default()).unwrap()
+    Backend::new(
+        Location::parse(&s3.repo_url(prefix)).unwrap(),
+        &creds,
+        RetryPolicy::default(),
+    )
+    .unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -52,13 +57,19 @@ async fn verify_every_blob(repo: &Repository) -> usize {
     let mut todo = vec![snap.tree];
     let mut blobs = 0;
     while let Some(id) = todo.pop() {
-        let tree: Tree = serde_json::from_slice(&repo.load_blob(&id, &index.get(&id).unwrap()).await.unwrap()).unwrap();
+        let tree: Tree =
+            serde_json::from_slice(&repo.load_blob(&id, &index.get(&id).unwrap()).await.unwrap())
+                .unwrap();
         blobs += 1;
         for node in tree.nodes {
             todo.extend(node.subtree);
             let mut size = 0;
             for id in node.content.clone().unwrap_or_default() {
-                size += repo.load_blob(&id, &index.get(&id).unwrap()).await.unwrap().len() as u64;
+                size += repo
+                    .load_blob(&id, &index.get(&id).unwrap())
+                    .await
+                    .unwrap()
+                    .len() as u64;
                 blobs += 1;
             }
             if node.node_type == NodeType::File {
@@ -78,9 +89,16 @@ fn snapback_reads_and_verifies_what_restic_wrote_on_s3() {
     for compression in ["off", "auto"] {
         let restic = Restic::s3(&s3, compression, PW);
         restic.run_ok(&["init"]);
-        restic.run_ok(&["backup", "--compression", compression, tmp.path().to_str().unwrap()]);
+        restic.run_ok(&[
+            "backup",
+            "--compression",
+            compression,
+            tmp.path().to_str().unwrap(),
+        ]);
         let blobs = rt().block_on(async {
-            let repo = Repository::open(backend(&s3, compression), PW.as_bytes()).await.unwrap();
+            let repo = Repository::open(backend(&s3, compression), PW.as_bytes())
+                .await
+                .unwrap();
             verify_every_blob(&repo).await
         });
         assert!(blobs > 10, "{compression}: only {blobs} blobs");
@@ -100,10 +118,18 @@ fn a_flipped_byte_in_an_s3_snapshot_object_is_an_authentication_error_naming_it(
     let mut data = s3.get_object(&key).unwrap();
     let n = data.len();
     data[n / 2] ^= 0x40;
-    let resp = http_request(s3.port(), "PUT", &format!("/{}/{}", s3.bucket(), key), &data).unwrap();
+    let resp = http_request(
+        s3.port(),
+        "PUT",
+        &format!("/{}/{}", s3.bucket(), key),
+        &data,
+    )
+    .unwrap();
     assert_eq!(resp.status, 200);
     let err = rt().block_on(async {
-        let repo = Repository::open(backend(&s3, "tamper"), PW.as_bytes()).await.unwrap();
+        let repo = Repository::open(backend(&s3, "tamper"), PW.as_bytes())
+            .await
+            .unwrap();
         repo.snapshots().await.unwrap_err()
     });
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
@@ -113,7 +139,10 @@ fn a_flipped_byte_in_an_s3_snapshot_object_is_an_authentication_error_naming_it(
     let out = Snapback::s3(&s3, "tamper", PW).run(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(name) && stderr.contains("authentication failed"), "{stderr}");
+    assert!(
+        stderr.contains(name) && stderr.contains("authentication failed"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -121,7 +150,8 @@ fn an_unreachable_s3_server_fails_with_a_clear_error_after_bounded_retries() {
     // Nothing listens on this port: every attempt is refused.
     let port = common::free_port();
     let mut sb = Snapback::new(format!("s3:http://127.0.0.1:{port}/bucket/x"), PW);
-    sb.set_env("AWS_ACCESS_KEY_ID", "k").set_env("AWS_SECRET_ACCESS_KEY", "s");
+    sb.set_env("AWS_ACCESS_KEY_ID", "k")
+        .set_env("AWS_SECRET_ACCESS_KEY", "s");
     let out = sb.run(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

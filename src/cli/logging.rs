@@ -14,8 +14,14 @@ pub fn init(args: &GlobalArgs) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,snapback={level},snapback_repo={level},snapback_archive={level},snapback_stream={level}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| EnvFilter::new({
+        // Other crates (opendal's retry notices, say) only when asked for more than the default.
+        let others = if args.verbose > 0 { level } else { "error" };
+        format!("{others},snapback={level},snapback_repo={level},snapback_archive={level},snapback_stream={level}")
+    }));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_json {
         builder.json().init();
     } else {
