@@ -25,7 +25,10 @@ fn snapshot_count(restic: &Restic) -> usize {
 
 /// Extracts "N new, N changed, N unchanged" and the added bytes from snapback's summary line.
 fn summary_counts(out: &str) -> (u64, u64, u64) {
-    let line = out.lines().find(|l| l.contains("saved: files")).unwrap_or_else(|| panic!("no summary in {out}"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("saved: files"))
+        .unwrap_or_else(|| panic!("no summary in {out}"));
     // The snapshot id may hold digits; the three file counts follow "files".
     let after = &line[line.find("files").unwrap()..];
     let n: Vec<u64> = after
@@ -74,7 +77,14 @@ fn path_backup_to_s3_passes_restic_check_and_restores_equal() {
 fn tar_of(dir: &Path) -> Vec<u8> {
     let parent = dir.parent().unwrap();
     let name = dir.file_name().unwrap();
-    let out = Command::new("tar").arg("-C").arg(parent).arg("-cf").arg("-").arg(name).output().unwrap();
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(parent)
+        .arg("-cf")
+        .arg("-")
+        .arg(name)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     out.stdout
 }
@@ -91,7 +101,13 @@ fn tar_stream_becomes_per_file_nodes_that_restic_lists_dumps_and_restores() {
     restic.run_ok(&["check", "--read-data"]);
 
     // Every tar member is a node restic lists.
-    let members = Command::new("tar").arg("-tf").arg("-").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let members = Command::new("tar")
+        .arg("-tf")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let members = {
         use std::io::Write;
         let mut child = members;
@@ -99,20 +115,41 @@ fn tar_stream_becomes_per_file_nodes_that_restic_lists_dumps_and_restores() {
         String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
     };
     let listed = restic.run_ok(&["ls", "latest"]);
-    let listed: std::collections::BTreeSet<&str> = listed.lines().filter(|l| l.starts_with('/')).collect();
+    let listed: std::collections::BTreeSet<&str> =
+        listed.lines().filter(|l| l.starts_with('/')).collect();
     for m in members.lines() {
         let path = format!("/{}", m.trim_end_matches('/'));
-        assert!(listed.contains(path.as_str()), "restic ls lacks {path}; it has {listed:?}");
+        assert!(
+            listed.contains(path.as_str()),
+            "restic ls lacks {path}; it has {listed:?}"
+        );
     }
 
     // One member dumped by restic equals the file.
-    let dumped = restic.command(&["dump", "latest", "/vol/random.bin"]).output().unwrap();
-    assert!(dumped.status.success(), "{}", String::from_utf8_lossy(&dumped.stderr));
-    assert_eq!(dumped.stdout, std::fs::read(src.join("random.bin")).unwrap());
+    let dumped = restic
+        .command(&["dump", "latest", "/vol/random.bin"])
+        .output()
+        .unwrap();
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    assert_eq!(
+        dumped.stdout,
+        std::fs::read(src.join("random.bin")).unwrap()
+    );
 
     // A single-file restore brings back just that file.
     let target = tmp.path().join("one");
-    restic.run_ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", "/vol/nested/lines.txt"]);
+    restic.run_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        "/vol/nested/lines.txt",
+    ]);
     assert_eq!(
         std::fs::read(target.join("vol/nested/lines.txt")).unwrap(),
         std::fs::read(src.join("nested/lines.txt")).unwrap()
@@ -148,8 +185,19 @@ fn data_first_backed_up_by_restic_deduplicates() {
     restic.run_ok(&["backup", src.to_str().unwrap()]);
     // --force: read everything instead of trusting restic's snapshot as parent.
     let out = sb.run_ok(&["backup", "--force", src.to_str().unwrap()]);
-    let added: Vec<&str> = out.split(" added").next().unwrap().rsplit(", ").next().unwrap().split(' ').collect();
-    let (value, unit) = (added[added.len() - 2].parse::<f64>().unwrap(), added[added.len() - 1]);
+    let added: Vec<&str> = out
+        .split(" added")
+        .next()
+        .unwrap()
+        .rsplit(", ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .collect();
+    let (value, unit) = (
+        added[added.len() - 2].parse::<f64>().unwrap(),
+        added[added.len() - 1],
+    );
     let bytes = value
         * match unit {
             "B" => 1.0,
@@ -176,18 +224,44 @@ fn a_failing_producer_command_saves_no_snapshot() {
     assert_eq!(snapshot_count(&restic), 1);
 
     // Fails midway, after 3 MB of output.
-    let out = sb.run(&["backup", "--stdin-from-command", "--", "sh", "-c", "head -c 3000000 /dev/urandom; exit 4"]);
+    let out = sb.run(&[
+        "backup",
+        "--stdin-from-command",
+        "--",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/urandom; exit 4",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no snapshot") && err.contains("exit status: 4"), "{err}");
+    assert!(
+        err.contains("no snapshot") && err.contains("exit status: 4"),
+        "{err}"
+    );
     // Killed by a signal.
-    let out = sb.run(&["backup", "--stdin-from-command", "--", "sh", "-c", "head -c 100000 /dev/urandom; kill -9 $$"]);
+    let out = sb.run(&[
+        "backup",
+        "--stdin-from-command",
+        "--",
+        "sh",
+        "-c",
+        "head -c 100000 /dev/urandom; kill -9 $$",
+    ]);
     assert!(!out.status.success());
     assert_eq!(snapshot_count(&restic), 1);
     restic.run_ok(&["check", "--read-data"]);
 
     // A working command does save one.
-    sb.run_ok(&["backup", "--stdin-from-command", "--stdin-filename", "dump.sql", "--", "sh", "-c", "echo create table t"]);
+    sb.run_ok(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "dump.sql",
+        "--",
+        "sh",
+        "-c",
+        "echo create table t",
+    ]);
     assert_eq!(snapshot_count(&restic), 2);
     let dumped = restic.run_ok(&["dump", "latest", "/dump.sql"]);
     assert_eq!(dumped, "create table t\n");
@@ -205,8 +279,18 @@ fn a_truncated_tar_stream_fails_with_a_clear_error_and_no_snapshot() {
     let out = sb.run_with_stdin(&["backup", "--stdin", "--stdin-tar"], cut);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("truncated") && err.contains("no snapshot"), "{err}");
-    assert_eq!(err.trim().lines().filter(|l| l.starts_with("snapback:")).count(), 1, "{err}");
+    assert!(
+        err.contains("truncated") && err.contains("no snapshot"),
+        "{err}"
+    );
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("snapback:"))
+            .count(),
+        1,
+        "{err}"
+    );
     assert_eq!(snapshot_count(&restic), 0);
     restic.run_ok(&["check"]);
 }
@@ -216,8 +300,14 @@ fn raw_stdin_is_one_file_like_restic() {
     require_restic!();
     let (_s3, sb, restic) = setup("raw");
     let data = pseudo_random_bytes(3, 1_500_000);
-    sb.run_ok_with_stdin(&["backup", "--stdin", "--stdin-filename", "blob.bin"], &data);
-    let dumped = restic.command(&["dump", "latest", "/blob.bin"]).output().unwrap();
+    sb.run_ok_with_stdin(
+        &["backup", "--stdin", "--stdin-filename", "blob.bin"],
+        &data,
+    );
+    let dumped = restic
+        .command(&["dump", "latest", "/blob.bin"])
+        .output()
+        .unwrap();
     assert_eq!(dumped.stdout, data);
     let snaps: Vec<serde_json::Value> = restic.json(&["snapshots", "--json"]);
     assert_eq!(snaps[0]["paths"][0], "/blob.bin");

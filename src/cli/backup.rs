@@ -118,29 +118,39 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
         (_, true) => StdinMode::Raw,
         _ => StdinMode::Auto,
     };
-    let (source, snapshot_paths, is_path_backup): (Box<dyn EntrySource + Send>, Vec<String>, bool) = if args.stdin_from_command {
-        let pipe = CommandPipe::spawn(&args.paths)?;
-        let (inner, _) = tokio::task::block_in_place(|| super::stdin::source(Box::new(pipe.clone()), mode, &args.stdin_filename))?;
-        (Box::new(CommandGate::new(inner, pipe)), vec![format!("/{}", args.stdin_filename)], false)
-    } else if args.stdin {
-        let input = Box::new(std::io::stdin());
-        let (src, _) = tokio::task::block_in_place(|| super::stdin::source(input, mode, &args.stdin_filename))?;
-        (src, vec![format!("/{}", args.stdin_filename)], false)
-    } else {
-        let mut paths = Vec::new();
-        for p in &args.paths {
-            let abs = std::path::absolute(p).with_context(|| format!("bad path {p}"))?;
-            std::fs::symlink_metadata(&abs).with_context(|| format!("cannot back up {}", abs.display()))?;
-            paths.push(abs.to_string_lossy().into_owned());
-        }
-        let walk = WalkOptions {
-            one_file_system: args.one_file_system,
-            excludes: excludes.clone(),
-            mountinfo: args.mountinfo.clone(),
-            ..WalkOptions::default()
+    let (source, snapshot_paths, is_path_backup): (Box<dyn EntrySource + Send>, Vec<String>, bool) =
+        if args.stdin_from_command {
+            let pipe = CommandPipe::spawn(&args.paths)?;
+            let (inner, _) = tokio::task::block_in_place(|| {
+                super::stdin::source(Box::new(pipe.clone()), mode, &args.stdin_filename)
+            })?;
+            (
+                Box::new(CommandGate::new(inner, pipe)),
+                vec![format!("/{}", args.stdin_filename)],
+                false,
+            )
+        } else if args.stdin {
+            let input = Box::new(std::io::stdin());
+            let (src, _) = tokio::task::block_in_place(|| {
+                super::stdin::source(input, mode, &args.stdin_filename)
+            })?;
+            (src, vec![format!("/{}", args.stdin_filename)], false)
+        } else {
+            let mut paths = Vec::new();
+            for p in &args.paths {
+                let abs = std::path::absolute(p).with_context(|| format!("bad path {p}"))?;
+                std::fs::symlink_metadata(&abs)
+                    .with_context(|| format!("cannot back up {}", abs.display()))?;
+                paths.push(abs.to_string_lossy().into_owned());
+            }
+            let walk = WalkOptions {
+                one_file_system: args.one_file_system,
+                excludes: excludes.clone(),
+                mountinfo: args.mountinfo.clone(),
+                ..WalkOptions::default()
+            };
+            (Box::new(Walker::new(&paths, walk)?), paths, true)
         };
-        (Box::new(Walker::new(&paths, walk)?), paths, true)
-    };
 
     let mut opts = BackupOptions::new(host, snapshot_paths);
     opts.tags = args.tags.clone();
@@ -196,7 +206,10 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
 
 async fn cancel_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

@@ -23,7 +23,8 @@ pub fn backend(global: &GlobalArgs) -> anyhow::Result<Backend> {
 /// taken from a command-line argument, so it cannot show up in `ps`.
 pub fn password(global: &GlobalArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     if let Some(path) = &global.password_file {
-        let mut text = std::fs::read(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+        let mut text = std::fs::read(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?;
         // restic strips one trailing newline.
         if text.last() == Some(&b'\n') {
             text.pop();

@@ -44,7 +44,9 @@ pub async fn run(global: &GlobalArgs, args: &SnapshotsArgs) -> anyhow::Result<Ex
         println!(
             "{:<10} {:<20} {:<16} {}",
             id.short(),
-            s.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"),
+            s.time
+                .with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S"),
             s.hostname,
             s.paths.join(", ")
         );

@@ -117,7 +117,9 @@ pub struct CommandPipe {
 impl CommandPipe {
     /// Starts `argv` with its stdout piped (stdin closed, stderr passed through).
     pub fn spawn(argv: &[String]) -> anyhow::Result<Self> {
-        let (program, args) = argv.split_first().context("--stdin-from-command needs a command")?;
+        let (program, args) = argv
+            .split_first()
+            .context("--stdin-from-command needs a command")?;
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -133,7 +135,10 @@ impl CommandPipe {
 
     /// Reads the rest of the output and waits for the command; an error unless it exited 0.
     fn finish(&self) -> io::Result<()> {
-        let mut guard = self.inner.lock().map_err(|_| io::Error::other("command state poisoned"))?;
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("command state poisoned"))?;
         if let Some(mut out) = guard.1.take() {
             io::copy(&mut out, &mut io::sink())?;
         }
@@ -141,14 +146,20 @@ impl CommandPipe {
         if status.success() {
             Ok(())
         } else {
-            Err(io::Error::other(format!("command {} failed ({status})", self.program)))
+            Err(io::Error::other(format!(
+                "command {} failed ({status})",
+                self.program
+            )))
         }
     }
 }
 
 impl Read for CommandPipe {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut guard = self.inner.lock().map_err(|_| io::Error::other("command state poisoned"))?;
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("command state poisoned"))?;
         match guard.1.as_mut() {
             Some(out) => out.read(buf),
             None => Ok(0),
@@ -175,7 +186,9 @@ impl EntrySource for CommandGate {
         match self.inner.next_entry()? {
             Some(entry) => Ok(Some(entry)),
             None => {
-                self.pipe.finish().map_err(snapback_stream::Error::ReadTar)?;
+                self.pipe
+                    .finish()
+                    .map_err(snapback_stream::Error::ReadTar)?;
                 Ok(None)
             }
         }

@@ -118,7 +118,9 @@ impl Archiver {
         tx: mpsc::Sender<BlobJob>,
         opts: ArchiveOptions,
     ) -> Result<Self> {
-        let tables = Arc::new(Tables::new(snapback_chunker::Pol(repo.config().chunker_polynomial)));
+        let tables = Arc::new(Tables::new(snapback_chunker::Pol(
+            repo.config().chunker_polynomial,
+        )));
         let mut me = Archiver {
             repo,
             handle,
@@ -151,16 +153,25 @@ impl Archiver {
                 return Err(Error::Cancelled);
             }
             self.entry(entry)?;
-            self.opts.progress.entries_done.fetch_add(1, Ordering::Relaxed);
+            self.opts
+                .progress
+                .entries_done
+                .fetch_add(1, Ordering::Relaxed);
         }
         while self.stack.len() > 1 {
             self.close_top()?;
         }
-        let root = self.stack.pop().ok_or_else(|| Error::Pipeline("no root directory".into()))?;
+        let root = self
+            .stack
+            .pop()
+            .ok_or_else(|| Error::Pipeline("no root directory".into()))?;
         let id = self.write_tree(root.children)?;
-        self.stats
-            .warnings
-            .extend(source.warnings().iter().map(|w| format!("{}: {}", w.path.display(), w.message)));
+        self.stats.warnings.extend(
+            source
+                .warnings()
+                .iter()
+                .map(|w| format!("{}: {}", w.path.display(), w.message)),
+        );
         Ok((id, self.stats))
     }
 
@@ -178,12 +189,22 @@ impl Archiver {
             return Ok(());
         };
         self.enter(parents)?;
-        let Entry { kind, meta, data, path } = entry;
+        let Entry {
+            kind,
+            meta,
+            data,
+            path,
+        } = entry;
         let mut node = node_from_entry(name, &kind, &meta);
         match &kind {
             EntryKind::Dir => {
                 self.stats.dirs += 1;
-                if self.top().children.iter().any(|c| &c.name == name && c.node_type == NodeType::Dir) {
+                if self
+                    .top()
+                    .children
+                    .iter()
+                    .any(|c| &c.name == name && c.node_type == NodeType::Dir)
+                {
                     return Err(self.reentered(&comps));
                 }
                 let parent = self.parent_subtree(name)?;
@@ -196,7 +217,12 @@ impl Archiver {
                 return Ok(());
             }
             EntryKind::File => {
-                let old = self.top().parent.as_ref().and_then(|t| t.nodes.iter().find(|n| &n.name == name)).cloned();
+                let old = self
+                    .top()
+                    .parent
+                    .as_ref()
+                    .and_then(|t| t.nodes.iter().find(|n| &n.name == name))
+                    .cloned();
                 let reusable = old
                     .as_ref()
                     .filter(|o| self.opts.reuse_unchanged && unchanged(o, &meta))
@@ -206,7 +232,10 @@ impl Archiver {
                     Some(ids) => {
                         self.stats.files_unchanged += 1;
                         self.stats.bytes_reused += meta.size;
-                        self.opts.progress.bytes_done.fetch_add(meta.size, Ordering::Relaxed);
+                        self.opts
+                            .progress
+                            .bytes_done
+                            .fetch_add(meta.size, Ordering::Relaxed);
                         ids
                     }
                     None => {
@@ -215,7 +244,10 @@ impl Archiver {
                             None => (Vec::new(), 0),
                         };
                         // A re-read stream member with the same content counts as unchanged.
-                        match old.as_ref().map(|o| o.content.as_deref() == Some(ids.as_slice())) {
+                        match old
+                            .as_ref()
+                            .map(|o| o.content.as_deref() == Some(ids.as_slice()))
+                        {
                             Some(true) => self.stats.files_unchanged += 1,
                             Some(false) => self.stats.files_changed += 1,
                             None => self.stats.files_new += 1,
@@ -225,7 +257,8 @@ impl Archiver {
                     }
                 };
                 if meta.nlink != 1 {
-                    self.links.insert(path.clone(), (content.clone(), node.size));
+                    self.links
+                        .insert(path.clone(), (content.clone(), node.size));
                 }
                 node.content = Some(content);
             }
@@ -262,7 +295,12 @@ impl Archiver {
         while self.top().path.len() < parents.len() {
             let depth = self.top().path.len();
             let name = parents[depth].clone();
-            if self.top().children.iter().any(|c| c.name == name && c.node_type == NodeType::Dir) {
+            if self
+                .top()
+                .children
+                .iter()
+                .any(|c| c.name == name && c.node_type == NodeType::Dir)
+            {
                 return Err(self.reentered(&parents[..=depth]));
             }
             let node = self.implicit_node(&parents[..=depth]);
@@ -303,7 +341,11 @@ impl Archiver {
             .top()
             .parent
             .as_ref()
-            .and_then(|t| t.nodes.iter().find(|n| n.name == name && n.node_type == NodeType::Dir))
+            .and_then(|t| {
+                t.nodes
+                    .iter()
+                    .find(|n| n.name == name && n.node_type == NodeType::Dir)
+            })
             .and_then(|n| n.subtree);
         match sub {
             Some(id) => Ok(Some(self.load_tree(&id)?)),
@@ -312,13 +354,20 @@ impl Archiver {
     }
 
     fn load_tree(&self, id: &Id) -> Result<Tree> {
-        let loc = self.index.get(id).ok_or(snapback_repo::Error::BlobNotFound(*id))?;
+        let loc = self
+            .index
+            .get(id)
+            .ok_or(snapback_repo::Error::BlobNotFound(*id))?;
         let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
-        serde_json::from_slice(&data).map_err(|e| Error::Stream(format!("parent tree {}: {e}", id.short())))
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::Stream(format!("parent tree {}: {e}", id.short())))
     }
 
     fn close_top(&mut self) -> Result<()> {
-        let dir = self.stack.pop().ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
+        let dir = self
+            .stack
+            .pop()
+            .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
         let id = self.write_tree(dir.children)?;
         let mut node = dir.node.unwrap_or_else(|| implicit_dir("", self.opts.time));
         node.subtree = Some(id);
@@ -346,7 +395,10 @@ impl Archiver {
                 .blocking_send(BlobJob { id, ty, data })
                 .map_err(|_| Error::Pipeline("the upload stage stopped".into()))?;
             self.stats.bytes_new += len;
-            self.opts.progress.bytes_new.fetch_add(len, Ordering::Relaxed);
+            self.opts
+                .progress
+                .bytes_new
+                .fetch_add(len, Ordering::Relaxed);
         }
         Ok(id)
     }
@@ -371,7 +423,10 @@ impl Archiver {
             }
             total += n as u64;
             self.stats.bytes_read += n as u64;
-            self.opts.progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+            self.opts
+                .progress
+                .bytes_done
+                .fetch_add(n as u64, Ordering::Relaxed);
             while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
                 let end = scanned + cut;
                 let mut next = Vec::with_capacity((buf.len() - end).max(2 * READ_SIZE));

@@ -96,7 +96,11 @@ pub async fn backup(
     source: Box<dyn EntrySource + Send>,
     opts: BackupOptions,
 ) -> Result<BackupSummary> {
-    let lock = if opts.no_lock { None } else { Some(repo.lock(false).await?) };
+    let lock = if opts.no_lock {
+        None
+    } else {
+        Some(repo.lock(false).await?)
+    };
     let result = run(repo, source, &opts).await;
     if let Some(lock) = lock {
         if let Err(e) = lock.release().await {
@@ -106,7 +110,11 @@ pub async fn backup(
     result
 }
 
-async fn run(repo: &Repository, mut source: Box<dyn EntrySource + Send>, opts: &BackupOptions) -> Result<BackupSummary> {
+async fn run(
+    repo: &Repository,
+    mut source: Box<dyn EntrySource + Send>,
+    opts: &BackupOptions,
+) -> Result<BackupSummary> {
     let started = Instant::now();
     let time = opts.time.unwrap_or_else(|| Local::now().fixed_offset());
     let index = Arc::new(BlobIndex::load(repo).await?);
@@ -133,7 +141,9 @@ async fn run(repo: &Repository, mut source: Box<dyn EntrySource + Send>, opts: &
     .await
     .map_err(|e| Error::Pipeline(format!("archiver: {e}")));
     // The archiver dropped its sender: the sink drains, uploads the last packs, writes the index.
-    let stored = sink.await.map_err(|e| Error::Pipeline(format!("sink: {e}")))?;
+    let stored = sink
+        .await
+        .map_err(|e| Error::Pipeline(format!("sink: {e}")))?;
     // A sink failure explains an archiver's "upload stage stopped", so report it first.
     let stored = stored?;
     let (tree, archive) = archived??;
@@ -165,7 +175,10 @@ async fn run(repo: &Repository, mut source: Box<dyn EntrySource + Send>, opts: &
     })
 }
 
-async fn find_parent(repo: &Repository, opts: &BackupOptions) -> Result<Option<(Id, SnapshotFile)>> {
+async fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+) -> Result<Option<(Id, SnapshotFile)>> {
     match &opts.parent {
         ParentChoice::None => Ok(None),
         ParentChoice::Snapshot(spec) => Ok(Some(repo.find_snapshot(spec, None, &[]).await?)),

@@ -23,6 +23,15 @@ pub enum Error {
     /// A path is not in the snapshot.
     #[error("{0} not found in the snapshot")]
     PathNotFound(String),
+    /// A tree of the snapshot is unusable (a node name that would escape its directory, a
+    /// directory without subtree).
+    #[error("invalid tree {tree}: {reason}")]
+    InvalidTree {
+        /// Tree id (short) or snapshot path concerned.
+        tree: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The operation was cancelled (SIGTERM, shutdown); nothing was saved.
     #[error("cancelled")]
     Cancelled,

@@ -89,7 +89,10 @@ mod tests {
             mode: 0o4755,
             uid: 7,
             size: 12,
-            mtime: Timestamp { secs: 1_600_000_000, nanos: 5 },
+            mtime: Timestamp {
+                secs: 1_600_000_000,
+                nanos: 5,
+            },
             ..Metadata::default()
         };
         let n = node_from_entry("a", &EntryKind::File, &meta);
@@ -99,7 +102,13 @@ mod tests {
         assert_eq!(n.mtime.timestamp_subsec_nanos(), 5);
         assert_eq!(n.size, 12);
         assert!(unchanged(&n, &meta));
-        let touched = Metadata { mtime: Timestamp { secs: 1_600_000_001, nanos: 0 }, ..meta };
+        let touched = Metadata {
+            mtime: Timestamp {
+                secs: 1_600_000_001,
+                nanos: 0,
+            },
+            ..meta
+        };
         assert!(!unchanged(&n, &touched));
     }
 }

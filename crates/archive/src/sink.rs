@@ -85,7 +85,10 @@ struct Encoded {
 pub fn start(
     repo: Repository,
     opts: SinkOptions,
-) -> (mpsc::Sender<BlobJob>, tokio::task::JoinHandle<Result<SinkStats>>) {
+) -> (
+    mpsc::Sender<BlobJob>,
+    tokio::task::JoinHandle<Result<SinkStats>>,
+) {
     let (tx, rx) = mpsc::channel(opts.workers.max(1));
     let task = tokio::spawn(run(repo, rx, opts));
     (tx, task)
@@ -101,12 +104,19 @@ struct State {
     stats: SinkStats,
 }
 
-async fn run(repo: Repository, mut rx: mpsc::Receiver<BlobJob>, mut opts: SinkOptions) -> Result<SinkStats> {
+async fn run(
+    repo: Repository,
+    mut rx: mpsc::Receiver<BlobJob>,
+    mut opts: SinkOptions,
+) -> Result<SinkStats> {
     if !repo.compression() {
         opts.zstd_level = None;
     }
     let mut st = State {
-        open: [PackBuilder::with_capacity(opts.pack_size + 1024 * 1024), PackBuilder::default()],
+        open: [
+            PackBuilder::with_capacity(opts.pack_size + 1024 * 1024),
+            PackBuilder::default(),
+        ],
         uploads: JoinSet::new(),
         index: IndexWriter::default(),
         last_index: Instant::now(),
@@ -129,7 +139,9 @@ impl State {
         let mut encoding: JoinSet<Encoded> = JoinSet::new();
         let mut input_open = true;
         loop {
-            let can_take = input_open && encoding.len() < self.opts.workers && self.uploads.len() < self.opts.max_uploads;
+            let can_take = input_open
+                && encoding.len() < self.opts.workers
+                && self.uploads.len() < self.opts.max_uploads;
             tokio::select! {
                 job = rx.recv(), if can_take => match job {
                     Some(job) => {
@@ -179,7 +191,11 @@ impl State {
         if self.open[slot].is_empty() {
             return Ok(());
         }
-        let cap = if ty == BlobType::Data { self.opts.pack_size + 1024 * 1024 } else { 0 };
+        let cap = if ty == BlobType::Data {
+            self.opts.pack_size + 1024 * 1024
+        } else {
+            0
+        };
         let builder = std::mem::replace(&mut self.open[slot], PackBuilder::with_capacity(cap));
         while self.uploads.len() >= self.opts.max_uploads {
             let up = self.uploads.join_next().await;
@@ -208,7 +224,10 @@ impl State {
         Ok(())
     }
 
-    async fn uploaded(&mut self, up: Option<std::result::Result<Result<(FinishedPack, usize)>, tokio::task::JoinError>>) -> Result<()> {
+    async fn uploaded(
+        &mut self,
+        up: Option<std::result::Result<Result<(FinishedPack, usize)>, tokio::task::JoinError>>,
+    ) -> Result<()> {
         let Some(up) = up else { return Ok(()) };
         let (pack, len) = up.map_err(|e| Error::Pipeline(format!("upload task: {e}")))??;
         self.stats.packs += 1;

@@ -112,7 +112,9 @@ impl Location {
             });
         }
         if let Some(path) = repo.strip_prefix("local:") {
-            return Ok(Location::Local { path: path.to_string() });
+            return Ok(Location::Local {
+                path: path.to_string(),
+            });
         }
         // Any other `scheme:` prefix is a backend we do not support (rest:, sftp:, b2:, ...).
         if let Some((scheme, _)) = repo.split_once(':') {
@@ -123,7 +125,9 @@ impl Location {
         if repo.is_empty() {
             return Err(bad());
         }
-        Ok(Location::Local { path: repo.to_string() })
+        Ok(Location::Local {
+            path: repo.to_string(),
+        })
     }
 }
 
@@ -131,7 +135,11 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local { path } => write!(f, "local:{path}"),
-            Location::S3 { endpoint, bucket, prefix } => write!(f, "s3:{endpoint}/{bucket}/{prefix}"),
+            Location::S3 {
+                endpoint,
+                bucket,
+                prefix,
+            } => write!(f, "s3:{endpoint}/{bucket}/{prefix}"),
         }
     }
 }
@@ -151,7 +159,10 @@ impl std::fmt::Debug for S3Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Credentials")
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("region", &self.region)
             .finish()
     }
@@ -214,14 +225,23 @@ pub struct Listed {
 
 impl Backend {
     /// Connects to `location` (no request is made yet).
-    pub fn new(location: Location, creds: &S3Credentials, policy: RetryPolicy) -> Result<Self, BackendError> {
+    pub fn new(
+        location: Location,
+        creds: &S3Credentials,
+        policy: RetryPolicy,
+    ) -> Result<Self, BackendError> {
         let op = match &location {
             Location::Local { path } => {
-                let abs = std::path::absolute(path).map_err(|_| BackendError::Location(path.clone()))?;
+                let abs =
+                    std::path::absolute(path).map_err(|_| BackendError::Location(path.clone()))?;
                 let b = services::Fs::default().root(&abs.to_string_lossy());
                 Operator::new(b).map_err(|e| storage("", e))?.finish()
             }
-            Location::S3 { endpoint, bucket, prefix } => {
+            Location::S3 {
+                endpoint,
+                bucket,
+                prefix,
+            } => {
                 // Never read ~/.aws or ask the EC2 metadata service: credentials come from the
                 // environment only, and no address but the endpoint is ever contacted.
                 let mut b = services::S3::default()
@@ -256,7 +276,11 @@ impl Backend {
 
     /// Parses `repo` and connects with credentials from the environment and default retries.
     pub fn from_url(repo: &str) -> Result<Self, BackendError> {
-        Self::new(Location::parse(repo)?, &S3Credentials::from_env(), RetryPolicy::default())
+        Self::new(
+            Location::parse(repo)?,
+            &S3Credentials::from_env(),
+            RetryPolicy::default(),
+        )
     }
 
     /// Where this backend stores.
@@ -278,9 +302,20 @@ impl Backend {
     }
 
     /// Reads `length` bytes at `offset` of file `id`.
-    pub async fn read_range(&self, ft: FileType, id: &Id, offset: u64, length: u64) -> Result<Bytes, BackendError> {
+    pub async fn read_range(
+        &self,
+        ft: FileType,
+        id: &Id,
+        offset: u64,
+        length: u64,
+    ) -> Result<Bytes, BackendError> {
         let path = ft.path(id);
-        match self.op.read_with(&path).range(offset..offset + length).await {
+        match self
+            .op
+            .read_with(&path)
+            .range(offset..offset + length)
+            .await
+        {
             Ok(buf) => Ok(buf.to_bytes()),
             Err(e) => Err(map_err(&path, e)),
         }
@@ -353,7 +388,9 @@ impl Backend {
             if entry.metadata().mode() != EntryMode::FILE {
                 continue;
             }
-            let Ok(id) = entry.name().parse::<Id>() else { continue };
+            let Ok(id) = entry.name().parse::<Id>() else {
+                continue;
+            };
             let mut size = entry.metadata().content_length();
             if size == 0 {
                 // Some services (the local fs) do not report sizes while listing.
@@ -379,7 +416,9 @@ fn storage(path: &str, source: opendal::Error) -> BackendError {
 
 fn map_err(path: &str, e: opendal::Error) -> BackendError {
     if e.kind() == ErrorKind::NotFound {
-        BackendError::NotFound { path: path.to_string() }
+        BackendError::NotFound {
+            path: path.to_string(),
+        }
     } else {
         storage(path, e)
     }
@@ -391,8 +430,18 @@ mod tests {
 
     #[test]
     fn parses_restic_location_forms() {
-        assert_eq!(Location::parse("/srv/repo").unwrap(), Location::Local { path: "/srv/repo".into() });
-        assert_eq!(Location::parse("local:/srv/r").unwrap(), Location::Local { path: "/srv/r".into() });
+        assert_eq!(
+            Location::parse("/srv/repo").unwrap(),
+            Location::Local {
+                path: "/srv/repo".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("local:/srv/r").unwrap(),
+            Location::Local {
+                path: "/srv/r".into()
+            }
+        );
         assert_eq!(
             Location::parse("s3:http://127.0.0.1:9000/bucket/some/prefix").unwrap(),
             Location::S3 {
@@ -417,7 +466,10 @@ mod tests {
     #[test]
     fn pack_paths_use_two_hex_digit_folders() {
         let id = Id::hash(b"x");
-        assert_eq!(FileType::Pack.path(&id), format!("data/{}/{}", &id.to_hex()[..2], id));
+        assert_eq!(
+            FileType::Pack.path(&id),
+            format!("data/{}/{}", &id.to_hex()[..2], id)
+        );
         assert_eq!(FileType::Snapshot.path(&id), format!("snapshots/{id}"));
     }
 }

@@ -13,7 +13,9 @@ pub enum Error {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// A file's MAC does not verify: corrupted, tampered with, or not written with this key.
-    #[error("{file}: authentication failed, the file is corrupted or was tampered with ({source})")]
+    #[error(
+        "{file}: authentication failed, the file is corrupted or was tampered with ({source})"
+    )]
     Auth {
         /// Repository-relative path (plus the blob id for a blob inside a pack).
         file: String,

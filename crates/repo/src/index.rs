@@ -127,7 +127,10 @@ impl BlobIndex {
 
     /// Every blob id of type `ty`.
     pub fn ids(&self, ty: BlobType) -> impl Iterator<Item = Id> + '_ {
-        self.blobs.iter().filter(move |(_, e)| e.ty == ty).map(|(id, _)| *id)
+        self.blobs
+            .iter()
+            .filter(move |(_, e)| e.ty == ty)
+            .map(|(id, _)| *id)
     }
 }
 

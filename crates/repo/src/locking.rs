@@ -110,7 +110,11 @@ impl Repository {
             if exclusive || lock.lock.exclusive {
                 return Err(Error::Locked(format!(
                     "{} lock {} held by {}@{} (pid {}) since {}",
-                    if lock.lock.exclusive { "exclusive" } else { "shared" },
+                    if lock.lock.exclusive {
+                        "exclusive"
+                    } else {
+                        "shared"
+                    },
                     listed.id.short(),
                     lock.lock.username,
                     lock.lock.hostname,
@@ -126,7 +130,10 @@ impl Repository {
     pub async fn remove_stale_locks(&self) -> Result<usize> {
         let mut removed = 0;
         for listed in self.backend().list(FileType::Lock).await? {
-            if let Ok(lock) = self.load_json::<LockWithStart>(FileType::Lock, &listed.id).await {
+            if let Ok(lock) = self
+                .load_json::<LockWithStart>(FileType::Lock, &listed.id)
+                .await
+            {
                 if is_stale(&lock) {
                     self.backend().remove(FileType::Lock, &listed.id).await?;
                     removed += 1;

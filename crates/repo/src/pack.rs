@@ -185,13 +185,22 @@ pub fn parse_header(key: &Key, tail: &[u8], pack_size: u64) -> Result<Vec<Packed
             3 => (BlobType::Tree, true),
             t => return Err(PackError::Malformed(format!("unknown blob type {t}"))),
         };
-        let entry_len = if compressed { ENTRY_COMPRESSED } else { ENTRY_PLAIN };
+        let entry_len = if compressed {
+            ENTRY_COMPRESSED
+        } else {
+            ENTRY_PLAIN
+        };
         if rest.len() < entry_len {
             return Err(PackError::Malformed("truncated header entry".into()));
         }
-        let u32_at = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
         let length = u32_at(1);
-        let (uncompressed_length, id_at) = if compressed { (Some(u32_at(5)), 9) } else { (None, 5) };
+        let (uncompressed_length, id_at) = if compressed {
+            (Some(u32_at(5)), 9)
+        } else {
+            (None, 5)
+        };
         let mut id = [0u8; 32];
         id.copy_from_slice(&rest[id_at..id_at + 32]);
         if offset + u64::from(length) > data_end {
@@ -221,7 +230,8 @@ mod tests {
         let a = key.encrypt(b"hello");
         let b = key.encrypt(b"compressed-bytes");
         p.add(Id::hash(b"hello"), BlobType::Data, &a, None).unwrap();
-        p.add(Id::hash(b"tree"), BlobType::Tree, &b, Some(100)).unwrap();
+        p.add(Id::hash(b"tree"), BlobType::Tree, &b, Some(100))
+            .unwrap();
         let f = p.finish(&key).unwrap();
         assert_eq!(f.id, Id::hash(&f.bytes));
         let parsed = parse_header(&key, &f.bytes, f.bytes.len() as u64).unwrap();
@@ -235,12 +245,16 @@ mod tests {
     fn tampered_or_truncated_header_is_an_error_not_a_panic() {
         let key = Key::random();
         let mut p = PackBuilder::default();
-        p.add(Id::hash(b"x"), BlobType::Data, &key.encrypt(b"x"), None).unwrap();
+        p.add(Id::hash(b"x"), BlobType::Data, &key.encrypt(b"x"), None)
+            .unwrap();
         let f = p.finish(&key).unwrap();
         let mut bad = f.bytes.clone();
         let n = bad.len();
         bad[n - 10] ^= 0xff;
-        assert!(matches!(parse_header(&key, &bad, n as u64), Err(PackError::Crypto(_))));
+        assert!(matches!(
+            parse_header(&key, &bad, n as u64),
+            Err(PackError::Crypto(_))
+        ));
         for cut in 0..8 {
             let t = &f.bytes[..cut];
             assert!(parse_header(&key, t, t.len() as u64).is_err());

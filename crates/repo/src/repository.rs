@@ -68,17 +68,27 @@ impl Repository {
     pub async fn init(backend: Backend, password: &[u8], opts: InitOptions) -> Result<Self> {
         match Self::try_init(backend, password, opts).await? {
             (repo, InitOutcome::Created) => Ok(repo),
-            (repo, InitOutcome::Opened) => Err(Error::AlreadyExists(repo.backend.location().to_string())),
+            (repo, InitOutcome::Opened) => {
+                Err(Error::AlreadyExists(repo.backend.location().to_string()))
+            }
         }
     }
 
     /// Creates the repository unless it exists, then opens it. Safe when several processes race:
     /// exactly one config is written, the others open it with the same password.
-    pub async fn init_or_open(backend: Backend, password: &[u8], opts: InitOptions) -> Result<(Self, InitOutcome)> {
+    pub async fn init_or_open(
+        backend: Backend,
+        password: &[u8],
+        opts: InitOptions,
+    ) -> Result<(Self, InitOutcome)> {
         Self::try_init(backend, password, opts).await
     }
 
-    async fn try_init(backend: Backend, password: &[u8], opts: InitOptions) -> Result<(Self, InitOutcome)> {
+    async fn try_init(
+        backend: Backend,
+        password: &[u8],
+        opts: InitOptions,
+    ) -> Result<(Self, InitOutcome)> {
         if !matches!(opts.version, 1 | 2) {
             return Err(Error::UnsupportedVersion(opts.version));
         }
@@ -90,16 +100,20 @@ impl Repository {
         let (user, host) = (opts.username.clone(), opts.hostname.clone());
         let pw = password.to_vec();
         let master_copy = master.clone();
-        let keyfile = tokio::task::spawn_blocking(move || KeyFile::create(&master_copy, &pw, kdf, &user, &host))
-            .await
-            .map_err(|e| Error::format("keys", e))?
-            .map_err(|source| Error::Key {
-                file: "keys/<new>".into(),
-                source,
-            })?;
+        let keyfile = tokio::task::spawn_blocking(move || {
+            KeyFile::create(&master_copy, &pw, kdf, &user, &host)
+        })
+        .await
+        .map_err(|e| Error::format("keys", e))?
+        .map_err(|source| Error::Key {
+            file: "keys/<new>".into(),
+            source,
+        })?;
         let key_json = serde_json::to_vec(&keyfile).map_err(|e| Error::format("keys", e))?;
         let key_id = Id::hash(&key_json);
-        backend.write(FileType::Key, &key_id, Bytes::from(key_json)).await?;
+        backend
+            .write(FileType::Key, &key_id, Bytes::from(key_json))
+            .await?;
 
         let polynomial = match opts.polynomial {
             Some(p) => p,
@@ -202,7 +216,8 @@ impl Repository {
     pub async fn load_json<T: DeserializeOwned>(&self, ft: FileType, id: &Id) -> Result<T> {
         let path = ft.path(id);
         let plain = self.load_unpacked(ft, id).await?;
-        serde_json::from_slice(&plain).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+        serde_json::from_slice(&plain)
+            .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
     }
 
     /// Loads an encrypted file and returns its plaintext (decompressed in version 2).
@@ -238,7 +253,8 @@ impl Repository {
     pub async fn save_unpacked(&self, ft: FileType, plain: &[u8]) -> Result<Id> {
         let sealed = if self.compression() {
             let mut buf = vec![2u8];
-            let z = zstd::bulk::compress(plain, DEFAULT_ZSTD_LEVEL).map_err(|e| Error::format(ft.dir(), e))?;
+            let z = zstd::bulk::compress(plain, DEFAULT_ZSTD_LEVEL)
+                .map_err(|e| Error::format(ft.dir(), e))?;
             buf.extend_from_slice(&z);
             self.key.encrypt(&buf)
         } else {
@@ -253,7 +269,9 @@ impl Repository {
     pub async fn snapshots(&self) -> Result<Vec<(Id, SnapshotFile)>> {
         let listed = self.backend.list(FileType::Snapshot).await?;
         let mut out: Vec<(Id, SnapshotFile)> = futures::stream::iter(listed)
-            .map(|l| async move { Ok::<_, Error>((l.id, self.load_json(FileType::Snapshot, &l.id).await?)) })
+            .map(|l| async move {
+                Ok::<_, Error>((l.id, self.load_json(FileType::Snapshot, &l.id).await?))
+            })
             .buffer_unordered(8)
             .try_collect()
             .await?;
@@ -263,15 +281,25 @@ impl Repository {
 
     /// Resolves `latest`, a full id or an unambiguous id prefix to a snapshot. `latest` may be
     /// narrowed by host and paths.
-    pub async fn find_snapshot(&self, spec: &str, host: Option<&str>, paths: &[String]) -> Result<(Id, SnapshotFile)> {
+    pub async fn find_snapshot(
+        &self,
+        spec: &str,
+        host: Option<&str>,
+        paths: &[String],
+    ) -> Result<(Id, SnapshotFile)> {
         let found = if spec == "latest" {
             self.latest_snapshot(host, paths).await?
         } else {
             let all = self.snapshots().await?;
-            let mut matches = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(spec));
+            let mut matches = all
+                .into_iter()
+                .filter(|(id, _)| id.to_hex().starts_with(spec));
             let first = matches.next();
             if first.is_some() && matches.next().is_some() {
-                return Err(Error::format("snapshots", format!("snapshot prefix {spec:?} is ambiguous")));
+                return Err(Error::format(
+                    "snapshots",
+                    format!("snapshot prefix {spec:?} is ambiguous"),
+                ));
             }
             first
         };
@@ -279,7 +307,11 @@ impl Repository {
     }
 
     /// The newest snapshot, narrowed by host and (as a set) paths; `None` when there is none.
-    pub async fn latest_snapshot(&self, host: Option<&str>, paths: &[String]) -> Result<Option<(Id, SnapshotFile)>> {
+    pub async fn latest_snapshot(
+        &self,
+        host: Option<&str>,
+        paths: &[String],
+    ) -> Result<Option<(Id, SnapshotFile)>> {
         Ok(self
             .snapshots()
             .await?
@@ -293,7 +325,12 @@ impl Repository {
     pub async fn load_blob(&self, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
         let data = self
             .backend
-            .read_range(FileType::Pack, &loc.pack, u64::from(loc.offset), u64::from(loc.length))
+            .read_range(
+                FileType::Pack,
+                &loc.pack,
+                u64::from(loc.offset),
+                u64::from(loc.length),
+            )
             .await?;
         self.open_blob(id, loc, &data)
     }
@@ -301,7 +338,10 @@ impl Repository {
     /// Authenticates, decompresses and hash-checks an encrypted blob already read from its pack.
     pub fn open_blob(&self, id: &Id, loc: &BlobLocation, encrypted: &[u8]) -> Result<Vec<u8>> {
         let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
-        let plain = self.key.decrypt(encrypted).map_err(|source| Error::Auth { file: file(), source })?;
+        let plain = self.key.decrypt(encrypted).map_err(|source| Error::Auth {
+            file: file(),
+            source,
+        })?;
         let plain = match loc.uncompressed_length {
             Some(n) => zstd::bulk::decompress(&plain, n as usize)
                 .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?,
@@ -317,15 +357,22 @@ impl Repository {
     pub async fn pack_header(&self, pack: &Id, size: u64) -> Result<Vec<crate::pack::PackedBlob>> {
         let path = FileType::Pack.path(pack);
         let guess = (crate::pack::TAIL_GUESS as u64).min(size);
-        let mut tail = self.backend.read_range(FileType::Pack, pack, size - guess, guess).await?;
+        let mut tail = self
+            .backend
+            .read_range(FileType::Pack, pack, size - guess, guess)
+            .await?;
         let hlen = crate::pack::header_length(&tail).map_err(|source| Error::Pack {
             file: path.clone(),
             source,
         })? as u64;
         if hlen + 4 > guess && hlen + 4 <= size {
-            tail = self.backend.read_range(FileType::Pack, pack, size - hlen - 4, hlen + 4).await?;
+            tail = self
+                .backend
+                .read_range(FileType::Pack, pack, size - hlen - 4, hlen + 4)
+                .await?;
         }
-        crate::pack::parse_header(&self.key, &tail, size).map_err(|source| Error::Pack { file: path, source })
+        crate::pack::parse_header(&self.key, &tail, size)
+            .map_err(|source| Error::Pack { file: path, source })
     }
 }
 
@@ -338,20 +385,25 @@ fn sorted(v: &[String]) -> Vec<&String> {
 async fn read_config(backend: &Backend) -> Result<Bytes> {
     match backend.read_path(CONFIG).await {
         Ok(d) => Ok(d),
-        Err(BackendError::NotFound { .. }) => Err(Error::NotARepository(backend.location().to_string())),
+        Err(BackendError::NotFound { .. }) => {
+            Err(Error::NotARepository(backend.location().to_string()))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 fn decode_config(master: &Key, data: &[u8]) -> Result<ConfigFile> {
-    let plain = master.decrypt(data).map_err(|source: CryptoError| Error::Auth {
-        file: CONFIG.into(),
-        source,
-    })?;
+    let plain = master
+        .decrypt(data)
+        .map_err(|source: CryptoError| Error::Auth {
+            file: CONFIG.into(),
+            source,
+        })?;
     serde_json::from_slice(&plain).map_err(|e| Error::format(CONFIG, format!("invalid JSON: {e}")))
 }
 
 async fn load_key_file(backend: &Backend, id: &Id) -> Result<KeyFile> {
     let data = backend.read(FileType::Key, id).await?;
-    serde_json::from_slice(&data).map_err(|e| Error::format(FileType::Key.path(id), format!("invalid JSON: {e}")))
+    serde_json::from_slice(&data)
+        .map_err(|e| Error::format(FileType::Key.path(id), format!("invalid JSON: {e}")))
 }

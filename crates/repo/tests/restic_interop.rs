@@ -29,7 +29,11 @@ fn restic(repo: &str, args: &[&str]) -> std::process::Output {
 
 fn fast_init() -> InitOptions {
     InitOptions {
-        kdf: KdfParams { n: 1 << 12, r: 8, p: 1 },
+        kdf: KdfParams {
+            n: 1 << 12,
+            r: 8,
+            p: 1,
+        },
         ..InitOptions::default()
     }
 }
@@ -49,7 +53,11 @@ fn write_sample_tree(dir: &Path) {
         })
         .collect();
     std::fs::write(dir.join("sub/big.bin"), &big).unwrap();
-    std::fs::write(dir.join("sub/deeper/text"), b"a line of text\n".repeat(50_000)).unwrap();
+    std::fs::write(
+        dir.join("sub/deeper/text"),
+        b"a line of text\n".repeat(50_000),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("small.txt", dir.join("link")).unwrap();
 }
 
@@ -58,12 +66,21 @@ async fn restic_accepts_a_repository_initialised_by_snapback() {
     let tmp = tempfile::tempdir().unwrap();
     let repo_dir = tmp.path().join("repo");
     let url = repo_dir.to_str().unwrap().to_string();
-    let repo = Repository::init(Backend::from_url(&url).unwrap(), PASSWORD.as_bytes(), fast_init())
-        .await
-        .unwrap();
+    let repo = Repository::init(
+        Backend::from_url(&url).unwrap(),
+        PASSWORD.as_bytes(),
+        fast_init(),
+    )
+    .await
+    .unwrap();
     assert_eq!(repo.config().version, 2);
     // A second init must refuse, not overwrite.
-    let again = Repository::init(Backend::from_url(&url).unwrap(), PASSWORD.as_bytes(), fast_init()).await;
+    let again = Repository::init(
+        Backend::from_url(&url).unwrap(),
+        PASSWORD.as_bytes(),
+        fast_init(),
+    )
+    .await;
     assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
 
     let out = restic(&url, &["cat", "config"]);
@@ -83,9 +100,13 @@ async fn restic_accepts_a_repository_initialised_by_snapback() {
 async fn wrong_password_is_a_typed_error() {
     let tmp = tempfile::tempdir().unwrap();
     let url = tmp.path().join("repo").to_str().unwrap().to_string();
-    Repository::init(Backend::from_url(&url).unwrap(), PASSWORD.as_bytes(), fast_init())
-        .await
-        .unwrap();
+    Repository::init(
+        Backend::from_url(&url).unwrap(),
+        PASSWORD.as_bytes(),
+        fast_init(),
+    )
+    .await
+    .unwrap();
     let res = Repository::open(Backend::from_url(&url).unwrap(), b"not it").await;
     assert!(matches!(res, Err(Error::WrongPassword)), "{res:?}");
     let missing = tmp.path().join("nothing").to_str().unwrap().to_string();
@@ -102,7 +123,8 @@ async fn verify_latest_snapshot(repo: &Repository) -> (usize, usize) {
     let (mut trees, mut blobs) = (0, 0);
     while let Some(tid) = todo.pop() {
         let loc = index.get(&tid).expect("tree in index");
-        let tree: Tree = serde_json::from_slice(&repo.load_blob(&tid, &loc).await.unwrap()).unwrap();
+        let tree: Tree =
+            serde_json::from_slice(&repo.load_blob(&tid, &loc).await.unwrap()).unwrap();
         trees += 1;
         for node in tree.nodes {
             if let Some(sub) = node.subtree {
@@ -128,7 +150,15 @@ async fn open_restic_made(compression: &str) -> (tempfile::TempDir, String, Repo
     let data = tmp.path().join("data");
     write_sample_tree(&data);
     restic(&url, &["init"]);
-    restic(&url, &["backup", "--compression", compression, data.to_str().unwrap()]);
+    restic(
+        &url,
+        &[
+            "backup",
+            "--compression",
+            compression,
+            data.to_str().unwrap(),
+        ],
+    );
     let repo = Repository::open(Backend::from_url(&url).unwrap(), PASSWORD.as_bytes())
         .await
         .unwrap();
@@ -148,9 +178,16 @@ async fn every_blob_of_a_restic_backup_with_auto_compression_verifies() {
     let index = BlobIndex::load(&repo).await.unwrap();
     let compressed = index
         .ids(snapback_repo::BlobType::Data)
-        .filter(|id| index.get(id).is_some_and(|l| l.uncompressed_length.is_some()))
+        .filter(|id| {
+            index
+                .get(id)
+                .is_some_and(|l| l.uncompressed_length.is_some())
+        })
         .count();
-    assert!(compressed > 0, "restic auto compression should have compressed the text files");
+    assert!(
+        compressed > 0,
+        "restic auto compression should have compressed the text files"
+    );
     let (trees, blobs) = verify_latest_snapshot(&repo).await;
     assert!(trees >= 4 && blobs >= 4, "trees {trees} blobs {blobs}");
 }
@@ -187,7 +224,11 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn a_flipped_byte_in_pack_index_or_snapshot_is_an_authentication_error_naming_the_file() {
     let (tmp, url, _) = open_restic_made("auto").await;
     let root = tmp.path().join("repo");
-    let reopen = || async { Repository::open(Backend::from_url(&url).unwrap(), PASSWORD.as_bytes()).await.unwrap() };
+    let reopen = || async {
+        Repository::open(Backend::from_url(&url).unwrap(), PASSWORD.as_bytes())
+            .await
+            .unwrap()
+    };
 
     // Snapshot file.
     let snap = first_file(&root.join("snapshots"));
@@ -213,7 +254,10 @@ async fn a_flipped_byte_in_pack_index_or_snapshot_is_an_authentication_error_nam
     assert!(err.to_string().contains(&loc.pack.to_hex()), "{err}");
     // The pack header too.
     flip_byte(&pack_path, 10);
-    let err = repo.pack_header(&loc.pack, data.len() as u64).await.unwrap_err();
+    let err = repo
+        .pack_header(&loc.pack, data.len() as u64)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains(&loc.pack.to_hex()), "{err}");
 
     // Index file.
@@ -221,5 +265,9 @@ async fn a_flipped_byte_in_pack_index_or_snapshot_is_an_authentication_error_nam
     flip_byte(&idx, 30);
     let err = BlobIndex::load(&repo).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
-    assert!(err.to_string().contains(idx.file_name().unwrap().to_str().unwrap()), "{err}");
+    assert!(
+        err.to_string()
+            .contains(idx.file_name().unwrap().to_str().unwrap()),
+        "{err}"
+    );
 }

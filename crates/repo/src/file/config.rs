@@ -37,7 +37,10 @@ mod tests {
             chunker_polynomial: 0x3DA3358B4DC173,
         };
         let json = serde_json::to_string(&c).unwrap();
-        assert!(json.contains("\"chunker_polynomial\":\"3da3358b4dc173\""), "{json}");
+        assert!(
+            json.contains("\"chunker_polynomial\":\"3da3358b4dc173\""),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<ConfigFile>(&json).unwrap(), c);
     }
 }

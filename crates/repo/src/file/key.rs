@@ -20,7 +20,11 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams { n: 1 << 15, r: 8, p: 1 }
+        KdfParams {
+            n: 1 << 15,
+            r: 8,
+            p: 1,
+        }
     }
 }
 
@@ -210,13 +214,15 @@ pub(crate) mod b64 {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const FAST: KdfParams = KdfParams { n: 1 << 10, r: 8, p: 1 };
+    const FAST: KdfParams = KdfParams {
+        n: 1 << 10,
+        r: 8,
+        p: 1,
+    };
 
     #[test]
     fn wraps_and_unwraps_the_master_key() {

@@ -101,7 +101,11 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub linktarget: String,
     /// Extended attributes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_vec")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_vec"
+    )]
     pub extended_attributes: Vec<ExtendedAttribute>,
     /// `st_rdev` of a device node.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
@@ -159,7 +163,9 @@ fn is_zero_u64(v: &u64) -> bool {
     *v == 0
 }
 
-fn null_vec<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+fn null_vec<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -248,7 +254,9 @@ mod tests {
         assert!(s.contains("\"content\":null"), "{s}");
         let mut f = Node::new("f", NodeType::File);
         f.content = Some(vec![]);
-        assert!(serde_json::to_string(&f).unwrap().contains("\"content\":[]"));
+        assert!(serde_json::to_string(&f)
+            .unwrap()
+            .contains("\"content\":[]"));
         assert!(zero_time().to_rfc3339().starts_with("0001-01-01T00:00:00"));
     }
 
@@ -259,6 +267,9 @@ mod tests {
         assert_eq!(go_mode::to_unix_perm(m), 0o1777);
         let m = go_mode::from_unix(NodeType::File, 0o4755);
         assert_eq!(go_mode::to_unix_perm(m), 0o4755);
-        assert_eq!(go_mode::from_unix(NodeType::Chardev, 0o600) & go_mode::CHAR_DEVICE, go_mode::CHAR_DEVICE);
+        assert_eq!(
+            go_mode::from_unix(NodeType::Chardev, 0o600) & go_mode::CHAR_DEVICE,
+            go_mode::CHAR_DEVICE
+        );
     }
 }
