@@ -1,5 +1,12 @@
 //! The rolling-hash chunker.
+//!
+//! The fingerprint of a 64-byte window `b_0 .. b_63` is the polynomial
+//! `b_0 x^(8*63) + ... + b_63 mod P` (each byte read as a polynomial of degree < 8). Sliding
+//! one byte means: cancel the outgoing byte's contribution (one table lookup, `Tables::out`),
+//! multiply by x^8 and add the incoming byte, then reduce the 8 bits that rose above deg(P)
+//! (a second lookup, `Tables::reduce`).
 
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use crate::Pol;
@@ -8,55 +15,79 @@ use crate::Pol;
 pub const MIN_SIZE: usize = 512 * 1024;
 /// No chunk is longer than this.
 pub const MAX_SIZE: usize = 8 * 1024 * 1024;
-const WINDOW: usize = 64;
-/// A cut where the low 20 bits of the fingerprint are zero: 1 MiB chunks on average.
-const SPLIT_MASK: u64 = (1 << 20) - 1;
+/// Bytes in the rolling hash's window.
+pub const WINDOW_SIZE: usize = 64;
+/// A chunk ends where the fingerprint's bits under this mask are zero: 1 MiB on average past
+/// [`MIN_SIZE`].
+pub const SPLIT_MASK: u64 = (1 << 20) - 1;
 
-/// Lookup tables for one polynomial: built once per repository, shared by every file's chunker.
+/// Lookup tables for one polynomial: built once per repository, shared (through an `Arc`) by
+/// every file's [`Chunker`].
 #[derive(Debug, Clone)]
 pub struct Tables {
-    /// `out[b]`: fingerprint of `b` followed by 63 zero bytes, XORed in to slide `b` out.
+    pol: Pol,
+    /// `out[b]`: fingerprint of `b` followed by 63 zero bytes. XORing it into a fingerprint
+    /// whose window starts with `b` turns that byte into 0, i.e. slides it out.
     out: [u64; 256],
-    /// `reduce[t]`: reduction of the 8 bits `t` that overflow past the polynomial's degree.
+    /// `reduce[t]`: `t * x^deg mod P`, plus `t * x^deg` itself so that one XOR both clears the
+    /// 8 overflow bits `t` and adds their remainder.
     reduce: [u64; 256],
+    /// deg(P) - 8: where the 8 bits that will overflow sit before the shift by 8.
     shift: u32,
 }
 
 impl Tables {
-    /// Builds the tables for `pol` (an irreducible polynomial of degree 53 in practice).
+    /// Builds the tables for `pol`: restic's polynomials are irreducible of degree 53. Any
+    /// other value gives tables without panicking, but chunks no restic would produce (degrees
+    /// outside 8..=56 make no sense for this scheme).
     pub fn new(pol: Pol) -> Self {
-        let deg = pol.deg().max(8) as u32;
+        let deg = pol.deg().clamp(8, 63) as u32;
         let append = |h: u64, b: u8| Pol((h << 8) | u64::from(b)).modulo(pol).0;
         let mut out = [0u64; 256];
         let mut reduce = [0u64; 256];
-        for b in 0..256usize {
-            let mut h = append(0, b as u8);
-            for _ in 0..WINDOW - 1 {
+        for b in 0..=255u8 {
+            let mut h = append(0, b);
+            for _ in 0..WINDOW_SIZE - 1 {
                 h = append(h, 0);
             }
-            out[b] = h;
-            let top = (b as u64) << deg;
-            reduce[b] = Pol(top).modulo(pol).0 | top;
+            out[usize::from(b)] = h;
+            let top = u64::from(b) << deg;
+            reduce[usize::from(b)] = Pol(top).modulo(pol).0 | top;
         }
         Tables {
+            pol,
             out,
             reduce,
             shift: deg - 8,
         }
     }
+
+    /// The polynomial these tables were built for.
+    pub fn pol(&self) -> Pol {
+        self.pol
+    }
+
+    /// One step of the rolling hash: slide `old` out of the window and `new` in.
+    #[inline(always)]
+    fn step(&self, digest: u64, old: u8, new: u8) -> u64 {
+        let d = digest ^ self.out[usize::from(old)];
+        ((d << 8) | u64::from(new)) ^ self.reduce[(d >> self.shift) as usize & 0xff]
+    }
 }
 
-/// Finds chunk boundaries in one file's byte stream. Push the file's bytes in any slicing;
-/// the cuts do not depend on it.
+/// Finds chunk boundaries in one file's byte stream (restic restarts the chunker at every
+/// file). Push the file's bytes with [`Chunker::next_cut`] in any slicing: the cuts do not
+/// depend on it, and the caller keeps ownership of its buffers.
 #[derive(Debug, Clone)]
 pub struct Chunker {
     tables: Arc<Tables>,
-    window: [u8; WINDOW],
+    /// The last 64 hashed bytes; `window[wpos]` is the oldest.
+    window: [u8; WINDOW_SIZE],
     wpos: usize,
     digest: u64,
     /// Bytes in the current chunk so far.
     count: usize,
-    /// Bytes still to pass unhashed at the start of a chunk (they cannot end it).
+    /// Bytes still to pass unhashed at the start of a chunk (no cut can fall in them).
     skip: usize,
 }
 
@@ -65,7 +96,7 @@ impl Chunker {
     pub fn new(tables: Arc<Tables>) -> Self {
         let mut c = Chunker {
             tables,
-            window: [0; WINDOW],
+            window: [0; WINDOW_SIZE],
             wpos: 0,
             digest: 0,
             count: 0,
@@ -75,30 +106,39 @@ impl Chunker {
         c
     }
 
-    fn reset(&mut self) {
-        self.window = [0; WINDOW];
-        self.wpos = 0;
+    /// Starts over at the beginning of a new chunk, e.g. to reuse this chunker for the next
+    /// file. Bytes pushed since the last cut are forgotten.
+    pub fn reset(&mut self) {
+        self.window = [0; WINDOW_SIZE];
         self.digest = 0;
         self.count = 0;
-        // restic seeds the window with a single 1 byte; it has slid out again by the time the
-        // first cut is possible, but it keeps the fingerprints identical.
-        self.slide(1);
-        self.skip = MIN_SIZE - WINDOW;
+        // restic starts every chunk by sliding a single 1 byte into the empty window. It slides
+        // out again exactly when the first cut becomes possible, but it is part of the
+        // fingerprints until then, so we do the same.
+        self.wpos = 0;
+        let d = self.tables.step(0, 0, 1);
+        self.window[0] = 1;
+        self.wpos = 1;
+        self.digest = d;
+        // The first MIN_SIZE - 64 bytes cannot end a chunk and are not hashed at all; the
+        // window then fills with the 64 bytes before the first possible cut.
+        self.skip = MIN_SIZE - WINDOW_SIZE;
     }
 
-    #[inline(always)]
-    fn slide(&mut self, b: u8) {
-        let out = self.window[self.wpos];
-        self.window[self.wpos] = b;
-        self.wpos = (self.wpos + 1) % WINDOW;
-        let d = self.digest ^ self.tables.out[out as usize];
-        let top = (d >> self.tables.shift) as usize & 0xff;
-        self.digest = ((d << 8) | u64::from(b)) ^ self.tables.reduce[top];
+    /// Bytes pushed into the current chunk so far.
+    pub fn chunk_len(&self) -> usize {
+        self.count
+    }
+
+    /// The tables this chunker hashes with.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
     }
 
     /// Scans `buf`, the next bytes of the file. Returns `Some(n)` when the current chunk ends
     /// after `buf[..n]` (the chunker then starts a new chunk at `buf[n]`; call again with
-    /// `&buf[n..]`), or `None` when all of `buf` belongs to the current chunk.
+    /// `&buf[n..]`), or `None` when all of `buf` belongs to the current chunk. The file's last
+    /// chunk is whatever was pushed after the last cut (none if nothing was).
     pub fn next_cut(&mut self, buf: &[u8]) -> Option<usize> {
         let mut i = 0;
         if self.skip > 0 {
@@ -110,30 +150,58 @@ impl Chunker {
                 return None;
             }
         }
-        // Hot loop on locals: table lookups only, no bounds checks on the window.
-        let tables = &*self.tables;
-        let (out, reduce, shift) = (&tables.out, &tables.reduce, tables.shift);
+        // At most this many more bytes fit in the chunk; the last of them ends it regardless.
+        let room = MAX_SIZE - self.count;
+        let scan = &buf[i..buf.len().min(i + room)];
+        // Bytes that leave the chunk shorter than MIN_SIZE are hashed but cannot end it: no
+        // test for them. (The byte that makes it MIN_SIZE long is the first one tested.)
+        let pre = (MIN_SIZE - 1).saturating_sub(self.count).min(scan.len());
+        self.roll::<false>(&scan[..pre]);
+        let cut = match self.roll::<true>(&scan[pre..]) {
+            Some(k) => Some(i + pre + k + 1),
+            None if scan.len() == room => Some(i + room),
+            None => None,
+        };
+        match cut {
+            Some(_) => self.reset(),
+            None => self.count += scan.len(),
+        }
+        cut
+    }
+
+    /// Hashes `data` into the window; with `CUT`, stops at the first byte whose fingerprint
+    /// ends a chunk and returns its index (the state is then stale: the caller resets).
+    #[inline(always)]
+    fn roll<const CUT: bool>(&mut self, data: &[u8]) -> Option<usize> {
+        let t = &*self.tables;
         let mut digest = self.digest;
+        // The first 64 bytes slide out what the window holds from earlier calls...
+        let head = data.len().min(WINDOW_SIZE);
         let mut wpos = self.wpos;
-        let mut count = self.count;
-        let window = &mut self.window;
-        while i < buf.len() {
-            let b = buf[i];
-            i += 1;
-            let old = window[wpos % WINDOW];
-            window[wpos % WINDOW] = b;
-            wpos = (wpos + 1) % WINDOW;
-            let d = digest ^ out[old as usize];
-            digest = ((d << 8) | u64::from(b)) ^ reduce[(d >> shift) as usize & 0xff];
-            count += 1;
-            if count >= MIN_SIZE && (digest & SPLIT_MASK == 0 || count >= MAX_SIZE) {
-                self.reset();
-                return Some(i);
+        for (j, &b) in data[..head].iter().enumerate() {
+            let old = self.window[wpos];
+            self.window[wpos] = b;
+            wpos = (wpos + 1) % WINDOW_SIZE;
+            digest = t.step(digest, old, b);
+            if CUT && digest & SPLIT_MASK == 0 {
+                return Some(j);
             }
         }
-        self.digest = digest;
+        // ...after that the outgoing byte is simply 64 bytes back in `data`: no window
+        // bookkeeping in the hot loop, and zip keeps it free of bounds checks.
+        for (j, (&b, &old)) in data[head..].iter().zip(data).enumerate() {
+            digest = t.step(digest, old, b);
+            if CUT && digest & SPLIT_MASK == 0 {
+                return Some(head + j);
+            }
+        }
+        if data.len() >= WINDOW_SIZE {
+            self.window
+                .copy_from_slice(&data[data.len() - WINDOW_SIZE..]);
+            wpos = 0;
+        }
         self.wpos = wpos;
-        self.count = count;
+        self.digest = digest;
         None
     }
 }
@@ -153,6 +221,113 @@ pub fn chunk_lengths(tables: Arc<Tables>, data: &[u8]) -> Vec<usize> {
     out
 }
 
+/// Size of [`ChunkIter`]'s read buffer unless chosen otherwise (restic reads 512 KiB at a time).
+pub const DEFAULT_READ_SIZE: usize = 512 * 1024;
+
+/// Reads one file and yields its chunks, with one reused read buffer: memory stays bounded by
+/// the read buffer plus the chunk being built (at most [`MAX_SIZE`]).
+///
+/// As an [`Iterator`] it yields each chunk as a new `Vec<u8>`; [`ChunkIter::read_chunk`] fills
+/// a caller's `Vec` instead, so a caller can recycle chunk buffers too. After an I/O error the
+/// file's position in the chunking is lost: the iterator ends.
+#[derive(Debug)]
+pub struct ChunkIter<R> {
+    reader: R,
+    chunker: Chunker,
+    buf: Box<[u8]>,
+    /// `buf[pos..len]` is read but not yet handed out.
+    pos: usize,
+    len: usize,
+    /// The reader reported end of file, or failed.
+    done: bool,
+}
+
+impl<R: Read> ChunkIter<R> {
+    /// Chunks `reader`'s bytes with `tables`' polynomial, reading [`DEFAULT_READ_SIZE`] bytes
+    /// at a time.
+    pub fn new(reader: R, tables: Arc<Tables>) -> Self {
+        Self::with_read_size(reader, tables, DEFAULT_READ_SIZE)
+    }
+
+    /// Like [`ChunkIter::new`], reading up to `read_size` bytes at a time (at least 1).
+    pub fn with_read_size(reader: R, tables: Arc<Tables>, read_size: usize) -> Self {
+        ChunkIter {
+            reader,
+            chunker: Chunker::new(tables),
+            buf: vec![0; read_size.max(1)].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            done: false,
+        }
+    }
+
+    /// Replaces `out`'s contents with the next chunk. Returns `Ok(false)` (and `out` empty)
+    /// after the last chunk; an empty file has no chunks.
+    pub fn read_chunk(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
+        loop {
+            if self.pos == self.len {
+                if self.done {
+                    return Ok(!out.is_empty());
+                }
+                let n = loop {
+                    match self.reader.read(&mut self.buf) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            self.done = true;
+                            out.clear();
+                            return Err(e);
+                        }
+                    }
+                };
+                if n == 0 {
+                    self.done = true;
+                    // The bytes since the last cut are the file's last chunk.
+                    return Ok(!out.is_empty());
+                }
+                self.pos = 0;
+                self.len = n;
+            }
+            let data = &self.buf[self.pos..self.len];
+            match self.chunker.next_cut(data) {
+                Some(n) => {
+                    out.extend_from_slice(&data[..n]);
+                    self.pos += n;
+                    return Ok(true);
+                }
+                None => {
+                    out.extend_from_slice(data);
+                    self.pos = self.len;
+                }
+            }
+        }
+    }
+
+    /// The reader, e.g. to reuse it after the last chunk.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+}
+
+impl<R: Read> Iterator for ChunkIter<R> {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done && self.pos == self.len {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(MIN_SIZE);
+        match self.read_chunk(&mut chunk) {
+            Ok(true) => Some(Ok(chunk)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl<R: Read> std::iter::FusedIterator for ChunkIter<R> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,8 +344,44 @@ mod tests {
             .collect()
     }
 
+    const POL: Pol = Pol(0x3DA3358B4DC173);
+
     fn tables() -> Arc<Tables> {
-        Arc::new(Tables::new(Pol(0x3DA3358B4DC173)))
+        Arc::new(Tables::new(POL))
+    }
+
+    /// The fingerprint by its definition: the window's bytes as one polynomial, mod P.
+    fn fingerprint(window: &[u8]) -> u64 {
+        window
+            .iter()
+            .fold(Pol(0), |h, &b| Pol((h.0 << 8) | u64::from(b)).modulo(POL))
+            .0
+    }
+
+    #[test]
+    fn rolling_digest_equals_the_fingerprint_of_the_window() {
+        let d = data(MIN_SIZE + 5000, 3);
+        let mut c = Chunker::new(tables());
+        // Push in odd pieces so that the window wraps mid-call and across calls.
+        let mut pushed = 0;
+        for piece in d[..MIN_SIZE - WINDOW_SIZE].chunks(100_000) {
+            assert_eq!(c.next_cut(piece), None);
+            pushed += piece.len();
+        }
+        for piece in [1usize, 7, 63, 64, 65, 200, 3] {
+            // Straight into the rolling hash, past the cut test, to look at every state.
+            let piece = &d[pushed..pushed + piece];
+            c.roll::<false>(piece);
+            pushed += piece.len();
+            let start = pushed
+                .saturating_sub(WINDOW_SIZE)
+                .max(MIN_SIZE - WINDOW_SIZE);
+            // Until 64 bytes are hashed, the seed byte 1 is still at the front of the window.
+            let mut window = vec![1u8];
+            window.extend_from_slice(&d[start..pushed]);
+            let window = &window[window.len().saturating_sub(WINDOW_SIZE)..];
+            assert_eq!(c.digest, fingerprint(window), "after {pushed} bytes");
+        }
     }
 
     #[test]
@@ -193,32 +404,137 @@ mod tests {
     }
 
     #[test]
+    fn periodic_data_is_cut_at_max_size() {
+        // A 7-byte period gives only 7 distinct fingerprints, none of them a cut for this
+        // polynomial: every chunk runs to MAX_SIZE.
+        let d: Vec<u8> = b"abcdefg".iter().copied().cycle().take(17 << 20).collect();
+        let lens = chunk_lengths(tables(), &d);
+        assert_eq!(lens, vec![MAX_SIZE, MAX_SIZE, (17 << 20) - 2 * MAX_SIZE]);
+    }
+
+    #[test]
+    fn chunking_is_deterministic_and_depends_on_the_polynomial() {
+        let d = data(16 << 20, 11);
+        let a = chunk_lengths(tables(), &d);
+        assert_eq!(a, chunk_lengths(tables(), &d));
+        let other = Arc::new(Tables::new(Pol(0x2F0C6E2C3C57D9))); // some other polynomial
+        assert_ne!(a, chunk_lengths(other, &d));
+        // A reset chunker behaves as a new one.
+        let mut c = Chunker::new(tables());
+        c.next_cut(&d[..1000]);
+        c.reset();
+        assert_eq!(c.chunk_len(), 0);
+        assert_eq!(c.next_cut(&d), Some(a[0]));
+    }
+
+    fn lengths_in_pieces(d: &[u8], step: usize) -> Vec<usize> {
+        let mut c = Chunker::new(tables());
+        let mut lens = Vec::new();
+        for piece in d.chunks(step) {
+            let mut rest = piece;
+            loop {
+                let before = c.chunk_len();
+                let Some(n) = c.next_cut(rest) else { break };
+                lens.push(before + n);
+                rest = &rest[n..];
+            }
+        }
+        if c.chunk_len() > 0 {
+            lens.push(c.chunk_len());
+        }
+        lens
+    }
+
+    #[test]
     fn cuts_do_not_depend_on_how_the_input_is_sliced() {
         let d = data(12 * 1024 * 1024, 7);
         let whole = chunk_lengths(tables(), &d);
-        for step in [1usize << 10, 4093, 1 << 16, 700_001] {
-            let mut c = Chunker::new(tables());
-            let mut lens = Vec::new();
-            let mut cur = 0;
-            for piece in d.chunks(step) {
-                let mut rest = piece;
-                while let Some(n) = c.next_cut(rest) {
-                    lens.push(cur + n);
-                    cur = 0;
-                    rest = &rest[n..];
-                }
-                cur += rest.len();
-            }
-            if cur > 0 {
-                lens.push(cur);
-            }
-            assert_eq!(lens, whole, "step {step}");
+        for step in [1usize << 10, 4093, 1 << 16, 700_001, 9 << 20] {
+            assert_eq!(lengths_in_pieces(&d, step), whole, "step {step}");
         }
+        // Byte by byte over a shorter input (slow unoptimised).
+        let d = data(3 * 1024 * 1024, 8);
+        assert_eq!(lengths_in_pieces(&d, 1), chunk_lengths(tables(), &d));
     }
 
     #[test]
     fn small_inputs_are_one_chunk() {
         assert_eq!(chunk_lengths(tables(), &data(1000, 1)), vec![1000]);
+        assert_eq!(chunk_lengths(tables(), &data(MIN_SIZE, 1)), vec![MIN_SIZE]);
         assert!(chunk_lengths(tables(), &[]).is_empty());
+    }
+
+    /// Hands out at most `max` bytes per read, and fails with `Interrupted` every third call.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        max: usize,
+        calls: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 3 == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.max).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn chunk_iter_yields_the_same_chunks_as_next_cut() {
+        let mut d = data(14 << 20, 5);
+        d[3 << 20..5 << 20].fill(0);
+        let expected = chunk_lengths(tables(), &d);
+        // One byte per read is slow unoptimised: a shorter file for that case.
+        let cases = [
+            (DEFAULT_READ_SIZE, usize::MAX, &d[..]),
+            (100_000, 33_333, &d[..]),
+            (1, 1, &d[..MIN_SIZE * 3 + 100]),
+        ];
+        for (read_size, max, d) in cases {
+            let reader = Trickle {
+                data: d,
+                max,
+                calls: 0,
+            };
+            let it = ChunkIter::with_read_size(reader, tables(), read_size);
+            let chunks: Vec<Vec<u8>> = it.collect::<io::Result<_>>().unwrap();
+            let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+            assert_eq!(lens, chunk_lengths(tables(), d), "read size {read_size}");
+            assert_eq!(chunks.concat(), d);
+        }
+        // read_chunk with one recycled Vec.
+        let mut it = ChunkIter::new(&d[..], tables());
+        let mut chunk = Vec::new();
+        let mut lens = Vec::new();
+        while it.read_chunk(&mut chunk).unwrap() {
+            lens.push(chunk.len());
+        }
+        assert_eq!(lens, expected);
+        assert!(chunk.is_empty());
+        assert!(!it.read_chunk(&mut chunk).unwrap());
+        assert_eq!(ChunkIter::new(&[][..], tables()).count(), 0);
+    }
+
+    #[test]
+    fn chunk_iter_reports_a_read_error_and_ends() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                self.0 -= 1;
+                buf.fill(7);
+                Ok(buf.len())
+            }
+        }
+        let mut it = ChunkIter::with_read_size(Failing(3), tables(), 1000);
+        assert_eq!(it.next().unwrap().unwrap_err().to_string(), "disk on fire");
+        assert!(it.next().is_none());
     }
 }
