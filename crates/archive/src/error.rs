@@ -32,6 +32,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An include or exclude pattern is malformed.
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A snapshot path names a node of the wrong type for the operation (`dump` of a symlink).
+    #[error("{path:?} should be a {expected}, but is a {found}")]
+    WrongType {
+        /// Snapshot path.
+        path: String,
+        /// What the operation needs.
+        expected: &'static str,
+        /// The node's type.
+        found: String,
+    },
     /// The operation was cancelled (SIGTERM, shutdown); nothing was saved.
     #[error("cancelled")]
     Cancelled,

@@ -1,0 +1,815 @@
+//! `restore`: writes a snapshot (or the subtree at one path) into a local directory.
+//!
+//! Nodes are visited depth-first with [`TreeWalker`], so memory holds only the trees of the
+//! current path plus the few blobs of the file being written. A file's blobs are fetched with a
+//! bounded number of concurrent reads and written at their offsets as they arrive in order.
+//! Every blob is authenticated and hash-checked by the repository; a file whose data cannot be
+//! read (damaged or missing blob) is removed, recorded as failed, and the restore goes on.
+//! Directory metadata is applied after the directory's contents, so their times stick.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset};
+use futures::StreamExt;
+use snapback_repo::file::tree::{go_mode, zero_time};
+use snapback_repo::file::{Node, NodeType};
+use snapback_repo::{BlobIndex, Id, Repository};
+
+use crate::tree_walk::{path_components, TreeWalker, WalkItem};
+use crate::{Error, Result};
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Directory the nodes are written into (created if missing). A node at snapshot path
+    /// `/a/b` is written to `target/a/b`.
+    pub target: PathBuf,
+    /// Only nodes matching one of these patterns (and, for directories, everything below them)
+    /// are restored; their parent directories are created. Empty: everything.
+    pub include: Vec<String>,
+    /// Nodes matching one of these patterns (and everything below them) are skipped.
+    pub exclude: Vec<String>,
+    /// Blobs of one file fetched concurrently (memory: this many blobs of at most 8 MiB each).
+    pub blob_reads: usize,
+}
+
+impl RestoreOptions {
+    /// Restore everything into `target`.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            target: target.into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            blob_reads: 4,
+        }
+    }
+}
+
+/// A node that could not be restored (or restored only partly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreProblem {
+    /// Snapshot path of the node (relative to the restored tree's root).
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The outcome of a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// Regular files restored (hard links included).
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Symlinks, fifos and devices restored.
+    pub others: u64,
+    /// File content bytes written.
+    pub bytes: u64,
+    /// Nodes that were not restored (a damaged blob, a local I/O error). A failed file is
+    /// removed, never left partial.
+    pub failed: Vec<RestoreProblem>,
+    /// Nodes restored without some of their metadata, or skipped for lack of permission
+    /// (device nodes when not root).
+    pub warnings: Vec<RestoreProblem>,
+}
+
+/// Restores `start` (a directory node such as [`crate::tree_walk::root_node`] or one found with
+/// [`crate::tree_walk::find_node`], or a single non-directory node) into `opts.target`. For a
+/// directory its contents land in the target (the directory itself is not recreated) and the
+/// include/exclude patterns see paths relative to it, starting with `/`; any other node is
+/// written as `target/<name>`.
+///
+/// Runs file I/O on the calling task (short, local writes); call it from a multi-threaded
+/// runtime.
+pub async fn restore(
+    repo: &Repository,
+    index: Arc<BlobIndex>,
+    start: &Node,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    let include = PatternList::parse(&opts.include)?;
+    let exclude = PatternList::parse(&opts.exclude)?;
+    fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let mut r = Restorer {
+        repo,
+        index: index.clone(),
+        target: opts.target.clone(),
+        blob_reads: opts.blob_reads.max(1),
+        is_root: is_root(),
+        links: HashMap::new(),
+        summary: RestoreSummary::default(),
+    };
+
+    let subtree = match (start.node_type, start.subtree) {
+        (NodeType::Dir, Some(id)) => id,
+        (NodeType::Dir, None) => {
+            return Err(Error::InvalidTree {
+                tree: start.name.clone(),
+                reason: "directory without subtree".into(),
+            })
+        }
+        _ => {
+            let path = format!("/{}", start.name);
+            let (selected, _) = select(&include, &exclude, &path, start);
+            if selected {
+                r.restore_node(&path, start).await;
+            }
+            return Ok(r.summary);
+        }
+    };
+
+    let mut walker = TreeWalker::new(repo.clone(), index, subtree, "/");
+    // For each directory descended into: whether it was selected (its metadata is applied
+    // at its end).
+    let mut descended: Vec<Option<(String, Node)>> = Vec::new();
+    let mut first = true;
+    let mut last_dir = String::from("/");
+    loop {
+        let item = match walker.next().await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            // Without the root tree there is nothing to restore.
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                r.fail(&last_dir, format!("cannot read directory contents: {e}"));
+                continue;
+            }
+        };
+        first = false;
+        match item {
+            WalkItem::Node { path, node } => {
+                let (selected, descend) = select(&include, &exclude, &path, &node);
+                let is_dir = node.node_type == NodeType::Dir;
+                if selected {
+                    r.restore_node(&path, &node).await;
+                }
+                if is_dir {
+                    if descend {
+                        last_dir = path.clone();
+                        descended.push(selected.then(|| (path, node)));
+                    } else {
+                        walker.skip_subtree();
+                        if selected {
+                            r.finish_dir(&path, &node);
+                        }
+                    }
+                }
+            }
+            WalkItem::DirEnd { .. } => {
+                if let Some(Some((path, node))) = descended.pop() {
+                    r.finish_dir(&path, &node);
+                }
+            }
+        }
+    }
+    tracing::info!(
+        files = r.summary.files,
+        dirs = r.summary.dirs,
+        bytes = r.summary.bytes,
+        failed = r.summary.failed.len(),
+        "restore finished"
+    );
+    Ok(r.summary)
+}
+
+/// restic's selection: (restore this node, descend into it).
+fn select(include: &PatternList, exclude: &PatternList, path: &str, node: &Node) -> (bool, bool) {
+    let is_dir = node.node_type == NodeType::Dir;
+    let (mut selected, mut descend) = if include.is_empty() {
+        (true, is_dir)
+    } else {
+        let (m, child) = include.select(path);
+        (m, child && is_dir)
+    };
+    if !exclude.is_empty() && exclude.matches(path) {
+        selected = false;
+        descend = false;
+    }
+    (selected, descend)
+}
+
+/// Why one node could not be restored.
+struct NodeFailure(String);
+
+impl From<io::Error> for NodeFailure {
+    fn from(e: io::Error) -> Self {
+        NodeFailure(e.to_string())
+    }
+}
+
+struct Restorer<'a> {
+    repo: &'a Repository,
+    index: Arc<BlobIndex>,
+    target: PathBuf,
+    blob_reads: usize,
+    is_root: bool,
+    /// First restored path of each hard-link group, by (device id, inode).
+    links: HashMap<(u64, u64), PathBuf>,
+    summary: RestoreSummary,
+}
+
+impl Restorer<'_> {
+    fn dest(&self, path: &str) -> PathBuf {
+        let mut p = self.target.clone();
+        p.extend(path_components(path));
+        p
+    }
+
+    fn fail(&mut self, path: &str, message: String) {
+        tracing::warn!(path, error = %message, "not restored");
+        self.summary.failed.push(RestoreProblem {
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    fn warn(&mut self, path: &str, message: String) {
+        tracing::warn!(path, warning = %message, "restore warning");
+        self.summary.warnings.push(RestoreProblem {
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    async fn restore_node(&mut self, path: &str, node: &Node) {
+        let dest = self.dest(path);
+        if let Err(NodeFailure(message)) = self.create(path, node, &dest).await {
+            self.fail(path, message);
+        }
+    }
+
+    /// Creates one node (a directory only gets its entry; its metadata comes in `finish_dir`).
+    async fn create(&mut self, path: &str, node: &Node, dest: &Path) -> Result<(), NodeFailure> {
+        if let Some(parent) = dest.parent() {
+            // Parents of an included node that were not selected themselves.
+            fs::create_dir_all(parent)?;
+        }
+        match node.node_type {
+            NodeType::Dir => {
+                match fs::symlink_metadata(dest) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(dest)?;
+                        make_dir(dest)?;
+                    }
+                    Err(_) => make_dir(dest)?,
+                }
+                self.summary.dirs += 1;
+                return Ok(());
+            }
+            NodeType::File => {
+                let key =
+                    (node.links > 1 && node.inode != 0).then_some((node.device_id, node.inode));
+                if let Some(first) = key.and_then(|k| self.links.get(&k)).cloned() {
+                    remove_existing(dest)?;
+                    fs::hard_link(&first, dest)?;
+                    self.summary.files += 1;
+                    return Ok(());
+                }
+                let written = self.write_file(path, node, dest).await?;
+                self.summary.bytes += written;
+                self.summary.files += 1;
+                if let Some(k) = key {
+                    self.links.insert(k, dest.to_path_buf());
+                }
+            }
+            NodeType::Symlink => {
+                remove_existing(dest)?;
+                std::os::unix::fs::symlink(&node.linktarget, dest)?;
+                self.summary.others += 1;
+            }
+            NodeType::Fifo => {
+                remove_existing(dest)?;
+                let c = cpath(dest)?;
+                // SAFETY: `c` is a valid NUL-terminated path.
+                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                    return Err(io::Error::last_os_error().into());
+                }
+                self.summary.others += 1;
+            }
+            NodeType::Dev | NodeType::Chardev => {
+                remove_existing(dest)?;
+                let kind = if node.node_type == NodeType::Dev {
+                    libc::S_IFBLK
+                } else {
+                    libc::S_IFCHR
+                };
+                let c = cpath(dest)?;
+                // SAFETY: `c` is a valid NUL-terminated path.
+                if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, node.device as libc::dev_t) } != 0
+                {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::PermissionDenied {
+                        self.warn(path, format!("device node not created: {e}"));
+                        return Ok(());
+                    }
+                    return Err(e.into());
+                }
+                self.summary.others += 1;
+            }
+            NodeType::Socket => {
+                // A socket only exists while a process listens on it; restic skips them too.
+                tracing::debug!(path, "socket not restored");
+                return Ok(());
+            }
+            NodeType::Unknown => {
+                self.warn(path, "node of unknown type skipped".into());
+                return Ok(());
+            }
+        }
+        for w in apply_metadata(dest, node, self.is_root) {
+            self.warn(path, w);
+        }
+        Ok(())
+    }
+
+    /// Writes a file's content blob by blob (a bounded number fetched concurrently) into a new
+    /// file; on a data error the partial file is removed.
+    async fn write_file(
+        &mut self,
+        path: &str,
+        node: &Node,
+        dest: &Path,
+    ) -> Result<u64, NodeFailure> {
+        remove_existing(dest)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)?;
+        let blobs: &[Id] = node.content.as_deref().unwrap_or_default();
+        let repo = self.repo;
+        let index = &self.index;
+        let mut loads = futures::stream::iter(blobs.iter().copied())
+            .map(|id| async move {
+                let loc = index
+                    .get(&id)
+                    .ok_or(snapback_repo::Error::BlobNotFound(id))?;
+                repo.load_blob(&id, &loc).await
+            })
+            .buffered(self.blob_reads);
+        let mut offset = 0u64;
+        let result: Result<(), NodeFailure> = async {
+            while let Some(blob) = loads.next().await {
+                let data =
+                    blob.map_err(|e| NodeFailure(format!("cannot read file content: {e}")))?;
+                file.write_all_at(&data, offset)?;
+                offset += data.len() as u64;
+            }
+            Ok(())
+        }
+        .await;
+        drop(loads);
+        if let Err(e) = result {
+            drop(file);
+            if let Err(re) = fs::remove_file(dest) {
+                tracing::warn!(path = %dest.display(), error = %re, "cannot remove partial file");
+            }
+            return Err(e);
+        }
+        if offset != node.size {
+            self.warn(
+                path,
+                format!(
+                    "content is {offset} bytes, the snapshot records {}",
+                    node.size
+                ),
+            );
+        }
+        Ok(offset)
+    }
+
+    /// Applies a directory's metadata once everything inside it is written.
+    fn finish_dir(&mut self, path: &str, node: &Node) {
+        let dest = self.dest(path);
+        if !dest.is_dir() {
+            return;
+        }
+        for w in apply_metadata(&dest, node, self.is_root) {
+            self.warn(path, w);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn make_dir(dest: &Path) -> io::Result<()> {
+    // Owner-only until its metadata is applied after its contents.
+    fs::DirBuilder::new().mode(0o700).create(dest)
+}
+
+/// Removes a non-directory left at `dest` (a previous restore) so it is replaced, not followed.
+fn remove_existing(dest: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a directory is in the way",
+        )),
+        Ok(_) => fs::remove_file(dest),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// Owner, mode, xattrs and times, in that order (chown clears setuid/setgid, so it goes before
+/// chmod; times last). Returns what could not be applied.
+fn apply_metadata(dest: &Path, node: &Node, is_root: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let symlink = node.node_type == NodeType::Symlink;
+    if let Err(e) = std::os::unix::fs::lchown(dest, Some(node.uid), Some(node.gid)) {
+        // Like cp -a and restic: only root must be able to give files away.
+        if is_root || e.kind() != io::ErrorKind::PermissionDenied {
+            warnings.push(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
+        }
+    }
+    if !symlink {
+        let perm = go_mode::to_unix_perm(node.mode);
+        if let Err(e) = fs::set_permissions(dest, fs::Permissions::from_mode(perm)) {
+            warnings.push(format!("cannot set mode {perm:o}: {e}"));
+        }
+    }
+    match cpath(dest) {
+        Ok(c) => {
+            for x in &node.extended_attributes {
+                let Ok(name) = CString::new(x.name.as_bytes()) else {
+                    warnings.push(format!("extended attribute {:?}: NUL in name", x.name));
+                    continue;
+                };
+                // SAFETY: valid NUL-terminated strings; the value pointer and length match.
+                let rc = unsafe {
+                    libc::lsetxattr(
+                        c.as_ptr(),
+                        name.as_ptr(),
+                        x.value.as_ptr().cast(),
+                        x.value.len(),
+                        0,
+                    )
+                };
+                if rc != 0 {
+                    warnings.push(format!(
+                        "cannot set extended attribute {}: {}",
+                        x.name,
+                        io::Error::last_os_error()
+                    ));
+                }
+            }
+            let atime = if node.atime == zero_time() {
+                &node.mtime
+            } else {
+                &node.atime
+            };
+            let times = [timespec(atime), timespec(&node.mtime)];
+            // SAFETY: valid path and a two-element timespec array, as utimensat requires.
+            let rc = unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if rc != 0 {
+                warnings.push(format!("cannot set times: {}", io::Error::last_os_error()));
+            }
+        }
+        Err(e) => warnings.push(e.to_string()),
+    }
+    warnings
+}
+
+fn timespec(t: &DateTime<FixedOffset>) -> libc::timespec {
+    libc::timespec {
+        tv_sec: t.timestamp() as libc::time_t,
+        tv_nsec: t.timestamp_subsec_nanos().min(999_999_999) as _,
+    }
+}
+
+/// Include/exclude patterns with restic's semantics: a pattern is split at `/` into
+/// components matched with Go's `filepath.Match` rules (`*`, `?`, `[...]`, `\` escapes) plus
+/// `**` for any number of components. A pattern starting with `/` is anchored at the root;
+/// any other matches at any depth. A pattern matching a directory matches everything below it.
+#[derive(Debug, Clone, Default)]
+pub struct PatternList {
+    patterns: Vec<Pattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Root,
+    DoubleStar,
+    Glob(Vec<char>),
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    parts: Vec<Part>,
+}
+
+impl PatternList {
+    /// Parses the patterns; empty ones are ignored.
+    pub fn parse(patterns: &[String]) -> Result<Self> {
+        let mut out = Vec::new();
+        for p in patterns {
+            let mut parts = Vec::new();
+            if p.starts_with('/') {
+                parts.push(Part::Root);
+            }
+            for c in path_components(p) {
+                if c == "**" {
+                    parts.push(Part::DoubleStar);
+                } else {
+                    let chars: Vec<char> = c.chars().collect();
+                    if !glob_valid(&chars) {
+                        return Err(Error::InvalidPattern {
+                            pattern: p.clone(),
+                            reason: "malformed pattern (unclosed [ or trailing \\)".into(),
+                        });
+                    }
+                    parts.push(Part::Glob(chars));
+                }
+            }
+            if parts.iter().any(|p| *p != Part::Root) {
+                out.push(Pattern { parts });
+            }
+        }
+        Ok(PatternList { patterns: out })
+    }
+
+    /// No patterns.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Whether an absolute snapshot path (or one of its ancestors) matches a pattern.
+    pub fn matches(&self, path: &str) -> bool {
+        let strs = split_abs(path);
+        self.patterns.iter().any(|p| match_parts(&p.parts, &strs))
+    }
+
+    /// (the path matches, something below it may match) for an absolute snapshot path.
+    pub fn select(&self, path: &str) -> (bool, bool) {
+        let strs = split_abs(path);
+        let mut matched = false;
+        let mut child = false;
+        for p in &self.patterns {
+            matched = matched || match_parts(&p.parts, &strs);
+            child = child || child_may_match(&p.parts, &strs);
+            if matched && child {
+                break;
+            }
+        }
+        (matched, child)
+    }
+}
+
+/// `/a/b` → `["/", "a", "b"]`.
+fn split_abs(path: &str) -> Vec<&str> {
+    let mut v = vec!["/"];
+    v.extend(path_components(path));
+    v
+}
+
+fn part_matches(part: &Part, s: &str) -> bool {
+    match part {
+        Part::Root => s == "/",
+        // Expanded before matching.
+        Part::DoubleStar => false,
+        Part::Glob(g) => s != "/" && glob_match(g, &s.chars().collect::<Vec<_>>()),
+    }
+}
+
+/// Whether the pattern matches a contiguous run of the path's components (anchored at the
+/// root for rooted patterns): so it matches a node or any of its ancestors.
+fn match_parts(parts: &[Part], strs: &[&str]) -> bool {
+    if let Some(pos) = parts.iter().position(|p| *p == Part::DoubleStar) {
+        // `**` stands for 0..n components: try each number of single-component wildcards.
+        let fixed = parts.len() - 1;
+        for k in 0..=strs.len().saturating_sub(fixed) {
+            let mut expanded = parts[..pos].to_vec();
+            expanded.extend(std::iter::repeat_n(Part::Glob(vec!['*']), k));
+            expanded.extend_from_slice(&parts[pos + 1..]);
+            if match_parts(&expanded, strs) {
+                return true;
+            }
+        }
+        return false;
+    }
+    if parts.is_empty() || strs.is_empty() || parts.len() > strs.len() {
+        return false;
+    }
+    let max = strs.len() - parts.len();
+    let (min, max) = if parts[0] == Part::Root {
+        (0, 0)
+    } else if strs[0] == "/" {
+        (1, max)
+    } else {
+        (0, max)
+    };
+    (min..=max).rev().any(|off| {
+        parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| part_matches(p, strs[off + i]))
+    })
+}
+
+/// Whether a node below the path may still match (relative patterns always may).
+fn child_may_match(parts: &[Part], strs: &[&str]) -> bool {
+    if parts.first() != Some(&Part::Root) {
+        return true;
+    }
+    let mut strs = strs;
+    if let Some(pos) = parts.iter().position(|p| *p == Part::DoubleStar) {
+        if strs.len() >= pos {
+            strs = &strs[..pos];
+        }
+    }
+    let l = strs.len().min(parts.len());
+    match_parts(&parts[..l], strs)
+}
+
+fn glob_valid(p: &[char]) -> bool {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return false;
+                }
+                i += 2;
+            }
+            '[' => match class_match(p, i, 'a') {
+                Some((_, next)) => i = next,
+                None => return false,
+            },
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+/// Matches the character class starting at `p[start] == '['` against `c`: (matched, index
+/// after the class), or `None` when malformed.
+fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = p.get(i) == Some(&'^');
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let ch = *p.get(i)?;
+        if ch == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        let lo = read_class_char(p, &mut i)?;
+        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&n| n != ']') {
+            i += 1;
+            read_class_char(p, &mut i)?
+        } else {
+            lo
+        };
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+    }
+}
+
+fn read_class_char(p: &[char], i: &mut usize) -> Option<char> {
+    let mut c = *p.get(*i)?;
+    if c == '\\' {
+        *i += 1;
+        c = *p.get(*i)?;
+    } else if c == '-' || c == ']' {
+        return None;
+    }
+    *i += 1;
+    Some(c)
+}
+
+/// Go `filepath.Match` on one path component (no `/` inside).
+fn glob_match(p: &[char], s: &[char]) -> bool {
+    let (mut pi, mut si) = (0usize, 0usize);
+    // Where to resume after the last `*`: (pattern index after it, string index it covers up to).
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi + 1, si));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => match class_match(p, pi, s[si]) {
+                Some((true, next)) => Some(next),
+                _ => None,
+            },
+            Some('\\') => (p.get(pi + 1) == Some(&s[si])).then_some(pi + 2),
+            Some(c) => (*c == s[si]).then_some(pi + 1),
+            None => None,
+        };
+        match step {
+            Some(next) => {
+                pi = next;
+                si += 1;
+            }
+            None => match star {
+                Some((sp, ss)) => {
+                    star = Some((sp, ss + 1));
+                    pi = sp;
+                    si = ss + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(p: &[&str]) -> PatternList {
+        PatternList::parse(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn glob_follows_go_filepath_match() {
+        let m = |p: &str, s: &str| {
+            glob_match(
+                &p.chars().collect::<Vec<_>>(),
+                &s.chars().collect::<Vec<_>>(),
+            )
+        };
+        assert!(m("*.txt", "a.txt"));
+        assert!(!m("*.txt", "a.txt.bak"));
+        assert!(m("a?c", "abc"));
+        assert!(m("a?c", "aüc"));
+        assert!(m("[a-c]x", "bx"));
+        assert!(!m("[^a-c]x", "bx"));
+        assert!(m("\\*", "*"));
+        assert!(!m("\\*", "a"));
+        assert!(m("*a*b", "xxaxxb"));
+        assert!(!m("*a*b", "xxaxxc"));
+        assert!(m("*", ""));
+        assert!(!glob_valid(&"[ab".chars().collect::<Vec<_>>()));
+        assert!(!glob_valid(&"a\\".chars().collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn rooted_patterns_match_a_node_and_everything_below() {
+        let l = list(&["/data/x"]);
+        assert!(l.matches("/data/x"));
+        assert!(l.matches("/data/x/y/z"));
+        assert!(!l.matches("/data"));
+        assert!(!l.matches("/other/data/x"));
+        assert_eq!(l.select("/data"), (false, true), "parent: descend");
+        assert_eq!(l.select("/other"), (false, false), "elsewhere: skip");
+        assert_eq!(l.select("/data/x/y"), (true, true));
+    }
+
+    #[test]
+    fn relative_patterns_match_at_any_depth() {
+        let l = list(&["*.log"]);
+        assert!(l.matches("/var/app.log"));
+        assert!(l.matches("/a.log/inner"));
+        assert!(!l.matches("/var/app.txt"));
+        assert_eq!(l.select("/var"), (false, true));
+    }
+
+    #[test]
+    fn double_star_spans_components() {
+        let l = list(&["/home/**/secret"]);
+        assert!(l.matches("/home/secret"));
+        assert!(l.matches("/home/u/a/b/secret"));
+        assert!(l.matches("/home/u/secret/file"));
+        assert!(!l.matches("/etc/secret"));
+        assert_eq!(l.select("/home/u/deep").1, true);
+        assert_eq!(l.select("/etc").1, false);
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_and_empty_ones_ignored() {
+        assert!(PatternList::parse(&["/a/[b".to_string()]).is_err());
+        assert!(list(&["", "/"]).is_empty());
+    }
+}

@@ -1,0 +1,515 @@
+//! Reading a snapshot's trees: loading one tree, resolving a path, a depth-first walk that keeps
+//! only the trees of the current path in memory, and [`SnapshotSource`], which presents a
+//! (sub)tree of a snapshot as an [`EntrySource`] (for `dump` as tar).
+//!
+//! Paths inside a snapshot are absolute with the snapshot root as `/`, as restic prints them
+//! (`/home/user/file`).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset};
+use snapback_repo::file::tree::{go_mode, zero_time};
+use snapback_repo::file::{Node, NodeType, Tree};
+use snapback_repo::{BlobIndex, Id, Repository};
+use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning, Xattr};
+use tokio::runtime::Handle;
+
+use crate::{Error, Result};
+
+/// Loads and parses the tree blob `id` (authenticated and hash-checked by the repository).
+pub async fn load_tree(repo: &Repository, index: &BlobIndex, id: &Id) -> Result<Tree> {
+    let loc = index
+        .get(id)
+        .ok_or(snapback_repo::Error::BlobNotFound(*id))?;
+    let data = repo.load_blob(id, &loc).await?;
+    let tree: Tree = serde_json::from_slice(&data).map_err(|e| snapback_repo::Error::Format {
+        file: format!("tree {}", id.short()),
+        message: format!("invalid JSON: {e}"),
+    })?;
+    for node in &tree.nodes {
+        check_name(&node.name).map_err(|reason| Error::InvalidTree {
+            tree: id.short(),
+            reason,
+        })?;
+    }
+    Ok(tree)
+}
+
+/// Refuses node names that would escape their directory when joined to a path.
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(format!("invalid node name {name:?}"));
+    }
+    Ok(())
+}
+
+/// The components of a snapshot path, cleaned like Go's `path.Clean` (`.` dropped, `..` pops).
+pub fn path_components(path: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    out
+}
+
+/// A directory node standing for the snapshot root (which has no node of its own).
+pub fn root_node(tree: Id) -> Node {
+    let mut node = Node::new("", NodeType::Dir);
+    node.mode = go_mode::DIR | 0o755;
+    node.subtree = Some(tree);
+    node
+}
+
+/// Resolves an absolute snapshot path (`/data/x/y`; `/` is the root) to its node, loading one
+/// tree per component. The root resolves to [`root_node`].
+pub async fn find_node(
+    repo: &Repository,
+    index: &BlobIndex,
+    root_tree: &Id,
+    path: &str,
+) -> Result<Node> {
+    let parts = path_components(path);
+    let mut node = root_node(*root_tree);
+    let mut walked = String::new();
+    for part in parts {
+        let Some(subtree) = node.subtree.filter(|_| node.node_type == NodeType::Dir) else {
+            return Err(Error::PathNotFound(format!("{walked}/{part}")));
+        };
+        let tree = load_tree(repo, index, &subtree).await?;
+        walked.push('/');
+        walked.push_str(part);
+        node = tree
+            .nodes
+            .into_iter()
+            .find(|n| n.name == part)
+            .ok_or_else(|| Error::PathNotFound(walked.clone()))?;
+    }
+    Ok(node)
+}
+
+/// Joins a snapshot directory path and a name (`/` + `a` = `/a`, `/a` + `b` = `/a/b`).
+pub fn join_path(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// One step of a [`TreeWalker`].
+#[derive(Debug, Clone)]
+pub enum WalkItem {
+    /// A node, in depth-first name order; a directory comes before its contents.
+    Node {
+        /// Absolute snapshot path of the node.
+        path: String,
+        /// The node.
+        node: Node,
+    },
+    /// All contents of a directory that was descended into have been visited.
+    DirEnd {
+        /// Absolute snapshot path of the directory.
+        path: String,
+        /// The directory's node.
+        node: Node,
+    },
+}
+
+/// A directory being visited: its remaining nodes.
+struct Frame {
+    /// `None` for the walk's root (no node, no [`WalkItem::DirEnd`]).
+    dir: Option<(String, Node)>,
+    path: String,
+    nodes: std::vec::IntoIter<Node>,
+}
+
+/// Depth-first walk of a tree in name order. Only the trees on the path from the root to the
+/// current node are held in memory; a directory's tree is loaded when the walk enters it.
+pub struct TreeWalker {
+    repo: Repository,
+    index: Arc<BlobIndex>,
+    /// The root tree, until the first call loads it.
+    root: Option<(Id, String)>,
+    stack: Vec<Frame>,
+    /// The directory yielded last, entered on the next call unless [`TreeWalker::skip_subtree`].
+    pending: Option<(String, Node)>,
+}
+
+impl TreeWalker {
+    /// A walk of tree `root`; node paths are `base` joined with the names below it (`base` is
+    /// `/` for a whole snapshot).
+    pub fn new(repo: Repository, index: Arc<BlobIndex>, root: Id, base: &str) -> Self {
+        TreeWalker {
+            repo,
+            index,
+            root: Some((root, base.to_string())),
+            stack: Vec::new(),
+            pending: None,
+        }
+    }
+
+    /// Do not descend into the directory returned by the last call.
+    pub fn skip_subtree(&mut self) {
+        self.pending = None;
+    }
+
+    /// The next item, or `None` at the end. A tree that cannot be loaded is reported as an
+    /// error once and then treated as empty, so the walk can go on with the next call (its
+    /// [`WalkItem::DirEnd`] still comes).
+    pub async fn next(&mut self) -> Result<Option<WalkItem>> {
+        if let Some((id, base)) = self.root.take() {
+            let tree = load_tree(&self.repo, &self.index, &id).await?;
+            self.stack.push(frame(None, base, tree));
+        }
+        if let Some((path, node)) = self.pending.take() {
+            let loaded = match node.subtree {
+                Some(id) => load_tree(&self.repo, &self.index, &id).await,
+                None => Err(Error::InvalidTree {
+                    tree: path.clone(),
+                    reason: "directory without subtree".into(),
+                }),
+            };
+            let (tree, err) = match loaded {
+                Ok(t) => (t, None),
+                Err(e) => (Tree::default(), Some(e)),
+            };
+            self.stack
+                .push(frame(Some((path.clone(), node)), path, tree));
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            match top.nodes.next() {
+                Some(node) => {
+                    let path = join_path(&top.path, &node.name);
+                    if node.node_type == NodeType::Dir {
+                        // Clones only directory nodes (no content list); entered lazily.
+                        self.pending = Some((path.clone(), node.clone()));
+                    }
+                    return Ok(Some(WalkItem::Node { path, node }));
+                }
+                None => {
+                    let done = self.stack.pop();
+                    if let Some((path, node)) = done.and_then(|f| f.dir) {
+                        return Ok(Some(WalkItem::DirEnd { path, node }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn frame(dir: Option<(String, Node)>, path: String, mut tree: Tree) -> Frame {
+    // restic writes trees sorted; sort anyway so the order is guaranteed (byte order, as Go).
+    tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Frame {
+        dir,
+        path,
+        nodes: tree.nodes.into_iter(),
+    }
+}
+
+/// A restic time as an entry timestamp.
+pub fn to_timestamp(t: &DateTime<FixedOffset>) -> Timestamp {
+    Timestamp {
+        secs: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos().min(999_999_999),
+    }
+}
+
+fn known_time(t: &DateTime<FixedOffset>) -> Option<Timestamp> {
+    (*t != zero_time()).then(|| to_timestamp(t))
+}
+
+/// Entry metadata of a restic node.
+pub fn node_metadata(node: &Node) -> Metadata {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Metadata {
+        mode: go_mode::to_unix_perm(node.mode),
+        uid: node.uid,
+        gid: node.gid,
+        user: non_empty(&node.user),
+        group: non_empty(&node.group),
+        mtime: to_timestamp(&node.mtime),
+        atime: known_time(&node.atime),
+        ctime: known_time(&node.ctime),
+        size: if node.node_type == NodeType::File {
+            node.size
+        } else {
+            0
+        },
+        inode: node.inode,
+        dev: node.device_id,
+        nlink: node.links,
+        xattrs: node
+            .extended_attributes
+            .iter()
+            .map(|x| Xattr {
+                name: OsString::from(&x.name),
+                value: x.value.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Reads a file's content blob by blob; at most one blob is in memory. Blocks on the runtime
+/// handle, so it must only be read from a blocking thread.
+pub struct BlobReader {
+    handle: Handle,
+    repo: Repository,
+    index: Arc<BlobIndex>,
+    blobs: std::vec::IntoIter<Id>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl BlobReader {
+    /// A reader over the content blobs `blobs` (in order).
+    pub fn new(handle: Handle, repo: Repository, index: Arc<BlobIndex>, blobs: Vec<Id>) -> Self {
+        BlobReader {
+            handle,
+            repo,
+            index,
+            blobs: blobs.into_iter(),
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.current.len() {
+            let Some(id) = self.blobs.next() else {
+                return Ok(0);
+            };
+            // Free the previous blob before fetching the next one.
+            self.current = Vec::new();
+            self.pos = 0;
+            let loc = self
+                .index
+                .get(&id)
+                .ok_or_else(|| io::Error::other(snapback_repo::Error::BlobNotFound(id)))?;
+            self.current = self
+                .handle
+                .block_on(self.repo.load_blob(&id, &loc))
+                .map_err(io::Error::other)?;
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Options of a [`SnapshotSource`].
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Turn the second and later nodes of a hard-link group (`links > 1`, same device and
+    /// inode) into [`EntryKind::HardLink`] entries instead of repeating the content.
+    pub hard_links: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions { hard_links: true }
+    }
+}
+
+/// The nodes below one directory of a snapshot as an [`EntrySource`]. The directory itself is
+/// not an entry; every node below it is, named by its snapshot path without the leading `/`
+/// (dumping `/data/x` yields `data/x/file`, as `restic dump` names tar members).
+///
+/// The trait is synchronous and the repository async: the source blocks on a tokio runtime
+/// [`Handle`]. Drive it only from a blocking thread (`tokio::task::spawn_blocking` or a plain
+/// thread), never from inside an async task: `Handle::block_on` panics there.
+pub struct SnapshotSource {
+    handle: Handle,
+    repo: Repository,
+    index: Arc<BlobIndex>,
+    walker: TreeWalker,
+    options: SourceOptions,
+    /// First member path of each hard-link group seen so far.
+    links: HashMap<(u64, u64), PathBuf>,
+    reader: Option<BlobReader>,
+    warnings: Vec<Warning>,
+}
+
+impl SnapshotSource {
+    /// A source over the contents of the directory `dir` (a node whose `subtree` is set, e.g.
+    /// from [`find_node`]) located at snapshot path `dir_path`.
+    pub fn new(
+        handle: Handle,
+        repo: Repository,
+        index: Arc<BlobIndex>,
+        dir: &Node,
+        dir_path: &str,
+        options: SourceOptions,
+    ) -> Result<Self> {
+        let subtree = match (dir.node_type, dir.subtree) {
+            (NodeType::Dir, Some(id)) => id,
+            _ => {
+                return Err(Error::InvalidTree {
+                    tree: dir_path.to_string(),
+                    reason: "not a directory".into(),
+                })
+            }
+        };
+        let walker = TreeWalker::new(repo.clone(), index.clone(), subtree, dir_path);
+        Ok(SnapshotSource {
+            handle,
+            repo,
+            index,
+            walker,
+            options,
+            links: HashMap::new(),
+            reader: None,
+            warnings: Vec::new(),
+        })
+    }
+}
+
+impl EntrySource for SnapshotSource {
+    fn next_entry(&mut self) -> std::result::Result<Option<Entry<'_>>, snapback_stream::Error> {
+        self.reader = None;
+        loop {
+            let item = self.handle.block_on(self.walker.next()).map_err(|e| {
+                snapback_stream::Error::Io {
+                    path: PathBuf::from("<repository>"),
+                    source: io::Error::other(e),
+                }
+            })?;
+            let (path, node) = match item {
+                None => return Ok(None),
+                Some(WalkItem::DirEnd { .. }) => continue,
+                Some(WalkItem::Node { path, node }) => (path, node),
+            };
+            let member = PathBuf::from(path.trim_start_matches('/'));
+            let meta = node_metadata(&node);
+            let kind = match node.node_type {
+                NodeType::File => EntryKind::File,
+                NodeType::Dir => EntryKind::Dir,
+                NodeType::Symlink => EntryKind::Symlink {
+                    target: PathBuf::from(&node.linktarget),
+                },
+                NodeType::Fifo => EntryKind::Fifo,
+                NodeType::Chardev => EntryKind::CharDevice { rdev: node.device },
+                NodeType::Dev => EntryKind::BlockDevice { rdev: node.device },
+                NodeType::Socket => EntryKind::Socket,
+                NodeType::Unknown => {
+                    self.warnings.push(Warning {
+                        path: member,
+                        message: "node of unknown type skipped".into(),
+                    });
+                    continue;
+                }
+            };
+            if kind == EntryKind::File
+                && self.options.hard_links
+                && node.links > 1
+                && node.inode != 0
+            {
+                let key = (node.device_id, node.inode);
+                if let Some(first) = self.links.get(&key) {
+                    return Ok(Some(Entry {
+                        path: member,
+                        kind: EntryKind::HardLink {
+                            target: first.clone(),
+                        },
+                        meta,
+                        data: None,
+                    }));
+                }
+                self.links.insert(key, member.clone());
+            }
+            if kind != EntryKind::File {
+                return Ok(Some(Entry {
+                    path: member,
+                    kind,
+                    meta,
+                    data: None,
+                }));
+            }
+            let blobs = node.content.unwrap_or_default();
+            let reader = self.reader.insert(BlobReader::new(
+                self.handle.clone(),
+                self.repo.clone(),
+                self.index.clone(),
+                blobs,
+            ));
+            return Ok(Some(Entry {
+                path: member,
+                kind,
+                meta,
+                data: Some(reader as &mut dyn Read),
+            }));
+        }
+    }
+
+    fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_cleaned_like_go_path_clean() {
+        assert_eq!(path_components("/"), Vec::<&str>::new());
+        assert_eq!(path_components("/data/./x//y/"), vec!["data", "x", "y"]);
+        assert_eq!(path_components("data/x/../z"), vec!["data", "z"]);
+        assert_eq!(path_components("/../a"), vec!["a"]);
+    }
+
+    #[test]
+    fn join_handles_the_root() {
+        assert_eq!(join_path("/", "a"), "/a");
+        assert_eq!(join_path("/a", "b"), "/a/b");
+    }
+
+    #[test]
+    fn escaping_names_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a\0"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("..a").is_ok());
+    }
+
+    #[test]
+    fn node_metadata_converts_go_mode_and_times() {
+        let mut node = Node::new("f", NodeType::File);
+        node.mode = go_mode::from_unix(NodeType::File, 0o4755);
+        node.size = 9;
+        node.user = "u".into();
+        node.mtime = DateTime::parse_from_rfc3339("2020-09-13T12:26:40.5+02:00").unwrap();
+        let m = node_metadata(&node);
+        assert_eq!(m.mode, 0o4755);
+        assert_eq!(m.size, 9);
+        assert_eq!(m.user.as_deref(), Some("u"));
+        assert_eq!(m.group, None);
+        assert_eq!(
+            m.mtime,
+            Timestamp {
+                secs: 1_599_992_800,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(m.atime, None, "restic's zero time means unknown");
+    }
+}
