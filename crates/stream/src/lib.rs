@@ -9,6 +9,8 @@
 //! reader borrowed from the source until the next entry is requested, so memory never grows with
 //! file sizes.
 
+#![warn(missing_docs)]
+
 pub mod entry;
 mod error;
 mod names;
