@@ -316,9 +316,10 @@ impl Repository {
             .snapshots()
             .await?
             .into_iter()
-            .filter(|(_, s)| host.is_none_or(|h| s.hostname == h))
-            .filter(|(_, s)| paths.is_empty() || sorted(&s.paths) == sorted(paths))
-            .next_back())
+            .rfind(|(_, s)| {
+                host.is_none_or(|h| s.hostname == h)
+                    && (paths.is_empty() || sorted(&s.paths) == sorted(paths))
+            }))
     }
 
     /// Reads one blob: authenticates, decompresses and checks its hash.

@@ -200,10 +200,10 @@ fn flip_byte(path: &Path, at_end: usize) {
 }
 
 fn first_file(dir: &Path) -> std::path::PathBuf {
-    for e in walk(dir) {
-        return e;
-    }
-    panic!("no file under {}", dir.display())
+    walk(dir)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no file under {}", dir.display()))
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
