@@ -7,7 +7,7 @@
 //! (a second lookup, `Tables::reduce`).
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::Pol;
 
@@ -60,6 +60,26 @@ impl Tables {
             reduce,
             shift: deg - 8,
         }
+    }
+
+    /// The tables for `pol` from a process-wide cache, built on first use: every repository
+    /// opened with the same polynomial shares one copy (2 × 2 KiB). Entries live as long as
+    /// some caller holds them.
+    pub fn shared(pol: Pol) -> Arc<Tables> {
+        static CACHE: Mutex<Vec<(Pol, Weak<Tables>)>> = Mutex::new(Vec::new());
+        // A panic elsewhere while holding the lock cannot leave the list inconsistent.
+        let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(t) = cache
+            .iter()
+            .find(|(p, _)| *p == pol)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return t;
+        }
+        let t = Arc::new(Tables::new(pol));
+        cache.push((pol, Arc::downgrade(&t)));
+        t
     }
 
     /// The polynomial these tables were built for.
@@ -382,6 +402,18 @@ mod tests {
             let window = &window[window.len().saturating_sub(WINDOW_SIZE)..];
             assert_eq!(c.digest, fingerprint(window), "after {pushed} bytes");
         }
+    }
+
+    #[test]
+    fn shared_tables_are_built_once_per_polynomial() {
+        let a = Tables::shared(POL);
+        let b = Tables::shared(POL);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.pol(), POL);
+        let other = Tables::shared(Pol(0x2F0C6E2C3C57D9));
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(a.out, Tables::new(POL).out);
+        assert_eq!(a.reduce, Tables::new(POL).reduce);
     }
 
     #[test]

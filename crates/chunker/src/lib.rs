@@ -16,6 +16,8 @@
 //! assert_eq!(chunks.len(), 6); // zeros cut as early as allowed: 512 KiB each
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod chunker;
 pub mod pol;
 
