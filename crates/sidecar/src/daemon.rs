@@ -1,0 +1,462 @@
+//! The scheduler loop: waits for the schedule or a request, runs one backup at a time through
+//! the gate, records metrics, and on shutdown gives a running backup the grace period before
+//! cancelling it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::Local;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::schedule::{jitter, Schedule};
+use crate::{Gate, Job, Metrics, Outcome};
+
+/// How long a cancelled backup may take to wind down (remove its lock) before the daemon stops
+/// waiting for it. Cancellation is cooperative and normally takes well under a second.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// The answer to a backup request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A backup will start now.
+    Accepted,
+    /// A backup is running or about to start.
+    Busy,
+    /// The repository is not open yet.
+    NotReady,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+#[derive(Debug, Default)]
+struct RunState {
+    running: bool,
+    /// A request not yet served by a run.
+    pending: bool,
+}
+
+/// State shared by the scheduler and the HTTP server.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The metrics.
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    state: Mutex<RunState>,
+    wake: Notify,
+}
+
+impl Shared {
+    /// Fresh state: not ready, idle.
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared::default())
+    }
+
+    /// Marks the repository as open and the key as loaded.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether backups can be served (ready, and not shutting down).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Marks the daemon as shutting down: no more requests are accepted.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Asks for a backup now.
+    pub fn trigger(&self) -> Trigger {
+        if self.stopping.load(Ordering::Acquire) {
+            return Trigger::ShuttingDown;
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Trigger::NotReady;
+        }
+        let Ok(mut st) = self.state.lock() else {
+            return Trigger::Busy;
+        };
+        if st.running || st.pending {
+            return Trigger::Busy;
+        }
+        st.pending = true;
+        drop(st);
+        self.wake.notify_one();
+        Trigger::Accepted
+    }
+
+    /// Starts a run: a pending request, if any, is served by it. With `only_if_pending`, a
+    /// wake-up whose request a scheduled run already served is ignored (returns false).
+    fn claim(&self, only_if_pending: bool) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        if only_if_pending && !st.pending {
+            return false;
+        }
+        st.pending = false;
+        st.running = true;
+        true
+    }
+
+    fn release(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.running = false;
+        }
+    }
+}
+
+/// How the daemon runs backups.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// When backups run by themselves.
+    pub schedule: Schedule,
+    /// Up to this much random delay before each scheduled run.
+    pub jitter: Duration,
+    /// After the shutdown signal, how long a running (or final) backup may still take.
+    pub grace: Duration,
+    /// Run one last backup after the shutdown signal, within the grace period.
+    pub backup_on_shutdown: bool,
+    /// Checks before and command after each backup.
+    pub gate: Gate,
+}
+
+/// The scheduler.
+pub struct Daemon {
+    opts: DaemonOptions,
+    shared: Arc<Shared>,
+    job: Arc<dyn Job>,
+}
+
+impl Daemon {
+    /// A daemon running `job` with `opts`, sharing `shared` with the HTTP server.
+    pub fn new(opts: DaemonOptions, shared: Arc<Shared>, job: Arc<dyn Job>) -> Daemon {
+        Daemon { opts, shared, job }
+    }
+
+    /// Runs until `shutdown` fires and the shutdown work is done. Returns how the last backup
+    /// that ran after the shutdown signal ended (`None` when none did): the process should
+    /// exit non-zero unless it is `None` or a success.
+    pub async fn run(&self, shutdown: CancellationToken) -> Option<Outcome> {
+        tracing::info!(
+            schedule = %self.opts.schedule.describe(),
+            jitter_s = self.opts.jitter.as_secs_f64(),
+            grace_s = self.opts.grace.as_secs_f64(),
+            "scheduler started"
+        );
+        let mut last = None;
+        let mut deadline = None;
+        loop {
+            let due = match self.opts.schedule.next_delay(Local::now()) {
+                Ok(d) => d.map(|d| tokio::time::Instant::now() + d + jitter(self.opts.jitter)),
+                Err(e) => {
+                    tracing::error!(error = %e, "no next scheduled backup; only requests are served");
+                    None
+                }
+            };
+            if let Some(at) = due {
+                let wait = at.saturating_duration_since(tokio::time::Instant::now());
+                tracing::debug!(in_s = wait.as_secs(), "next scheduled backup");
+            }
+            let reason = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.shared.wake.notified() => {
+                    if !self.shared.claim(true) {
+                        continue;
+                    }
+                    "requested"
+                }
+                _ = sleep_until(due) => {
+                    self.shared.claim(false);
+                    "scheduled"
+                }
+            };
+            let cancel = CancellationToken::new();
+            let mut handle = self.spawn_run(reason, cancel.clone());
+            tokio::select! {
+                _ = &mut handle => {}
+                _ = shutdown.cancelled() => {
+                    let until = Instant::now() + self.opts.grace;
+                    deadline = Some(until);
+                    self.shared.set_stopping();
+                    tracing::info!(
+                        grace_s = self.opts.grace.as_secs_f64(),
+                        "shutdown: waiting for the running backup"
+                    );
+                    last = Some(wait_or_cancel(handle, cancel, until).await);
+                    break;
+                }
+            }
+        }
+        self.shared.set_stopping();
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.opts.grace);
+        if self.opts.backup_on_shutdown {
+            if Instant::now() < deadline {
+                self.shared.claim(false);
+                let cancel = CancellationToken::new();
+                let handle = self.spawn_run("shutdown", cancel.clone());
+                last = Some(wait_or_cancel(handle, cancel, deadline).await);
+            } else {
+                tracing::warn!("no time left in the grace period for the shutdown backup");
+                last = Some(Outcome::Failure(
+                    "no time left for the shutdown backup".into(),
+                ));
+            }
+        }
+        tracing::info!("scheduler stopped");
+        last
+    }
+
+    /// Starts one backup run in its own task, which records metrics and logs its end.
+    fn spawn_run(&self, reason: &'static str, cancel: CancellationToken) -> JoinHandle<Outcome> {
+        let job = self.job.clone();
+        let gate = self.opts.gate.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            shared.metrics.started();
+            tracing::info!(reason, "backup started");
+            // The job runs in a task of its own so that a panic is an outcome, not a lost run.
+            let outcome = match tokio::spawn(run_gated(job, gate, cancel)).await {
+                Ok(o) => o,
+                Err(e) => Outcome::Failure(format!("backup task failed: {e}")),
+            };
+            let duration = started.elapsed();
+            shared
+                .metrics
+                .finished(&outcome, duration, unix_millis(SystemTime::now()));
+            shared.release();
+            log_outcome(&outcome, duration);
+            outcome
+        })
+    }
+}
+
+/// Gate, job, post-command.
+async fn run_gated(job: Arc<dyn Job>, gate: Gate, cancel: CancellationToken) -> Outcome {
+    if let Err(why) = gate.enter(&cancel).await {
+        if cancel.is_cancelled() {
+            return Outcome::Cancelled;
+        }
+        return Outcome::Failure(format!("consistency gate closed: {why}"));
+    }
+    let outcome = job.run(cancel).await;
+    if let Err(e) = gate.leave().await {
+        tracing::error!(error = %e, "post-command failed");
+    }
+    outcome
+}
+
+/// Waits for `handle` until `deadline`, then cancels the run and waits for it to wind down.
+async fn wait_or_cancel(
+    mut handle: JoinHandle<Outcome>,
+    cancel: CancellationToken,
+    deadline: Instant,
+) -> Outcome {
+    let joined = |r: Result<Outcome, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| Outcome::Failure(format!("backup task failed: {e}")))
+    };
+    match tokio::time::timeout_at(deadline.into(), &mut handle).await {
+        Ok(r) => joined(r),
+        Err(_) => {
+            tracing::warn!("grace period over: cancelling the backup, no snapshot will be saved");
+            cancel.cancel();
+            match tokio::time::timeout(CANCEL_WAIT, handle).await {
+                Ok(r) => joined(r),
+                Err(_) => {
+                    tracing::error!("the cancelled backup did not stop in time; its lock may remain until it is stale");
+                    Outcome::Cancelled
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn log_outcome(outcome: &Outcome, duration: Duration) {
+    let duration_s = duration.as_secs_f64();
+    match outcome {
+        Outcome::Success(r) => tracing::info!(
+            result = "success",
+            snapshot = %r.snapshot,
+            files_new = r.files_new,
+            files_changed = r.files_changed,
+            files_unchanged = r.files_unchanged,
+            bytes_read = r.bytes_read,
+            bytes_added = r.bytes_added,
+            warnings = r.warnings,
+            duration_s,
+            "backup finished"
+        ),
+        Outcome::Failure(why) => tracing::error!(
+            result = "failure",
+            error = %why,
+            duration_s,
+            "backup failed, no snapshot was saved"
+        ),
+        Outcome::Cancelled => tracing::warn!(
+            result = "cancelled",
+            duration_s,
+            "backup cancelled, no snapshot was saved"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{JobFuture, Report};
+    use std::sync::atomic::AtomicU32;
+
+    /// A job that takes `secs` (or until cancelled) and counts its runs.
+    fn slow_job(secs: u64, runs: Arc<AtomicU32>) -> Arc<dyn Job> {
+        Arc::new(move |cancel: CancellationToken| -> JobFuture {
+            let runs = runs.clone();
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(secs)) => Outcome::Success(Report::default()),
+                    _ = cancel.cancelled() => Outcome::Cancelled,
+                }
+            })
+        })
+    }
+
+    fn opts(grace: Duration) -> DaemonOptions {
+        DaemonOptions {
+            schedule: Schedule::Manual,
+            jitter: Duration::ZERO,
+            grace,
+            backup_on_shutdown: false,
+            gate: Gate::open_always(),
+        }
+    }
+
+    async fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached");
+    }
+
+    #[tokio::test]
+    async fn requests_run_once_and_busy_is_refused() {
+        let shared = Shared::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        assert_eq!(shared.trigger(), Trigger::NotReady);
+        shared.set_ready();
+        let daemon = Daemon::new(
+            opts(Duration::ZERO),
+            shared.clone(),
+            slow_job(1, runs.clone()),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { daemon.run(stop).await }
+        });
+        assert_eq!(shared.trigger(), Trigger::Accepted);
+        assert_eq!(shared.trigger(), Trigger::Busy);
+        wait_for(|| shared.metrics.render().contains("{result=\"success\"} 1")).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        stop.cancel();
+        assert_eq!(task.await.unwrap(), None);
+        assert_eq!(shared.trigger(), Trigger::ShuttingDown);
+        assert!(!shared.is_ready());
+    }
+
+    #[tokio::test]
+    async fn shutdown_cancels_after_grace() {
+        let shared = Shared::new();
+        shared.set_ready();
+        let runs = Arc::new(AtomicU32::new(0));
+        let daemon = Daemon::new(
+            opts(Duration::from_millis(100)),
+            shared.clone(),
+            slow_job(60, runs.clone()),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { daemon.run(stop).await }
+        });
+        assert_eq!(shared.trigger(), Trigger::Accepted);
+        wait_for(|| shared.metrics.in_progress()).await;
+        let t = Instant::now();
+        stop.cancel();
+        assert_eq!(task.await.unwrap(), Some(Outcome::Cancelled));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(shared
+            .metrics
+            .render()
+            .contains("snapback_backups_total{result=\"cancelled\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn shutdown_backup_and_failed_gate() {
+        let shared = Shared::new();
+        shared.set_ready();
+        let runs = Arc::new(AtomicU32::new(0));
+        let mut o = opts(Duration::from_secs(10));
+        o.backup_on_shutdown = true;
+        let daemon = Daemon::new(o, shared.clone(), slow_job(0, runs.clone()));
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(matches!(daemon.run(stop).await, Some(Outcome::Success(_))));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+        let mut o = opts(Duration::from_secs(10));
+        o.backup_on_shutdown = true;
+        o.gate.pre_command = Some("exit 1".into());
+        o.gate.post_command = Some("exit 0".into());
+        let daemon = Daemon::new(o, shared.clone(), slow_job(0, runs.clone()));
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(matches!(daemon.run(stop).await, Some(Outcome::Failure(_))));
+        // The job did not run behind a closed gate.
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(shared
+            .metrics
+            .render()
+            .contains("snapback_backups_total{result=\"failure\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn interval_schedule_runs_by_itself() {
+        let shared = Shared::new();
+        shared.set_ready();
+        let runs = Arc::new(AtomicU32::new(0));
+        let mut o = opts(Duration::ZERO);
+        o.schedule = Schedule::every(Duration::from_millis(50)).unwrap();
+        let daemon = Daemon::new(o, shared.clone(), slow_job(0, runs.clone()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { daemon.run(stop).await }
+        });
+        wait_for(|| runs.load(Ordering::SeqCst) >= 2).await;
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
