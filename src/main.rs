@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let mut args = cli::Cli::parse();
+    cli::sidecar::adjust_global(&mut args);
     cli::logging::init(&args.global);
     match cli::run(args) {
         Ok(code) => code,

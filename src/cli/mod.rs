@@ -5,6 +5,7 @@ pub mod backup;
 pub mod init;
 pub mod logging;
 pub mod repo;
+pub mod sidecar;
 pub mod snapshots;
 pub mod stdin;
 pub mod tar;
@@ -59,6 +60,8 @@ pub enum Command {
     Tar(tar::TarArgs),
     /// Back up paths or a stream into the repository.
     Backup(backup::BackupArgs),
+    /// Run as a Pod's backup daemon: scheduled and requested backups, HTTP API, metrics.
+    Sidecar(sidecar::SidecarArgs),
 }
 
 /// Runs the parsed command line.
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(args) => runtime()?.block_on(backup::run(&cli.global, &args)),
         Command::Init(args) => runtime()?.block_on(init::run(&cli.global, &args)),
         Command::Snapshots(args) => runtime()?.block_on(snapshots::run(&cli.global, &args)),
+        Command::Sidecar(args) => runtime()?.block_on(sidecar::run(&cli.global, &args)),
     }
 }
 

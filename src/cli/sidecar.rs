@@ -1,0 +1,453 @@
+//! `snapback sidecar`: the long-running daemon of a Pod. It opens the repository once (with the
+//! warm key file when given, so it never needs the password), then backs up the Pod's data on a
+//! schedule or on `POST /backup`, behind an optional consistency gate, applies the retention
+//! policy after each success, and shuts down within a grace period on SIGTERM.
+//!
+//! The scheduling, gate, HTTP API and metrics live in `snapback-sidecar`; this module supplies
+//! the backup job and turns the command line into daemon options.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use snapback_archive::archiver::Progress;
+use snapback_archive::backup::ParentChoice;
+use snapback_archive::sink::SinkOptions;
+use snapback_archive::BackupOptions;
+use snapback_maintenance::{ExpirePolicy, ForgetOptions, SnapshotFilter};
+use snapback_repo::Repository;
+use snapback_sidecar::gate::ReadyUrl;
+use snapback_sidecar::{Daemon, DaemonOptions, Gate, JobFuture, Outcome, Report, Schedule, Shared};
+use snapback_stream::entry::EntrySource;
+use snapback_stream::{read_exclude_file, WalkOptions, Walker};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use super::stdin::{CommandGate, CommandPipe, StdinMode};
+use super::GlobalArgs;
+
+/// Longest wait between two attempts to reach the repository at startup.
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(60);
+
+fn duration(text: &str) -> Result<Duration, String> {
+    snapback_sidecar::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Arguments of `snapback sidecar`.
+#[derive(Debug, clap::Args)]
+pub struct SidecarArgs {
+    /// Files and directories to back up (or, with --stdin-from-command, the command and its
+    /// arguments).
+    pub paths: Vec<String>,
+    /// Run this command (the positional arguments) for each backup and back up its standard
+    /// output; a command that fails means no snapshot.
+    #[arg(long)]
+    pub stdin_from_command: bool,
+    /// File name for a raw stream, and the snapshot path (`/NAME`).
+    #[arg(long, default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Treat the command's output as a tar archive (else detected from its first header).
+    #[arg(long, conflicts_with = "stdin_raw")]
+    pub stdin_tar: bool,
+    /// Store the command's output as one file even if it is a tar archive.
+    #[arg(long)]
+    pub stdin_raw: bool,
+
+    /// Back up on this cron schedule (5 fields, local time; e.g. "0 */6 * * *").
+    #[arg(long, conflicts_with = "every", value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// Back up at this interval (e.g. 1h, 30m), the first one interval after start.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub every: Option<Duration>,
+    /// Wait up to this much longer, at random, before each scheduled backup (e.g. 5m).
+    #[arg(long, value_parser = duration, default_value = "0s", value_name = "DURATION")]
+    pub jitter: Duration,
+    /// Address of the HTTP API (/healthz, /readyz, /metrics, POST /backup).
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
+    pub listen: String,
+
+    /// Before each backup, run this with `sh -c`; the backup runs only if it exits 0.
+    #[arg(long, value_name = "CMD")]
+    pub pre_command: Option<String>,
+    /// Before each backup, GET this http:// URL; the backup runs only on a 2xx answer.
+    #[arg(long, value_name = "URL")]
+    pub ready_url: Option<String>,
+    /// After each backup that passed the gate, run this with `sh -c`, whatever the result.
+    #[arg(long, value_name = "CMD")]
+    pub post_command: Option<String>,
+    /// Time limit of the pre- and post-command and the readiness probe.
+    #[arg(long, value_parser = duration, default_value = "5m", value_name = "DURATION")]
+    pub hook_timeout: Duration,
+
+    /// After a successful backup, keep the last N snapshots of this host and paths.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_last: u32,
+    /// ... and the newest snapshot of each of the last N hours.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_hourly: u32,
+    /// ... of each of the last N days.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_daily: u32,
+    /// ... of each of the last N weeks.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_weekly: u32,
+    /// ... of each of the last N months.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_monthly: u32,
+
+    /// On SIGTERM, how long a running backup may still take before it is cancelled (no
+    /// snapshot). Keep it below the Pod's terminationGracePeriodSeconds.
+    #[arg(long, value_parser = duration, default_value = "25s", value_name = "DURATION")]
+    pub grace: Duration,
+    /// On SIGTERM, run one last backup within the grace period.
+    #[arg(long)]
+    pub backup_on_shutdown: bool,
+
+    /// Host name for the snapshots (default: POD_NAMESPACE/POD_NAME in a Pod, else the host
+    /// name).
+    #[arg(long, env = "SNAPBACK_HOST")]
+    pub host: Option<String>,
+    /// Tag the snapshots (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Exclude paths matching this glob (repeatable).
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file (repeatable).
+    #[arg(long = "exclude-file")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Stay on the filesystem of each path.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Compression: auto, off, max, or a zstd level 1-22.
+    #[arg(long, default_value = "auto")]
+    pub compression: String,
+    /// Pack size in MiB.
+    #[arg(long, default_value_t = 8)]
+    pub pack_size: usize,
+    /// Packs uploading at once.
+    #[arg(long, default_value_t = 2)]
+    pub uploads: usize,
+}
+
+/// Sidecar defaults for the global options, applied before logging starts: JSON lines (for the
+/// cluster's log collector) at info level, so every backup leaves a record.
+pub fn adjust_global(cli: &mut super::Cli) {
+    if matches!(cli.command, super::Command::Sidecar(_)) {
+        cli.global.log_json = true;
+        if !cli.global.quiet {
+            cli.global.verbose = cli.global.verbose.max(1);
+        }
+    }
+}
+
+/// What every backup run needs, prepared once.
+struct JobConfig {
+    repo: Repository,
+    paths: Vec<String>,
+    command: Option<(Vec<String>, StdinMode, String)>,
+    walk: WalkOptions,
+    template: BackupOptions,
+    retention: Option<ForgetOptions>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; exit 0, or 1 when the backup running at (or started
+/// for) shutdown did not save a snapshot.
+pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<ExitCode> {
+    if args.paths.is_empty() {
+        bail!("nothing to back up: give paths, or --stdin-from-command and a command");
+    }
+    // Fail on a bad command line now, not at the first backup.
+    let schedule = match (&args.schedule, args.every) {
+        (Some(expr), _) => Schedule::cron(expr)?,
+        (None, Some(every)) => Schedule::every(every)?,
+        (None, None) => Schedule::Manual,
+    };
+    let ready_url = args.ready_url.as_deref().map(ReadyUrl::parse).transpose()?;
+    let zstd_level = zstd_level(&args.compression)?;
+    super::repo::location(global)?;
+    let mut excludes = args.excludes.clone();
+    for f in &args.exclude_files {
+        excludes.extend(read_exclude_file(f)?);
+    }
+
+    // Signals first: a SIGTERM while the repository is still being reached must stop us.
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(install_signals()?, shutdown.clone()));
+
+    let shared = Shared::new();
+    let listener = snapback_sidecar::http::bind(&args.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.clone(), |a| a.to_string());
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(snapback_sidecar::http::serve(
+        listener,
+        shared.clone(),
+        http_stop.clone(),
+    ));
+    tracing::info!(listen = %addr, "HTTP API listening");
+
+    let Some(repo) = open_with_retry(global, &shutdown).await? else {
+        tracing::info!("shutdown before the repository was opened");
+        http_stop.cancel();
+        let _ = http.await;
+        return Ok(ExitCode::SUCCESS);
+    };
+    match repo.remove_stale_locks().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed stale repository locks"),
+        Err(e) => tracing::warn!(error = %e, "could not check for stale locks"),
+    }
+    tracing::info!(
+        repository = %repo.backend().location(),
+        id = %repo.config().id.short(),
+        "repository opened"
+    );
+
+    let host = args.host.clone().unwrap_or_else(super::backup::default_host);
+    let (command, snapshot_paths, is_path_backup) = if args.stdin_from_command {
+        let mode = match (args.stdin_tar, args.stdin_raw) {
+            (true, _) => StdinMode::Tar,
+            (_, true) => StdinMode::Raw,
+            _ => StdinMode::Auto,
+        };
+        (
+            Some((args.paths.clone(), mode, args.stdin_filename.clone())),
+            vec![format!("/{}", args.stdin_filename)],
+            false,
+        )
+    } else {
+        let mut abs = Vec::new();
+        for p in &args.paths {
+            // Not checked for existence: the application may create its data directory later.
+            let a = std::path::absolute(p).with_context(|| format!("bad path {p}"))?;
+            abs.push(a.to_string_lossy().into_owned());
+        }
+        (None, abs.clone(), true)
+    };
+    let mut template = BackupOptions::new(host.clone(), snapshot_paths.clone());
+    template.tags = args.tags.clone();
+    template.excludes = excludes.clone();
+    template.reuse_unchanged = is_path_backup;
+    template.stat_implicit_dirs = is_path_backup;
+    template.parent = ParentChoice::Latest;
+    template.sink = SinkOptions {
+        pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
+        max_uploads: args.uploads.max(1),
+        zstd_level,
+        ..SinkOptions::default()
+    };
+    let policy = ExpirePolicy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        ..ExpirePolicy::default()
+    };
+    // Only this sidecar's own snapshots (its host and paths) are subject to its policy.
+    let retention = (!policy.is_empty()).then(|| ForgetOptions {
+        policy,
+        filter: SnapshotFilter {
+            hosts: vec![host.clone()],
+            paths: snapshot_paths.clone(),
+            ..SnapshotFilter::default()
+        },
+        ..ForgetOptions::default()
+    });
+    let config = Arc::new(JobConfig {
+        repo,
+        paths: snapshot_paths,
+        command,
+        walk: WalkOptions {
+            one_file_system: args.one_file_system,
+            excludes,
+            ..WalkOptions::default()
+        },
+        template,
+        retention,
+    });
+    let job = move |cancel: CancellationToken| -> JobFuture {
+        let config = config.clone();
+        Box::pin(async move { one_backup(config, cancel).await })
+    };
+
+    let gate = Gate {
+        ready_url,
+        pre_command: args.pre_command.clone(),
+        post_command: args.post_command.clone(),
+        timeout: args.hook_timeout,
+    };
+    let daemon = Daemon::new(
+        DaemonOptions {
+            schedule,
+            jitter: args.jitter,
+            grace: args.grace,
+            backup_on_shutdown: args.backup_on_shutdown,
+            gate,
+        },
+        shared.clone(),
+        Arc::new(job),
+    );
+    shared.set_ready();
+    tracing::info!(host = %host, "ready");
+    let last = daemon.run(shutdown).await;
+    signals.abort();
+    http_stop.cancel();
+    let _ = http.await;
+    Ok(match last {
+        None | Some(Outcome::Success(_)) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            tracing::warn!(
+                result = other.label(),
+                "stopped; the last backup saved no snapshot"
+            );
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// Opens the repository, retrying storage errors (the object store may be unreachable while
+/// the Pod starts) with a growing pause; `None` when shut down meanwhile. Other errors (wrong
+/// password, unusable key file, no repository) are final.
+async fn open_with_retry(
+    global: &GlobalArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Repository>> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let err = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = super::repo::open(global) => match r {
+                Ok(repo) => return Ok(Some(repo)),
+                Err(e) => e,
+            },
+        };
+        let transient = err.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<snapback_repo::Error>(),
+                Some(snapback_repo::Error::Backend(_))
+            )
+        });
+        if !transient {
+            return Err(err.context("cannot open the repository"));
+        }
+        tracing::warn!(
+            error = %super::error_chain(&err),
+            retry_in_s = pause.as_secs(),
+            "cannot reach the repository, retrying"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(OPEN_RETRY_MAX);
+    }
+}
+
+/// One backup and, after a success, the retention policy.
+async fn one_backup(config: Arc<JobConfig>, cancel: CancellationToken) -> Outcome {
+    let source = {
+        let config = config.clone();
+        // Walker setup stats the roots and a producer's output is sniffed: blocking work.
+        tokio::task::spawn_blocking(move || build_source(&config)).await
+    };
+    let source = match source {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Outcome::Failure(super::error_chain(&e)),
+        Err(e) => return Outcome::Failure(format!("preparing the source: {e}")),
+    };
+    let mut opts = config.template.clone();
+    opts.cancel = cancel.clone();
+    opts.progress = Arc::new(Progress::default());
+    let result = snapback_archive::backup(&config.repo, source, opts).await;
+    if cancel.is_cancelled() {
+        return Outcome::Cancelled;
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(snapback_archive::Error::Cancelled) => return Outcome::Cancelled,
+        Err(e) => return Outcome::Failure(super::error_chain(&anyhow::Error::new(e))),
+    };
+    for w in &summary.archive.warnings {
+        tracing::warn!(warning = %w, "entry not read completely");
+    }
+    if let Some(forget) = &config.retention {
+        apply_retention(&config.repo, forget).await;
+    }
+    let a = &summary.archive;
+    Outcome::Success(Report {
+        snapshot: summary.snapshot_id.to_string(),
+        files_new: a.files_new,
+        files_changed: a.files_changed,
+        files_unchanged: a.files_unchanged,
+        bytes_read: a.bytes_read,
+        bytes_added: a.bytes_new,
+        warnings: a.warnings.len() as u64,
+    })
+}
+
+/// Forgets this sidecar's snapshots outside the policy. A failure is logged, not fatal: the new
+/// snapshot is saved, and the next success tries again. Data is freed by `prune`, run elsewhere
+/// (it needs an exclusive lock for longer than a sidecar should hold one).
+async fn apply_retention(repo: &Repository, forget: &ForgetOptions) {
+    match snapback_maintenance::forget(repo, forget).await {
+        Ok(report) => tracing::info!(
+            removed = report.removed.len(),
+            snapshots = ?report.removed.iter().map(|id| id.short()).collect::<Vec<_>>(),
+            "retention policy applied"
+        ),
+        Err(e) => tracing::error!(error = %e, "retention policy not applied"),
+    }
+}
+
+fn build_source(config: &JobConfig) -> anyhow::Result<Box<dyn EntrySource + Send>> {
+    match &config.command {
+        Some((argv, mode, name)) => {
+            let pipe = CommandPipe::spawn(argv)?;
+            let (inner, _) = super::stdin::source(Box::new(pipe.clone()), *mode, name)?;
+            Ok(Box::new(CommandGate::new(inner, pipe)))
+        }
+        None => {
+            for p in &config.paths {
+                std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {p}"))?;
+            }
+            Ok(Box::new(Walker::new(&config.paths, config.walk.clone())?))
+        }
+    }
+}
+
+/// `--compression` as `snapback backup` reads it.
+fn zstd_level(spec: &str) -> anyhow::Result<Option<i32>> {
+    Ok(match spec {
+        "auto" => Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
+        "off" => None,
+        "max" => Some(19),
+        n => match n.parse::<i32>() {
+            Ok(l) if (1..=22).contains(&l) => Some(l),
+            _ => bail!("--compression must be auto, off, max or 1-22, not {n:?}"),
+        },
+    })
+}
+
+/// Registered now, before anything slow, so that an early SIGTERM is not fatal.
+fn install_signals() -> anyhow::Result<(Signal, Signal)> {
+    Ok((
+        signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+    ))
+}
+
+async fn cancel_on_signal((mut term, mut int): (Signal, Signal), shutdown: CancellationToken) {
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+    shutdown.cancel();
+}
