@@ -147,9 +147,9 @@ pub struct JsonNode<'a> {
     pub uid: u32,
     /// Owner gid.
     pub gid: u32,
-    /// Size (omitted when zero, as restic 0.14).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub size: u64,
+    /// Size: present for files only (even when zero), as restic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Go file mode with type bits (omitted when zero).
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub mode: u32,
@@ -165,10 +165,6 @@ pub struct JsonNode<'a> {
     pub struct_type: &'static str,
 }
 
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
@@ -182,7 +178,7 @@ impl<'a> JsonNode<'a> {
             path,
             uid: node.uid,
             gid: node.gid,
-            size: node.size,
+            size: (node.node_type == NodeType::File).then_some(node.size),
             mode: node.mode,
             permissions: mode_string(node),
             mtime: go_time(&node.mtime),
@@ -253,5 +249,11 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with(r#""struct_type":"node"}"#));
+        n.size = 0;
+        let line = serde_json::to_string(&JsonNode::new("/x/f", &n)).unwrap();
+        assert!(line.contains(r#""size":0,"#), "{line}");
+        let d = Node::new("d", NodeType::Dir);
+        let line = serde_json::to_string(&JsonNode::new("/d", &d)).unwrap();
+        assert!(!line.contains("size"), "{line}");
     }
 }

@@ -1,0 +1,98 @@
+//! `snapback restore`: write a snapshot (or one of its subtrees) into a directory.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use snapback_archive::restore::{restore, RestoreOptions};
+use snapback_archive::tree_walk::{find_node, root_node};
+
+use super::ls::{open_snapshot, SnapshotFilter};
+use super::GlobalArgs;
+
+/// Arguments of `snapback restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Snapshot: `latest`, an id or a unique id prefix, optionally `SNAPSHOT:/sub/path` to
+    /// restore only the contents of that directory.
+    pub snapshot: String,
+    /// Directory to restore into (created if missing).
+    #[arg(short = 't', long)]
+    pub target: PathBuf,
+    /// Restore only paths matching this pattern (repeatable; restic's syntax, e.g.
+    /// `/home/*/docs` or `*.conf`); a matching directory is restored with its contents.
+    #[arg(short = 'i', long = "include")]
+    pub include: Vec<String>,
+    /// Do not restore paths matching this pattern (repeatable).
+    #[arg(short = 'e', long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Blobs of one file read concurrently.
+    #[arg(long, default_value_t = 4)]
+    pub blob_reads: usize,
+    /// Take no (non-exclusive) repository lock, e.g. for read-only storage credentials.
+    #[arg(long)]
+    pub no_lock: bool,
+    /// Snapshot selection for `latest`.
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+/// Restores; exits 1 after listing the paths that could not be restored.
+pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    // A snapshot id never contains ':', so the first one separates the sub path.
+    let (spec, subpath) = match args.snapshot.split_once(':') {
+        Some((s, p)) => (s, Some(p)),
+        None => (args.snapshot.as_str(), None),
+    };
+    let opened = open_snapshot(global, spec, &args.filter).await?;
+    let lock = if args.no_lock {
+        None
+    } else {
+        Some(opened.repo.lock(false).await?)
+    };
+    let start = match subpath {
+        Some(p) => find_node(&opened.repo, &opened.index, &opened.snapshot.tree, p).await?,
+        None => root_node(opened.snapshot.tree),
+    };
+    if !global.quiet {
+        println!(
+            "restoring snapshot {} of [{}] at {}{} to {}",
+            opened.id.short(),
+            opened.snapshot.paths.join(" "),
+            opened.snapshot.time.format("%Y-%m-%d %H:%M:%S%.f %z"),
+            subpath
+                .map(|p| format!(" (subtree {p})"))
+                .unwrap_or_default(),
+            args.target.display()
+        );
+    }
+    let opts = RestoreOptions {
+        target: args.target.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        blob_reads: args.blob_reads,
+    };
+    let result = restore(&opened.repo, opened.index.clone(), &start, &opts).await;
+    if let Some(lock) = lock {
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "cannot remove the repository lock");
+        }
+    }
+    let summary = result?;
+    for w in &summary.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    if !global.quiet {
+        println!(
+            "restored {} files, {} directories, {} other nodes, {} bytes",
+            summary.files, summary.dirs, summary.others, summary.bytes
+        );
+    }
+    if summary.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{} paths could not be restored:", summary.failed.len());
+    for f in &summary.failed {
+        eprintln!("failed: {}: {}", f.path, f.message);
+    }
+    Ok(ExitCode::from(1))
+}
