@@ -31,6 +31,8 @@ use crate::{Error, Result};
 
 /// Bytes read from a file per read call.
 const READ_SIZE: usize = 512 * 1024;
+/// Capacity of a chunk buffer: the longest chunk plus one read.
+const CHUNK_BUF: usize = snapback_chunker::MAX_SIZE + READ_SIZE;
 
 /// Live counters, readable from another thread for a progress display.
 #[derive(Debug, Default)]
@@ -406,7 +408,9 @@ impl Archiver {
     /// Reads a file, cutting it with restic's chunker; returns its blob ids and size.
     fn chunk_file(&mut self, reader: &mut dyn Read) -> Result<(Vec<Id>, u64)> {
         let mut chunker = Chunker::new(self.tables.clone());
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * READ_SIZE);
+        // Room for the largest chunk plus one read, reserved once: no regrowth copies. Pages
+        // are only touched (and resident) as far as the data reaches.
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BUF);
         let mut scanned = 0;
         let mut ids = Vec::new();
         let mut total = 0u64;
@@ -429,7 +433,7 @@ impl Archiver {
                 .fetch_add(n as u64, Ordering::Relaxed);
             while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
                 let end = scanned + cut;
-                let mut next = Vec::with_capacity((buf.len() - end).max(2 * READ_SIZE));
+                let mut next = Vec::with_capacity(CHUNK_BUF);
                 next.extend_from_slice(&buf[end..]);
                 buf.truncate(end);
                 let chunk = std::mem::replace(&mut buf, next);

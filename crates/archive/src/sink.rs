@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use snapback_repo::pack::{FinishedPack, PackBuilder};
+use snapback_repo::pack::{PackBuilder, PackedBlob};
 use snapback_repo::{BlobType, FileType, Id, IndexWriter, Key, Repository};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -94,11 +94,14 @@ pub fn start(
     (tx, task)
 }
 
+type UploadOutcome =
+    std::result::Result<Result<(Id, Vec<PackedBlob>, usize)>, tokio::task::JoinError>;
+
 struct State {
     repo: Repository,
     opts: SinkOptions,
     open: [PackBuilder; 2],
-    uploads: JoinSet<Result<(FinishedPack, usize)>>,
+    uploads: JoinSet<Result<(Id, Vec<PackedBlob>, usize)>>,
     index: IndexWriter,
     last_index: Instant,
     stats: SinkStats,
@@ -113,10 +116,7 @@ async fn run(
         opts.zstd_level = None;
     }
     let mut st = State {
-        open: [
-            PackBuilder::with_capacity(opts.pack_size + 1024 * 1024),
-            PackBuilder::default(),
-        ],
+        open: [PackBuilder::new(), PackBuilder::new()],
         uploads: JoinSet::new(),
         index: IndexWriter::default(),
         last_index: Instant::now(),
@@ -173,7 +173,12 @@ impl State {
     async fn add(&mut self, enc: Encoded) -> Result<()> {
         let slot = slot(enc.ty);
         self.open[slot]
-            .add(enc.id, enc.ty, &enc.sealed, enc.uncompressed_length)
+            .add_sealed(
+                enc.id,
+                enc.ty,
+                Bytes::from(enc.sealed),
+                enc.uncompressed_length,
+            )
             .map_err(|e| Error::Pipeline(e.to_string()))?;
         match enc.ty {
             BlobType::Data => self.stats.data_blobs += 1,
@@ -191,12 +196,7 @@ impl State {
         if self.open[slot].is_empty() {
             return Ok(());
         }
-        let cap = if ty == BlobType::Data {
-            self.opts.pack_size + 1024 * 1024
-        } else {
-            0
-        };
-        let builder = std::mem::replace(&mut self.open[slot], PackBuilder::with_capacity(cap));
+        let builder = std::mem::take(&mut self.open[slot]);
         while self.uploads.len() >= self.opts.max_uploads {
             let up = self.uploads.join_next().await;
             self.uploaded(up).await?;
@@ -204,35 +204,28 @@ impl State {
         let key: Arc<Key> = self.repo.key().clone();
         let repo = self.repo.clone();
         self.uploads.spawn(async move {
-            let pack = tokio::task::spawn_blocking(move || builder.finish(&key))
+            // Hashing the whole pack is CPU work: off the async threads.
+            let pack = tokio::task::spawn_blocking(move || builder.finish_parts(&key))
                 .await
                 .map_err(|e| Error::Pipeline(format!("pack: {e}")))?
                 .map_err(|e| Error::Pipeline(e.to_string()))?;
-            let bytes = Bytes::from(pack.bytes);
-            let len = bytes.len();
-            repo.backend().write(FileType::Pack, &pack.id, bytes).await.map_err(snapback_repo::Error::from)?;
+            let len = pack.len;
+            repo.backend()
+                .write_parts(FileType::Pack, &pack.id, pack.parts)
+                .await
+                .map_err(snapback_repo::Error::from)?;
             tracing::debug!(pack = %pack.id.short(), bytes = len, blobs = pack.blobs.len(), "uploaded pack");
-            Ok((
-                FinishedPack {
-                    id: pack.id,
-                    bytes: Vec::new(),
-                    blobs: pack.blobs,
-                },
-                len,
-            ))
+            Ok((pack.id, pack.blobs, len))
         });
         Ok(())
     }
 
-    async fn uploaded(
-        &mut self,
-        up: Option<std::result::Result<Result<(FinishedPack, usize)>, tokio::task::JoinError>>,
-    ) -> Result<()> {
+    async fn uploaded(&mut self, up: Option<UploadOutcome>) -> Result<()> {
         let Some(up) = up else { return Ok(()) };
-        let (pack, len) = up.map_err(|e| Error::Pipeline(format!("upload task: {e}")))??;
+        let (pack, blobs, len) = up.map_err(|e| Error::Pipeline(format!("upload task: {e}")))??;
         self.stats.packs += 1;
         self.stats.packed_bytes += len as u64;
-        self.index.add(pack.id, &pack.blobs);
+        self.index.add(pack, &blobs);
         if self.index.is_full() || self.last_index.elapsed() >= self.opts.index_interval {
             self.flush_index().await?;
         }

@@ -345,6 +345,16 @@ impl Backend {
         self.write_path(&ft.path(id), data).await
     }
 
+    /// Writes file `id` of type `ft` from parts sent back to back (no copy into one buffer).
+    pub async fn write_parts(&self, ft: FileType, id: &Id, parts: Vec<Bytes>) -> Result<(), BackendError> {
+        let path = ft.path(id);
+        self.op
+            .write(&path, opendal::Buffer::from(parts))
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&path, e))
+    }
+
     /// Writes `path` only if it does not exist yet. Returns false when it existed. Where the
     /// store cannot do this atomically, falls back to a check before the write.
     pub async fn write_new(&self, path: &str, data: Bytes) -> Result<bool, BackendError> {

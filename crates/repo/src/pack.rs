@@ -6,7 +6,9 @@
 //! ```
 //! Types 0/1 are plain data/tree blobs, 2/3 the zstd-compressed ones of format version 2.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::crypto::{CryptoError, Key, OVERHEAD};
 use crate::Id;
@@ -50,23 +52,22 @@ pub enum PackError {
     Malformed(String),
 }
 
-/// Assembles one pack in memory (packs never touch local disk).
+/// Assembles one pack in memory (packs never touch local disk). The encrypted blobs are kept
+/// as they arrive, not copied into one buffer: the upload sends the parts back to back.
 #[derive(Debug, Default)]
 pub struct PackBuilder {
-    buf: Vec<u8>,
+    parts: Vec<Bytes>,
+    len: usize,
     blobs: Vec<PackedBlob>,
 }
 
 impl PackBuilder {
-    /// An empty pack with room for `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
-        PackBuilder {
-            buf: Vec::with_capacity(capacity),
-            blobs: Vec::new(),
-        }
+    /// An empty pack.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Appends an already encrypted blob.
+    /// Appends an already encrypted blob (copied).
     pub fn add(
         &mut self,
         id: Id,
@@ -74,10 +75,22 @@ impl PackBuilder {
         encrypted: &[u8],
         uncompressed_length: Option<u32>,
     ) -> Result<(), PackError> {
+        self.add_sealed(id, ty, Bytes::copy_from_slice(encrypted), uncompressed_length)
+    }
+
+    /// Appends an already encrypted blob without copying it.
+    pub fn add_sealed(
+        &mut self,
+        id: Id,
+        ty: BlobType,
+        encrypted: Bytes,
+        uncompressed_length: Option<u32>,
+    ) -> Result<(), PackError> {
         let too_big = || PackError::Malformed("pack larger than 4 GiB".into());
-        let offset = u32::try_from(self.buf.len()).map_err(|_| too_big())?;
+        let offset = u32::try_from(self.len).map_err(|_| too_big())?;
         let length = u32::try_from(encrypted.len()).map_err(|_| too_big())?;
-        self.buf.extend_from_slice(encrypted);
+        self.len += encrypted.len();
+        self.parts.push(encrypted);
         self.blobs.push(PackedBlob {
             id,
             ty,
@@ -90,7 +103,7 @@ impl PackBuilder {
 
     /// Bytes of blob data so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     /// No blob yet.
@@ -103,20 +116,54 @@ impl PackBuilder {
         self.blobs.len()
     }
 
-    /// Appends the encrypted header and its length; returns the pack id, bytes and blobs.
-    pub fn finish(mut self, key: &Key) -> Result<FinishedPack, PackError> {
+    /// Appends the encrypted header and its length; returns the pack as parts, its id (SHA-256
+    /// over all parts) and its blobs.
+    pub fn finish_parts(mut self, key: &Key) -> Result<PackParts, PackError> {
         let header = encode_header(&self.blobs);
-        let before = self.buf.len();
-        key.encrypt_into(&header, &mut self.buf);
-        let header_len = u32::try_from(self.buf.len() - before)
+        let mut tail = key.encrypt(&header);
+        let header_len = u32::try_from(tail.len())
             .map_err(|_| PackError::Malformed("header too large".into()))?;
-        self.buf.extend_from_slice(&header_len.to_le_bytes());
-        Ok(FinishedPack {
-            id: Id::hash(&self.buf),
-            bytes: self.buf,
+        tail.extend_from_slice(&header_len.to_le_bytes());
+        self.len += tail.len();
+        self.parts.push(Bytes::from(tail));
+        let mut hasher = Sha256::new();
+        for part in &self.parts {
+            hasher.update(part);
+        }
+        Ok(PackParts {
+            id: Id(hasher.finalize().into()),
+            parts: self.parts,
+            len: self.len,
             blobs: self.blobs,
         })
     }
+
+    /// Like [`PackBuilder::finish_parts`], as one contiguous buffer.
+    pub fn finish(self, key: &Key) -> Result<FinishedPack, PackError> {
+        let p = self.finish_parts(key)?;
+        let mut bytes = Vec::with_capacity(p.len);
+        for part in &p.parts {
+            bytes.extend_from_slice(part);
+        }
+        Ok(FinishedPack {
+            id: p.id,
+            bytes,
+            blobs: p.blobs,
+        })
+    }
+}
+
+/// A complete pack as the parts it was assembled from, ready for upload without a copy.
+#[derive(Debug)]
+pub struct PackParts {
+    /// SHA-256 of the concatenated parts: the pack's file name.
+    pub id: Id,
+    /// Encrypted blobs, then the encrypted header with its length.
+    pub parts: Vec<Bytes>,
+    /// Total length.
+    pub len: usize,
+    /// Its blobs, for the index.
+    pub blobs: Vec<PackedBlob>,
 }
 
 /// A complete pack ready for upload.
