@@ -2,8 +2,11 @@
 //! library errors into messages and exit codes.
 
 pub mod backup;
+pub mod check;
+pub mod forget;
 pub mod init;
 pub mod logging;
+pub mod prune;
 pub mod repo;
 pub mod sidecar;
 pub mod snapshots;
@@ -60,6 +63,12 @@ pub enum Command {
     Tar(tar::TarArgs),
     /// Back up paths or a stream into the repository.
     Backup(backup::BackupArgs),
+    /// Remove snapshots by keep policy (data stays until prune).
+    Forget(forget::ForgetArgs),
+    /// Delete data no snapshot uses.
+    Prune(prune::PruneArgs),
+    /// Verify the repository (exit status 1 when it has errors).
+    Check(check::CheckArgs),
     /// Run as a Pod's backup daemon: scheduled and requested backups, HTTP API, metrics.
     Sidecar(sidecar::SidecarArgs),
 }
@@ -69,6 +78,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tar(args) => tar::run(&args),
         Command::Backup(args) => runtime()?.block_on(backup::run(&cli.global, &args)),
+        Command::Forget(args) => runtime()?.block_on(forget::run(&cli.global, &args)),
+        Command::Prune(args) => runtime()?.block_on(prune::run(&cli.global, &args)),
+        Command::Check(args) => runtime()?.block_on(check::run(&cli.global, &args)),
         Command::Init(args) => runtime()?.block_on(init::run(&cli.global, &args)),
         Command::Snapshots(args) => runtime()?.block_on(snapshots::run(&cli.global, &args)),
         Command::Sidecar(args) => runtime()?.block_on(sidecar::run(&cli.global, &args)),
