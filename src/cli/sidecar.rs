@@ -207,7 +207,10 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         "repository opened"
     );
 
-    let host = args.host.clone().unwrap_or_else(super::backup::default_host);
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(super::backup::default_host);
     let (command, snapshot_paths, is_path_backup) = if args.stdin_from_command {
         let mode = match (args.stdin_tar, args.stdin_raw) {
             (true, _) => StdinMode::Tar,

@@ -53,7 +53,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&req, &shared)) }
             });
+            // half_close: a client that shuts down its write side after the request (some
+            // probes and scripts do) still gets its answer.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
