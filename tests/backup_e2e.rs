@@ -329,3 +329,63 @@ fn wrong_password_and_missing_repository_are_one_clear_line() {
     let out = scheme.run(&["snapshots"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported repository location"));
 }
+
+#[test]
+fn a_tar_stream_that_returns_to_a_directory_keeps_every_member() {
+    require_restic!();
+    let (_s3, sb, restic) = setup("unsorted");
+    let tmp = tempfile::tempdir().unwrap();
+    make_tree(&tmp.path().join("vol"));
+    // Members in this order leave vol/nested for vol/hello.txt, then come back to it.
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(tmp.path())
+        .args([
+            "-cf",
+            "-",
+            "vol/nested/lines.txt",
+            "vol/hello.txt",
+            "vol/nested/a",
+            "vol/random.bin",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    sb.run_ok_with_stdin(
+        &["backup", "--stdin", "--stdin-filename", "u.tar"],
+        &out.stdout,
+    );
+    restic.run_ok(&["check", "--read-data"]);
+    let listed = restic.run_ok(&["ls", "latest"]);
+    for p in [
+        "/vol/nested/lines.txt",
+        "/vol/hello.txt",
+        "/vol/nested/a/b/deep.txt",
+        "/vol/random.bin",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == p),
+            "{p} missing from:\n{listed}"
+        );
+    }
+    // One node per directory, no duplicates.
+    assert_eq!(
+        listed.lines().filter(|l| *l == "/vol/nested").count(),
+        1,
+        "{listed}"
+    );
+    let target = tmp.path().join("r");
+    restic.run_ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    for f in [
+        "nested/lines.txt",
+        "hello.txt",
+        "nested/a/b/deep.txt",
+        "random.bin",
+    ] {
+        assert_eq!(
+            std::fs::read(target.join("vol").join(f)).unwrap(),
+            std::fs::read(tmp.path().join("vol").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

@@ -31,6 +31,8 @@ use crate::{Error, Result};
 
 /// Bytes read from a file per read call.
 const READ_SIZE: usize = 512 * 1024;
+/// Encoded size of finished directory listings kept for streams that return to a directory.
+const CLOSED_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Capacity of a chunk buffer: the longest chunk plus one read.
 const CHUNK_BUF: usize = snapback_chunker::MAX_SIZE + READ_SIZE;
 
@@ -106,6 +108,8 @@ pub struct Archiver {
     stack: Vec<OpenDir>,
     /// Content of files that later hard links may point at, by path.
     links: HashMap<PathBuf, (Vec<Id>, u64)>,
+    /// Listings of recently finished directories, for streams that return to them.
+    closed: ClosedDirs,
     opts: ArchiveOptions,
     stats: ArchiveStats,
 }
@@ -132,6 +136,7 @@ impl Archiver {
             tables,
             stack: Vec::new(),
             links: HashMap::new(),
+            closed: ClosedDirs::new(CLOSED_CACHE_BYTES),
             opts,
             stats: ArchiveStats::default(),
         };
@@ -167,7 +172,7 @@ impl Archiver {
             .stack
             .pop()
             .ok_or_else(|| Error::Pipeline("no root directory".into()))?;
-        let id = self.write_tree(root.children)?;
+        let (id, _, _) = self.write_tree(root.children)?;
         self.stats.warnings.extend(
             source
                 .warnings()
@@ -201,19 +206,16 @@ impl Archiver {
         match &kind {
             EntryKind::Dir => {
                 self.stats.dirs += 1;
-                if self
-                    .top()
-                    .children
-                    .iter()
-                    .any(|c| &c.name == name && c.node_type == NodeType::Dir)
-                {
-                    return Err(self.reentered(&comps));
-                }
+                // A directory listed again after we left it: reopen it, newest metadata wins.
+                let children = match self.take_closed(&comps)? {
+                    Some((_, children)) => children,
+                    None => Vec::new(),
+                };
                 let parent = self.parent_subtree(name)?;
                 self.stack.push(OpenDir {
                     path: comps.clone(),
                     node: Some(node),
-                    children: Vec::new(),
+                    children,
                     parent,
                 });
                 return Ok(());
@@ -297,20 +299,16 @@ impl Archiver {
         while self.top().path.len() < parents.len() {
             let depth = self.top().path.len();
             let name = parents[depth].clone();
-            if self
-                .top()
-                .children
-                .iter()
-                .any(|c| c.name == name && c.node_type == NodeType::Dir)
-            {
-                return Err(self.reentered(&parents[..=depth]));
-            }
-            let node = self.implicit_node(&parents[..=depth]);
+            let path = parents[..=depth].to_vec();
+            let (node, children) = match self.take_closed(&path)? {
+                Some(reopened) => reopened,
+                None => (self.implicit_node(&path), Vec::new()),
+            };
             let parent = self.parent_subtree(&name)?;
             self.stack.push(OpenDir {
-                path: parents[..=depth].to_vec(),
+                path,
                 node: Some(node),
-                children: Vec::new(),
+                children,
                 parent,
             });
         }
@@ -330,12 +328,31 @@ impl Archiver {
         implicit_dir(name, self.opts.time)
     }
 
-    fn reentered(&self, comps: &[String]) -> Error {
-        Error::Stream(format!(
-            "the stream returns to directory /{} after leaving it; snapback needs each directory's \
-             members grouped together (as `tar -c` writes them)",
-            comps.join("/")
-        ))
+    /// If the top directory already holds a finished directory `path`, removes its node and
+    /// returns it with its children, so the stream can add to it (a tar stream that returns to
+    /// a directory it left). Its first tree blob stays unreferenced; `prune` removes it.
+    fn take_closed(&mut self, path: &[String]) -> Result<Option<(Node, Vec<Node>)>> {
+        let Some(name) = path.last() else {
+            return Ok(None);
+        };
+        let Some(pos) = self
+            .top()
+            .children
+            .iter()
+            .rposition(|c| &c.name == name && c.node_type == NodeType::Dir)
+        else {
+            return Ok(None);
+        };
+        let Some(children) = self.closed.take(path) else {
+            return Err(Error::Stream(format!(
+                "the stream returns to directory /{} long after leaving it (its listing is no \
+                 longer cached); group each directory's members together, as `tar -c` does",
+                path.join("/")
+            )));
+        };
+        let mut node = self.top_mut().children.remove(pos);
+        node.subtree = None;
+        Ok(Some((node, children)))
     }
 
     fn parent_subtree(&self, name: &str) -> Result<Option<Tree>> {
@@ -370,7 +387,8 @@ impl Archiver {
             .stack
             .pop()
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
-        let id = self.write_tree(dir.children)?;
+        let (id, children, len) = self.write_tree(dir.children)?;
+        self.closed.insert(dir.path, children, len);
         let mut node = dir.node.unwrap_or_else(|| implicit_dir("", self.opts.time));
         node.subtree = Some(id);
         node.content = None;
@@ -378,15 +396,18 @@ impl Archiver {
         Ok(())
     }
 
-    fn write_tree(&mut self, mut nodes: Vec<Node>) -> Result<Id> {
+    /// Writes a tree blob; returns its id, its (sorted) nodes and its encoded size.
+    fn write_tree(&mut self, mut nodes: Vec<Node>) -> Result<(Id, Vec<Node>, usize)> {
         // Sorted by name, and a name given twice in a stream keeps its last entry.
         nodes.reverse();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes.dedup_by(|later, earlier| later.name == earlier.name);
-        let bytes = Tree { nodes }
+        let tree = Tree { nodes };
+        let bytes = tree
             .to_bytes()
             .map_err(|e| Error::Pipeline(format!("tree encoding: {e}")))?;
-        self.submit(BlobType::Tree, bytes)
+        let len = bytes.len();
+        Ok((self.submit(BlobType::Tree, bytes)?, tree.nodes, len))
     }
 
     fn submit(&mut self, ty: BlobType, data: Vec<u8>) -> Result<Id> {
@@ -456,6 +477,48 @@ impl Archiver {
     fn top_mut(&mut self) -> &mut OpenDir {
         let n = self.stack.len() - 1;
         &mut self.stack[n]
+    }
+}
+
+/// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.
+struct ClosedDirs {
+    map: HashMap<Vec<String>, (Vec<Node>, usize)>,
+    order: std::collections::VecDeque<Vec<String>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl ClosedDirs {
+    fn new(limit: usize) -> Self {
+        ClosedDirs {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn insert(&mut self, path: Vec<String>, nodes: Vec<Node>, size: usize) {
+        self.bytes += size;
+        if let Some((_, old)) = self.map.insert(path.clone(), (nodes, size)) {
+            self.bytes -= old;
+        }
+        self.order.push_back(path);
+        while self.bytes > self.limit {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            // Stale order entries (taken or re-inserted paths) are skipped.
+            if let Some((_, size)) = self.map.remove(&oldest) {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    fn take(&mut self, path: &[String]) -> Option<Vec<Node>> {
+        let (nodes, size) = self.map.remove(path)?;
+        self.bytes -= size;
+        Some(nodes)
     }
 }
 
