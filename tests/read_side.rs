@@ -332,6 +332,33 @@ fn dump_matches_restic() {
         f.snapback.expect_success(&["dump"], &out);
         assert_eq!(out.stdout, fs::read(&p).unwrap(), "{name}");
     }
+    // A reader that goes away early (`| head -c 10`) ends the dump quietly.
+    let mut child = f
+        .snapback
+        .command(&["dump", "latest", f.src.join("random.bin").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        &head[..],
+        &fs::read(f.src.join("random.bin")).unwrap()[..10]
+    );
+
     // A symlink is refused, as restic does.
     let out = f.snapback.run(&[
         "dump",

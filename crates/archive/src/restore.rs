@@ -153,7 +153,7 @@ pub async fn restore(
                 if is_dir {
                     if descend {
                         last_dir = path.clone();
-                        descended.push(selected.then(|| (path, node)));
+                        descended.push(selected.then_some((path, node)));
                     } else {
                         walker.skip_subtree();
                         if selected {
@@ -803,8 +803,8 @@ mod tests {
         assert!(l.matches("/home/u/a/b/secret"));
         assert!(l.matches("/home/u/secret/file"));
         assert!(!l.matches("/etc/secret"));
-        assert_eq!(l.select("/home/u/deep").1, true);
-        assert_eq!(l.select("/etc").1, false);
+        assert!(l.select("/home/u/deep").1);
+        assert!(!l.select("/etc").1);
     }
 
     #[test]
