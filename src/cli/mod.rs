@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod forget;
 pub mod init;
+pub mod keyfile;
 pub mod logging;
 pub mod prune;
 pub mod repo;
@@ -50,6 +51,9 @@ pub struct GlobalArgs {
     /// Log as JSON lines (the sidecar's default).
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// The warm key file (`--key-file`) and the Pod secret it is sealed to.
+    #[command(flatten)]
+    pub warm: keyfile::WarmKeyArgs,
 }
 
 /// The subcommands.

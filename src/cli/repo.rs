@@ -40,9 +40,13 @@ pub fn password(global: &GlobalArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     }
 }
 
-/// Opens the repository with the password.
+/// Opens the repository with the warm key file (`--key-file`) when it exists, else with the
+/// password.
 pub async fn open(global: &GlobalArgs) -> anyhow::Result<Repository> {
     let backend = backend(global)?;
+    if let Some(repo) = super::keyfile::open(&global.warm, &backend).await? {
+        return Ok(repo);
+    }
     let pw = password(global)?;
     Ok(Repository::open(backend, &pw).await?)
 }

@@ -290,7 +290,9 @@ fn parse(bytes: &[u8]) -> Result<(Header, usize), WarmKeyError> {
         return Err(WarmKeyError::Malformed("truncated"));
     }
     if bytes.len() > expected {
-        return Err(WarmKeyError::Malformed("unexpected bytes after the sealed key"));
+        return Err(WarmKeyError::Malformed(
+            "unexpected bytes after the sealed key",
+        ));
     }
     let location = std::str::from_utf8(&bytes[FIXED_HEADER..aad_end])
         .map_err(|_| WarmKeyError::Malformed("location is not UTF-8"))?
@@ -345,7 +347,10 @@ mod tests {
                 location: "s3:http://h/b/p".into()
             }
         );
-        assert_eq!(sealed.len(), FIXED_HEADER + 15 + NONCE_LEN + MASTER_LEN + TAG_LEN);
+        assert_eq!(
+            sealed.len(),
+            FIXED_HEADER + 15 + NONCE_LEN + MASTER_LEN + TAG_LEN
+        );
 
         let with = PodSecret::new(UID, Some(b"extra")).unwrap();
         let sealed = seal(&master, repo, &with);
@@ -358,7 +363,10 @@ mod tests {
     fn every_seal_uses_a_fresh_nonce() {
         let master = Key::random();
         let repo = Id::random();
-        assert_ne!(seal(&master, repo, &secret()), seal(&master, repo, &secret()));
+        assert_ne!(
+            seal(&master, repo, &secret()),
+            seal(&master, repo, &secret())
+        );
     }
 
     #[test]
@@ -469,7 +477,10 @@ mod tests {
         let other = Id::random();
         let err = check_repository(&h, &other).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&repo.short()) && msg.contains(&other.short()), "{msg}");
+        assert!(
+            msg.contains(&repo.short()) && msg.contains(&other.short()),
+            "{msg}"
+        );
         assert!(msg.contains("s3:http://h/b/p"), "{msg}");
     }
 
@@ -484,6 +495,9 @@ mod tests {
             WarmKeyError::EmptyKeySecret
         );
         let dbg = format!("{:?}", PodSecret::new(UID, Some(b"hunter2")).unwrap());
-        assert!(!dbg.contains("hunter2") && !dbg.contains("6f1c2a9e"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("6f1c2a9e"),
+            "{dbg}"
+        );
     }
 }

@@ -1,0 +1,180 @@
+//! The warm key file: `snapback init --key-file F` writes the master key sealed to this Pod
+//! (see `snapback-warmkey`); every other command given `--key-file F` opens the repository with
+//! it, without the password and without the slow key derivation.
+//!
+//! The Pod secret is the Pod UID (`POD_UID`, from the downward API, or `--pod-uid-file`) plus an
+//! optional extra secret (`SNAPBACK_KEY_SECRET` or `--key-secret-file`). Secret values are read
+//! from the environment or files only, never from arguments, and never logged.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use snapback_repo::{Backend, Repository};
+use snapback_warmkey::PodSecret;
+use zeroize::Zeroizing;
+
+/// Options of the warm key, shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WarmKeyArgs {
+    /// Warm key file: `init` writes the master key there, sealed to this Pod (mode 0400); other
+    /// commands open the repository with it when it exists (no password, no key derivation).
+    #[arg(long, env = "SNAPBACK_KEY_FILE", global = true, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// File holding the Pod UID the warm key is sealed to (else POD_UID is read).
+    #[arg(
+        long,
+        env = "SNAPBACK_POD_UID_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub pod_uid_file: Option<PathBuf>,
+    /// File holding an extra secret the warm key is sealed to (else SNAPBACK_KEY_SECRET, if set).
+    #[arg(
+        long,
+        env = "SNAPBACK_KEY_SECRET_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub key_secret_file: Option<PathBuf>,
+}
+
+/// The Pod secret from the files or the environment.
+pub fn pod_secret(args: &WarmKeyArgs) -> anyhow::Result<PodSecret> {
+    let uid = match &args.pod_uid_file {
+        Some(path) => read_secret_file(path, "Pod UID file")?,
+        None => match std::env::var_os("POD_UID") {
+            Some(v) => Zeroizing::new(v.into_encoded_bytes()),
+            None => Zeroizing::new(Vec::new()),
+        },
+    };
+    // A UID is ASCII; surrounding whitespace is a quoting accident, not part of it.
+    let uid = uid.trim_ascii();
+    if uid.is_empty() {
+        bail!(
+            "the warm key needs the Pod UID: set POD_UID (downward API fieldRef metadata.uid) \
+             or --pod-uid-file"
+        );
+    }
+    let extra = match &args.key_secret_file {
+        Some(path) => Some(read_secret_file(path, "key secret file")?),
+        None => std::env::var_os("SNAPBACK_KEY_SECRET")
+            .filter(|v| !v.is_empty())
+            .map(|v| Zeroizing::new(v.into_encoded_bytes())),
+    };
+    if extra.as_ref().is_some_and(|e| e.is_empty()) {
+        bail!("the key secret file is empty");
+    }
+    Ok(PodSecret::new(uid, extra.as_deref().map(Vec::as_slice))?)
+}
+
+/// Reads a small secret file, without its trailing line break.
+fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut data = Zeroizing::new(
+        fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))?,
+    );
+    while matches!(data.last(), Some(b'\n' | b'\r')) {
+        data.pop();
+    }
+    Ok(data)
+}
+
+/// Seals the open repository's master key to `secret` and writes it to `path` atomically, mode
+/// 0400 from creation.
+pub fn write(path: &Path, repo: &Repository, secret: &PodSecret) -> anyhow::Result<()> {
+    let sealed = snapback_warmkey::seal_with_location(
+        repo.key(),
+        repo.config().id,
+        &repo.backend().location().to_string(),
+        secret,
+    );
+    write_private(path, &sealed)
+        .with_context(|| format!("cannot write the warm key file {}", path.display()))
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`: readers see the old file
+/// or the whole new one, never a partial one. The file is created 0400 (`O_EXCL`, so an existing
+/// file or symlink at the temporary name is never written through) and is never chmod-ed later.
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ));
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{nanos:08x}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&tmp)?;
+    let written = file
+        .write_all(data)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename durable; a failure here leaves a complete file, so it is not an error.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Opens the repository with the warm key file, when one is configured and exists (`None`:
+/// open with the password). The password is not read on this path.
+pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Option<Repository>> {
+    let Some(path) = &args.key_file else {
+        return Ok(None);
+    };
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::warn!(
+                path = %path.display(),
+                "warm key file does not exist; opening the repository with the password"
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot read the warm key file {}", path.display())))
+        }
+    };
+    let in_file = || format!("warm key file {}", path.display());
+    let header = snapback_warmkey::header(&bytes).with_context(in_file)?;
+    let secret = pod_secret(args)?;
+    let (key, _) = snapback_warmkey::unseal(&bytes, &secret).with_context(in_file)?;
+    let repo = match Repository::open_with_key(backend.clone(), key).await {
+        Ok(repo) => repo,
+        // The key does not open this config: it belongs to another repository.
+        Err(snapback_repo::Error::Auth { file, .. }) if file == "config" => bail!(
+            "{}: it holds the key of repository {} ({}), which does not open the repository \
+             at {}; run `snapback init --key-file` for this repository",
+            in_file(),
+            header.repo_id.short(),
+            header.location,
+            backend.location()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    snapback_warmkey::check_repository(&header, &repo.config().id).with_context(in_file)?;
+    tracing::debug!(path = %path.display(), "opened the repository with the warm key");
+    Ok(Some(repo))
+}
