@@ -389,3 +389,40 @@ fn a_tar_stream_that_returns_to_a_directory_keeps_every_member() {
         );
     }
 }
+
+#[test]
+fn large_packs_are_multipart_uploads_that_restic_reads() {
+    require_restic!();
+    let (s3, sb, restic) = setup("multipart");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("big");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a.bin"), pseudo_random_bytes(11, 40 << 20)).unwrap();
+    sb.run_ok(&[
+        "backup",
+        "--pack-size",
+        "20",
+        "--compression",
+        "off",
+        src.to_str().unwrap(),
+    ]);
+    restic.run_ok(&["check", "--read-data"]);
+    // S3 gives a multipart object an ETag ending in "-<parts>".
+    let multipart = s3
+        .object_keys("multipart/data/")
+        .iter()
+        .filter(|key| {
+            let head =
+                common::http_request(s3.port(), "HEAD", &format!("/{}/{}", s3.bucket(), key), b"")
+                    .unwrap();
+            head.header("etag")
+                .is_some_and(|e| e.trim_matches('"').contains('-'))
+        })
+        .count();
+    assert!(multipart >= 1, "no pack was uploaded in parts");
+    let dumped = restic
+        .command(&["dump", "latest", &format!("{}/a.bin", src.display())])
+        .output()
+        .unwrap();
+    assert_eq!(dumped.stdout, pseudo_random_bytes(11, 40 << 20));
+}

@@ -10,6 +10,11 @@ use opendal::{services, EntryMode, ErrorKind, Operator};
 
 use crate::Id;
 
+/// Files at least this large are uploaded in parts.
+pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+/// Part size of a multipart upload (S3's minimum is 5 MiB).
+const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
+
 /// The kinds of files in a repository and the folder each lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileType {
@@ -346,13 +351,28 @@ impl Backend {
     }
 
     /// Writes file `id` of type `ft` from parts sent back to back (no copy into one buffer).
-    pub async fn write_parts(&self, ft: FileType, id: &Id, parts: Vec<Bytes>) -> Result<(), BackendError> {
+    /// Files of [`MULTIPART_THRESHOLD`] bytes or more go up as a multipart upload with two
+    /// parts in flight, so a large pack does not ride on a single request.
+    pub async fn write_parts(
+        &self,
+        ft: FileType,
+        id: &Id,
+        parts: Vec<Bytes>,
+    ) -> Result<(), BackendError> {
         let path = ft.path(id);
-        self.op
-            .write(&path, opendal::Buffer::from(parts))
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(&path, e))
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let buffer = opendal::Buffer::from(parts);
+        let res = if len >= MULTIPART_THRESHOLD && self.op.info().full_capability().write_can_multi
+        {
+            self.op
+                .write_with(&path, buffer)
+                .chunk(MULTIPART_CHUNK)
+                .concurrent(2)
+                .await
+        } else {
+            self.op.write(&path, buffer).await
+        };
+        res.map(|_| ()).map_err(|e| map_err(&path, e))
     }
 
     /// Writes `path` only if it does not exist yet. Returns false when it existed. Where the
