@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Validates the manifests in this directory offline: the Kubernetes OpenAPI schemas bundled in
+# the kubernetes-validate package (strict: unknown fields are errors), for the oldest version
+# with native sidecars on by default (1.29) and the newest the package knows; then the rules
+# of snapback's deployment that no schema knows (see README.md).
+#
+# Needs: pip install 'kubernetes-validate==1.37.0'   (PyYAML comes with it)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+validator=$(command -v kubernetes-validate || true)
+if [ -z "$validator" ] && [ -x "$HOME/.local/bin/kubernetes-validate" ]; then
+    validator=$HOME/.local/bin/kubernetes-validate
+fi
+[ -n "$validator" ] || { echo "kubernetes-validate not installed: pip install 'kubernetes-validate==1.37.0'" >&2; exit 2; }
+py=$(head -1 "$validator" | sed -n 's/^#!//p')
+[ -x "${py%% *}" ] || py=python3
+
+shopt -s nullglob
+files=("$here"/*.yaml)
+[ ${#files[@]} -gt 0 ] || { echo "no manifests in $here" >&2; exit 1; }
+for version in 1.29.0 ""; do
+    "$validator" --strict --quiet ${version:+-k "$version"} "${files[@]}"
+done
+
+$py - "${files[@]}" <<'PY'
+import sys, yaml
+
+errors = []
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+
+for path in sys.argv[1:]:
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    for d in docs:
+        if d.get("kind") != "StatefulSet":
+            continue
+        name = f"{path}: statefulset/{d['metadata']['name']}"
+        pod = d["spec"]["template"]["spec"]
+        inits = pod.get("initContainers", [])
+        sidecars = [c for c in inits if c.get("restartPolicy") == "Always"]
+        init = [c for c in inits if "init" in c.get("args", [])[:1]]
+        check(len(sidecars) == 1 and sidecars[0]["args"][0] == "sidecar",
+              f"{name}: one native sidecar (restartPolicy: Always) running `snapback sidecar`")
+        check(len(init) == 1, f"{name}: one init container running `snapback init`")
+        if init and sidecars:
+            check(inits.index(init[0]) < inits.index(sidecars[0]),
+                  f"{name}: the init container must come before the sidecar")
+        for c in init + sidecars:
+            a = c.get("args", [])
+            check("--key-file" in a, f"{name}/{c['name']}: --key-file")
+            env = {e["name"]: e for e in c.get("env", [])}
+            for var, field in [("POD_UID", "metadata.uid"), ("POD_NAME", "metadata.name"),
+                               ("POD_NAMESPACE", "metadata.namespace")]:
+                got = env.get(var, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+                check(got == field, f"{name}/{c['name']}: {var} from the downward API ({field})")
+            sc = c.get("securityContext", {})
+            check(sc.get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}: allowPrivilegeEscalation false")
+            check(sc.get("readOnlyRootFilesystem") is True, f"{name}/{c['name']}: readOnlyRootFilesystem")
+            check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}/{c['name']}: drop ALL capabilities")
+            check("memory" in c.get("resources", {}).get("limits", {}), f"{name}/{c['name']}: memory limit")
+        for c in sidecars:
+            text = yaml.safe_dump(c)
+            check("RESTIC_PASSWORD" not in text and "snapback-password" not in text,
+                  f"{name}/{c['name']}: the sidecar must not get the repository password")
+            check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz",
+                  f"{name}/{c['name']}: liveness on /healthz")
+            check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",
+                  f"{name}/{c['name']}: readiness on /readyz")
+        psc = pod.get("securityContext", {})
+        check(psc.get("runAsNonRoot") is True, f"{name}: runAsNonRoot")
+        check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: seccomp RuntimeDefault")
+        keyvols = [v for v in pod.get("volumes", [])
+                   if v.get("emptyDir", {}).get("medium") == "Memory"]
+        check(any(v["emptyDir"].get("sizeLimit") == "1Mi" for v in keyvols),
+              f"{name}: the key volume is an emptyDir in memory with sizeLimit 1Mi")
+
+if errors:
+    print("\n".join(errors), file=sys.stderr)
+    sys.exit(1)
+print(f"k8s manifests: schemas and snapback rules OK ({len(sys.argv) - 1} files)")
+PY
