@@ -11,13 +11,13 @@ Figures are those of CMD only (not of the producer feeding its stdin):
 CMD runs as a child of /usr/bin/time; time reaps it before exiting, and the kernel adds a
 reaped child's I/O counters to its parent's, so /proc/<time's pid>/io read while time is a
 zombie (os.waitid with WNOWAIT) covers everything CMD did up to its exit. Then we reap.
+time writes its figures into a pipe (-o /dev/fd/N), not a file: a file would count 4 KiB.
 Exit status: CMD's (or the producer's when CMD succeeded and the producer failed).
 """
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 
@@ -37,7 +37,8 @@ def main():
         sys.exit("usage: measure.py [--stdin-cmd CMD] [--log FILE] -- CMD ARGS...")
     cmd = args[1:]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+    rfd, wfd = os.pipe()
+    if True:
         producer = None
         stdin = subprocess.DEVNULL
         if stdin_cmd:
@@ -45,8 +46,9 @@ def main():
                                         stdout=subprocess.PIPE, stderr=out)
             stdin = producer.stdout
         t0 = time.monotonic()
-        p = subprocess.Popen(["/usr/bin/time", "-f", "%e %U %S %M", "-o", tf.name] + cmd,
-                             stdin=stdin, stdout=out, stderr=out)
+        p = subprocess.Popen(["/usr/bin/time", "-f", "%e %U %S %M", "-o", f"/dev/fd/{wfd}"] + cmd,
+                             stdin=stdin, stdout=out, stderr=out, pass_fds=(wfd,))
+        os.close(wfd)
         if producer:
             producer.stdout.close()  # only CMD holds the read end now
         os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
@@ -58,7 +60,8 @@ def main():
                 io[k.strip()] = int(v)
         rc = p.wait()
         prc = producer.wait() if producer else 0
-        fields = tf.read().split()
+        with os.fdopen(rfd) as tf:
+            fields = tf.read().split()
         # GNU time writes "Command exited with non-zero status N" first when CMD failed.
         e, u, s, m = fields[-4:] if len(fields) >= 4 else ("0", "0", "0", "0")
     res = {

@@ -65,15 +65,26 @@ stop_moto() {
     fi
 }
 trap stop_moto EXIT
+# A free port on 127.0.0.1 (other engineers' servers run on this machine too); retried if taken
+# in between.
 start_moto() {
-    port=$((20000 + RANDOM % 20000))
-    moto_server -H 127.0.0.1 -p "$port" >>"$work/moto.log" 2>&1 &
-    moto_pid=$!
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
-        sleep 0.2
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        moto_server -H 127.0.0.1 -p "$port" >>"$work/moto.log" 2>&1 &
+        moto_pid=$!
+        for _ in $(seq 150); do
+            kill -0 "$moto_pid" 2>/dev/null || break
+            if curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then
+                curl -fsS -X PUT "http://127.0.0.1:$port/bench" >/dev/null
+                return 0
+            fi
+            sleep 0.2
+        done
+        stop_moto
     done
-    curl -fsS -X PUT "http://127.0.0.1:$port/bench" >/dev/null
+    echo "moto_server did not start (see $work/moto.log)" >&2
+    exit 1
 }
 
 fail=0
