@@ -296,6 +296,8 @@ fn restore_if_empty_fills_an_empty_directory_from_the_latest_snapshot() {
     assert!(out.contains("no snapshot of host apps/db-0"), "{out}");
 
     make_tree(&data);
+    // A database's data directory is private; the restored one must be too.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     sb.run_ok(&["backup", data.to_str().unwrap()]);
     // Another host's newer snapshot is not ours.
     let stranger = tmp.path().join("stranger");
@@ -321,6 +323,12 @@ fn restore_if_empty_fills_an_empty_directory_from_the_latest_snapshot() {
     assert!(out.contains("opened restic repository"), "{out}");
     assert!(out.contains("restored snapshot"), "{out}");
     std::fs::remove_dir(fresh.join("lost+found")).unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o700,
+        "the data directory's own mode is restored"
+    );
     let diffs = diff_trees(&data, &fresh);
     assert!(diffs.is_empty(), "restored tree differs: {diffs:#?}");
 

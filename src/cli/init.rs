@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use snapback_archive::restore::{restore, RestoreOptions};
 use snapback_archive::tree_walk::{find_node, root_node};
-use snapback_repo::file::{Node, SnapshotFile};
+use snapback_repo::file::{Node, NodeType, SnapshotFile};
 use snapback_repo::{BlobIndex, InitOptions, InitOutcome, Repository};
 
 use super::GlobalArgs;
@@ -172,6 +173,12 @@ async fn restore_if_empty(
             first.path,
             first.message
         );
+    }
+    // restore() fills the target but leaves the target itself alone; give it the backed-up
+    // directory's permissions (PostgreSQL, for one, refuses a data directory that is not 0700).
+    if start.node_type == NodeType::Dir && !start.name.is_empty() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(start.mode & 0o777))
+            .with_context(|| format!("cannot set the permissions of {}", dir.display()))?;
     }
     fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
     say(
