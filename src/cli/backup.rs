@@ -118,7 +118,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
         (_, true) => StdinMode::Raw,
         _ => StdinMode::Auto,
     };
-    let (source, snapshot_paths, is_path_backup): (Box<dyn EntrySource + Send>, Vec<String>, bool) =
+    let (source, snapshot_paths, scan): (Box<dyn EntrySource + Send>, Vec<String>, Option<Walker>) =
         if args.stdin_from_command {
             let pipe = CommandPipe::spawn(&args.paths)?;
             let (inner, _) = tokio::task::block_in_place(|| {
@@ -127,14 +127,14 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
             (
                 Box::new(CommandGate::new(inner, pipe)),
                 vec![format!("/{}", args.stdin_filename)],
-                false,
+                None,
             )
         } else if args.stdin {
             let input = Box::new(std::io::stdin());
             let (src, _) = tokio::task::block_in_place(|| {
                 super::stdin::source(input, mode, &args.stdin_filename)
             })?;
-            (src, vec![format!("/{}", args.stdin_filename)], false)
+            (src, vec![format!("/{}", args.stdin_filename)], None)
         } else {
             let mut paths = Vec::new();
             for p in &args.paths {
@@ -149,9 +149,11 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
                 mountinfo: args.mountinfo.clone(),
                 ..WalkOptions::default()
             };
-            (Box::new(Walker::new(&paths, walk)?), paths, true)
+            let scan = Walker::new(&paths, walk.clone())?;
+            (Box::new(Walker::new(&paths, walk)?), paths, Some(scan))
         };
 
+    let is_path_backup = scan.is_some();
     let mut opts = BackupOptions::new(host, snapshot_paths);
     opts.tags = args.tags.clone();
     opts.excludes = excludes;
@@ -173,6 +175,11 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     let progress = opts.progress.clone();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
     let show = !global.quiet && std::io::stderr().is_terminal();
+    if let (true, Some(scan)) = (show, scan) {
+        // Count what there is to read beside the backup, like restic's scanner, for the ETA.
+        let progress = progress.clone();
+        std::thread::spawn(move || count_sizes(scan, &progress));
+    }
     let bar = tokio::spawn(show_progress(progress.clone(), show));
 
     let result = snapback_archive::backup(&repo, source, opts).await;
@@ -220,6 +227,17 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+fn count_sizes(mut scan: Walker, progress: &Progress) {
+    while let Ok(Some(entry)) = scan.next_entry() {
+        if entry.kind == snapback_stream::EntryKind::File {
+            progress
+                .bytes_total
+                .fetch_add(entry.meta.size, Ordering::Relaxed);
+        }
+    }
+    progress.total_final.store(true, Ordering::Relaxed);
+}
+
 async fn show_progress(p: Arc<Progress>, show: bool) {
     if !show {
         return;
@@ -228,13 +246,26 @@ async fn show_progress(p: Arc<Progress>, show: bool) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let done = p.bytes_done.load(Ordering::Relaxed);
+        let total = p.bytes_total.load(Ordering::Relaxed);
         let secs = start.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let share = if total > 0 {
+            let pct = (done as f64 * 100.0 / total as f64).min(100.0);
+            if p.total_final.load(Ordering::Relaxed) && rate > 0.0 {
+                let eta = total.saturating_sub(done) as f64 / rate;
+                format!(" of {} ({pct:.0}%, ETA {eta:.0}s)", human(total))
+            } else {
+                format!(" of {}+ (scanning)", human(total))
+            }
+        } else {
+            String::new()
+        };
         eprint!(
-            "\r\x1b[2K{} entries, {} read, {} new, {}/s, {:.0}s",
+            "\r\x1b[2K{} entries, {} read{share}, {} new, {}/s, {:.0}s",
             p.entries_done.load(Ordering::Relaxed),
             human(done),
             human(p.bytes_new.load(Ordering::Relaxed)),
-            human((done as f64 / secs) as u64),
+            human(rate as u64),
             secs
         );
     }

@@ -45,6 +45,10 @@ pub struct Progress {
     pub entries_done: AtomicU64,
     /// Plaintext bytes of new blobs handed to the sink.
     pub bytes_new: AtomicU64,
+    /// Content bytes to process, as far as a scan has counted them (0: unknown, a stream).
+    pub bytes_total: AtomicU64,
+    /// Set once the scan has counted everything, so `bytes_total` is final.
+    pub total_final: std::sync::atomic::AtomicBool,
 }
 
 /// How the archiver treats its source.
