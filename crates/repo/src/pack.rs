@@ -75,7 +75,12 @@ impl PackBuilder {
         encrypted: &[u8],
         uncompressed_length: Option<u32>,
     ) -> Result<(), PackError> {
-        self.add_sealed(id, ty, Bytes::copy_from_slice(encrypted), uncompressed_length)
+        self.add_sealed(
+            id,
+            ty,
+            Bytes::copy_from_slice(encrypted),
+            uncompressed_length,
+        )
     }
 
     /// Appends an already encrypted blob without copying it.

@@ -312,14 +312,10 @@ impl Repository {
         host: Option<&str>,
         paths: &[String],
     ) -> Result<Option<(Id, SnapshotFile)>> {
-        Ok(self
-            .snapshots()
-            .await?
-            .into_iter()
-            .rfind(|(_, s)| {
-                host.is_none_or(|h| s.hostname == h)
-                    && (paths.is_empty() || sorted(&s.paths) == sorted(paths))
-            }))
+        Ok(self.snapshots().await?.into_iter().rfind(|(_, s)| {
+            host.is_none_or(|h| s.hostname == h)
+                && (paths.is_empty() || sorted(&s.paths) == sorted(paths))
+        }))
     }
 
     /// Reads one blob: authenticates, decompresses and checks its hash.
