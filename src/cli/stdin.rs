@@ -120,10 +120,16 @@ impl CommandPipe {
         let (program, args) = argv
             .split_first()
             .context("--stdin-from-command needs a command")?;
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::piped());
+        // The producer needs none of our secrets.
+        for var in snapback_sidecar::gate::SECRET_VARS {
+            command.env_remove(var);
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {program}"))?;
         let stdout = child.stdout.take();

@@ -15,11 +15,12 @@ use crate::{Error, Result};
 
 /// Environment variables never handed to hook commands: the commands talk to the application,
 /// not to the repository, and must not see its secrets.
-pub const SECRET_VARS: [&str; 4] = [
+pub const SECRET_VARS: [&str; 5] = [
     "RESTIC_PASSWORD",
     "RESTIC_PASSWORD_FILE",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "SNAPBACK_KEY_SECRET",
 ];
 
 /// An `http://` URL to probe (no TLS: the application is expected in the same Pod).
