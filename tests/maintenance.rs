@@ -352,3 +352,70 @@ fn corrupted_pack_is_named_by_check_and_restic_agrees() {
     let _ = sb.run(&["prune", "--max-unused", "0"]);
     assert!(!restic.run(&["check", "--read-data"]).status.success());
 }
+
+fn object_path(s3: &S3Server, key: &str) -> String {
+    format!("/{}/{}", s3.bucket(), key)
+}
+
+#[test]
+fn missing_pack_is_an_error_for_both_checkers_and_prune_refuses() {
+    require_restic!();
+    let (s3, sb, restic) = setup("missing");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    sb.run_ok(&["backup", src.to_str().unwrap()]);
+    let key = pack_keys(&s3, "missing").into_iter().next().unwrap();
+    let pack_id = key.rsplit('/').next().unwrap().to_string();
+    let resp = common::http_request(s3.port(), "DELETE", &object_path(&s3, &key), b"").unwrap();
+    assert!(resp.status == 204 || resp.status == 200, "{}", resp.status);
+
+    let ours = sb.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&ours.stderr);
+    assert_eq!(ours.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&pack_id) && stderr.contains("missing"),
+        "{stderr}"
+    );
+    assert!(!restic.run(&["check"]).status.success());
+
+    let before = pack_keys(&s3, "missing");
+    let out = sb.run(&["prune", "--max-unused", "0"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to prune") && stderr.contains(&pack_id),
+        "{stderr}"
+    );
+    assert_eq!(pack_keys(&s3, "missing"), before, "prune deleted packs");
+}
+
+#[test]
+fn orphaned_pack_is_no_error_and_prune_deletes_it() {
+    require_restic!();
+    use sha2::Digest;
+    let (s3, sb, restic) = setup("orphan");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
+    sb.run_ok(&["backup", src.to_str().unwrap()]);
+    // A pack-named file no index lists (as an interrupted backup leaves behind).
+    let body = pseudo_random_bytes(99, 5000);
+    let id = hex::encode(sha2::Sha256::digest(&body));
+    let key = format!("orphan/data/{}/{id}", &id[..2]);
+    let resp = common::http_request(s3.port(), "PUT", &object_path(&s3, &key), &body).unwrap();
+    assert_eq!(resp.status, 200);
+
+    let out = sb.run_ok(&["check"]);
+    assert!(out.contains("orphaned") && out.contains(&id), "{out}");
+    assert!(out.contains("no errors were found"), "{out}");
+    restic.run_ok(&["check"]);
+
+    let out = sb.run_ok(&["prune"]);
+    assert!(out.contains("1 not in any index"), "{out}");
+    assert!(!pack_keys(&s3, "orphan").contains(&key));
+    restic.run_ok(&["check", "--read-data"]);
+    let out = sb.run_ok(&["check", "--read-data"]);
+    assert!(!out.contains("orphaned"), "{out}");
+}
