@@ -192,7 +192,9 @@ fn print_text(groups: &[GroupReport], opts: &ForgetOptions) {
                 println!(
                     "{:<10} {:<20} {:<16} {:<20} {:<30} {}",
                     d.id.short(),
-                    s.time.format("%Y-%m-%d %H:%M:%S"),
+                    s.time
+                        .with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M:%S"),
                     s.hostname,
                     s.tags.join(","),
                     d.reasons.join(", "),

@@ -282,24 +282,17 @@ async fn repack(
     for pack in packs {
         // One old pack in memory at a time.
         let data = repo.backend().read(FileType::Pack, pack).await?;
-        for b in &index.packs[pack].blobs {
-            if home.get(&b.id) != Some(pack) {
-                continue;
-            }
-            let loc = BlobLocation {
-                pack: *pack,
-                ty: b.ty,
-                offset: b.offset,
-                length: b.length,
-                uncompressed_length: b.uncompressed_length,
-            };
+        let keep: Vec<IndexBlob> = index.packs[pack]
+            .blobs
+            .iter()
+            .filter(|b| home.get(&b.id) == Some(pack))
+            .copied()
+            .collect();
+        let data = verify_blobs(repo, *pack, data, keep.clone()).await?;
+        for b in &keep {
             let start = b.offset as usize;
-            let bytes = data.get(start..start + b.length as usize).ok_or_else(|| {
-                Error::Damaged(format!("pack {pack}: blob {} lies beyond its end", b.id))
-            })?;
-            // Never carry corrupted data into a new pack (the old one is about to go).
-            repo.open_blob(&b.id, &loc, bytes)
-                .map_err(|e| Error::Damaged(e.to_string()))?;
+            // In range: verify_blobs checked every blob against the pack's length.
+            let bytes = &data[start..start + b.length as usize];
             let slot = usize::from(b.ty == BlobType::Tree);
             open[slot]
                 .add(b.id, b.ty, bytes, b.uncompressed_length)
@@ -316,6 +309,37 @@ async fn repack(
         }
     }
     Ok(written)
+}
+
+/// Authenticates, decompresses and hashes `blobs` of pack `pack` (on the blocking pool: CPU
+/// work), so that corrupted data is never carried into a new pack while the old one is deleted.
+async fn verify_blobs(
+    repo: &Repository,
+    pack: Id,
+    data: Bytes,
+    blobs: Vec<IndexBlob>,
+) -> Result<Bytes> {
+    let repo = repo.clone();
+    tokio::task::spawn_blocking(move || {
+        for b in &blobs {
+            let loc = BlobLocation {
+                pack,
+                ty: b.ty,
+                offset: b.offset,
+                length: b.length,
+                uncompressed_length: b.uncompressed_length,
+            };
+            let start = b.offset as usize;
+            let bytes = data.get(start..start + b.length as usize).ok_or_else(|| {
+                Error::Damaged(format!("pack {pack}: blob {} lies beyond its end", b.id))
+            })?;
+            repo.open_blob(&b.id, &loc, bytes)
+                .map_err(|e| Error::Damaged(e.to_string()))?;
+        }
+        Ok(data)
+    })
+    .await
+    .map_err(|e| Error::Damaged(format!("pack {pack}: verification task failed: {e}")))?
 }
 
 async fn upload(repo: &Repository, builder: PackBuilder) -> Result<(Id, Vec<PackedBlob>)> {
@@ -382,4 +406,18 @@ async fn write_index(
         written += 1;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_unused_follows_restics_formula() {
+        // restic: p / (100 - p) * used, so that unused / (used + unused) <= p%.
+        assert_eq!(max_unused_bytes(5.0, 950), 50);
+        assert_eq!(max_unused_bytes(0.0, 1000), 0);
+        assert_eq!(max_unused_bytes(50.0, 1000), 1000);
+        assert_eq!(max_unused_bytes(100.0, 1000), u64::MAX);
+    }
 }
