@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let mut args = cli::Cli::parse();
     cli::sidecar::adjust_global(&mut args);
     cli::logging::init(&args.global);
@@ -19,3 +20,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Serve every allocation of 256 KiB or more (chunks, sealed blobs, pack parts) with its own
+/// mapping, returned to the OS when freed. glibc's default raises this threshold as such
+/// buffers are freed and then keeps them in its arenas: a 1 GiB stream backup peaked at
+/// 98 MiB RSS with the default and at 42 MiB with this (see the pipeline's note).
+#[cfg(target_env = "gnu")]
+fn tune_allocator() {
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn tune_allocator() {}

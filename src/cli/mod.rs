@@ -3,12 +3,15 @@
 
 pub mod backup;
 pub mod check;
+pub mod dump;
 pub mod forget;
 pub mod init;
 pub mod keyfile;
 pub mod logging;
+pub mod ls;
 pub mod prune;
 pub mod repo;
+pub mod restore;
 pub mod sidecar;
 pub mod snapshots;
 pub mod stdin;
@@ -67,6 +70,12 @@ pub enum Command {
     Tar(tar::TarArgs),
     /// Back up paths or a stream into the repository.
     Backup(backup::BackupArgs),
+    /// List the files and directories of a snapshot.
+    Ls(ls::LsArgs),
+    /// Restore a snapshot into a directory.
+    Restore(restore::RestoreArgs),
+    /// Write a file of a snapshot, or a directory as tar, to stdout.
+    Dump(dump::DumpArgs),
     /// Remove snapshots by keep policy (data stays until prune).
     Forget(forget::ForgetArgs),
     /// Delete data no snapshot uses.
@@ -82,11 +91,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tar(args) => tar::run(&args),
         Command::Backup(args) => runtime()?.block_on(backup::run(&cli.global, &args)),
+        Command::Init(args) => runtime()?.block_on(init::run(&cli.global, &args)),
+        Command::Snapshots(args) => runtime()?.block_on(snapshots::run(&cli.global, &args)),
+        Command::Ls(args) => runtime()?.block_on(ls::run(&cli.global, &args)),
+        Command::Restore(args) => runtime()?.block_on(restore::run(&cli.global, &args)),
+        Command::Dump(args) => runtime()?.block_on(dump::run(&cli.global, &args)),
         Command::Forget(args) => runtime()?.block_on(forget::run(&cli.global, &args)),
         Command::Prune(args) => runtime()?.block_on(prune::run(&cli.global, &args)),
         Command::Check(args) => runtime()?.block_on(check::run(&cli.global, &args)),
-        Command::Init(args) => runtime()?.block_on(init::run(&cli.global, &args)),
-        Command::Snapshots(args) => runtime()?.block_on(snapshots::run(&cli.global, &args)),
         Command::Sidecar(args) => runtime()?.block_on(sidecar::run(&cli.global, &args)),
     }
 }
