@@ -419,3 +419,73 @@ fn orphaned_pack_is_no_error_and_prune_deletes_it() {
     let out = sb.run_ok(&["check", "--read-data"]);
     assert!(!out.contains("orphaned"), "{out}");
 }
+
+#[test]
+fn forget_with_prune_leaves_a_repo_restic_accepts() {
+    require_restic!();
+    let (_s3, sb, restic) = setup("forgetprune");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(src.join("f"), pseudo_random_bytes(i, 200_000)).unwrap();
+        sb.run_ok(&["backup", src.to_str().unwrap()]);
+    }
+    let out = sb.run_ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert!(
+        out.contains("running prune") && out.contains("done"),
+        "{out}"
+    );
+    assert_eq!(snapshot_ids(&restic).len(), 1);
+    restic.run_ok(&["check", "--read-data"]);
+    let stats = restic.run_ok(&["prune", "--dry-run"]);
+    assert!(
+        stats.contains("this removes:          0 blobs / 0 B"),
+        "{stats}"
+    );
+}
+
+/// Flips one byte in the middle of object `key`.
+fn flip_byte(s3: &S3Server, key: &str) {
+    let mut body = s3.get_object(key).unwrap();
+    let mid = body.len() / 2;
+    body[mid] ^= 0x01;
+    let resp = common::http_request(s3.port(), "PUT", &object_path(s3, key), &body).unwrap();
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn corrupted_index_and_snapshot_files_are_named_and_restic_agrees() {
+    require_restic!();
+    let (s3, sb, restic) = setup("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    sb.run_ok(&["backup", src.to_str().unwrap()]);
+    sb.run_ok(&["backup", src.to_str().unwrap()]);
+
+    let snapshot = s3.object_keys("files/snapshots/").pop().unwrap();
+    flip_byte(&s3, &snapshot);
+    let out = sb.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(snapshot.trim_start_matches("files/")),
+        "{stderr}"
+    );
+    assert!(!restic.run(&["check"]).status.success());
+
+    let index = s3.object_keys("files/index/").pop().unwrap();
+    flip_byte(&s3, &index);
+    let out = sb.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(index.trim_start_matches("files/")),
+        "{stderr}"
+    );
+    assert!(!restic.run(&["check"]).status.success());
+    // Prune refuses to work from a damaged index.
+    let out = sb.run(&["prune"]);
+    assert!(!out.status.success());
+}
