@@ -53,6 +53,7 @@ fi
 snapback="$bench/snapback"
 cp "$src_bin" "$snapback"
 rev="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates src Cargo.toml 2>/dev/null || echo +dirty)"
+[[ -n "${SNAPBACK_BIN:-}" ]] && rev="binary $SNAPBACK_BIN (checkout now at $rev)"
 restic=$(command -v restic)
 
 export RESTIC_PASSWORD=e2e-bench-password
@@ -73,13 +74,21 @@ trap cleanup EXIT
 
 targets=(local)
 if [[ "$s3" == 1 ]]; then
-    port=${MOTO_PORT:-$((20000 + RANDOM % 20000))}
-    moto_server -H 127.0.0.1 -p "$port" >"$bench/moto.log" 2>&1 &
-    moto_pid=$!
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
-        sleep 0.2
+    # A free port (other servers run on this machine too); retried if taken in between.
+    up=0
+    for _ in 1 2 3 4 5; do
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        moto_server -H 127.0.0.1 -p "$port" >>"$bench/moto.log" 2>&1 &
+        moto_pid=$!
+        for _ in $(seq 150); do
+            kill -0 "$moto_pid" 2>/dev/null || break
+            if curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then up=1; break; fi
+            sleep 0.2
+        done
+        (( up )) && break
+        kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; moto_pid=
     done
+    (( up )) || { echo "moto_server did not start (see $bench/moto.log)" >&2; exit 1; }
     curl -fsS -X PUT "http://127.0.0.1:$port/bench" >/dev/null
     targets+=(s3)
 fi
