@@ -49,7 +49,9 @@ fn text_bytes(n: usize) -> Vec<u8> {
     let words: Vec<Vec<u8>> = (0..3000)
         .map(|_| {
             let len = 2 + next() % 9;
-            (0..len).map(|_| letters[(next() * next()) % 26 % letters.len()]).collect()
+            (0..len)
+                .map(|_| letters[(next() * next()) % 26 % letters.len()])
+                .collect()
         })
         .collect();
     let mut out = Vec::with_capacity(n + 64);
@@ -126,7 +128,9 @@ fn bench_crypto(c: &mut Criterion) {
     let blob = random_bytes(MIB, 3);
     let mut g = c.benchmark_group("crypto");
     g.throughput(Throughput::Bytes(blob.len() as u64));
-    g.bench_function("key_encrypt_1MiB", |b| b.iter(|| black_box(key.encrypt(&blob))));
+    g.bench_function("key_encrypt_1MiB", |b| {
+        b.iter(|| black_box(key.encrypt(&blob)))
+    });
     let sealed = key.encrypt(&blob);
     g.bench_function("key_decrypt_1MiB", |b| {
         b.iter(|| black_box(key.decrypt(&sealed).unwrap()))
