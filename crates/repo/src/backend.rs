@@ -212,6 +212,35 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The default policy with overrides from the environment: `SNAPBACK_IO_TIMEOUT_SECS`
+    /// (timeout of one operation and of one read/write chunk) and `SNAPBACK_RETRIES` (retries
+    /// of a temporary failure). Values that do not parse are ignored with a warning.
+    pub fn from_env() -> Self {
+        let mut policy = RetryPolicy::default();
+        if let Some(secs) = env_number("SNAPBACK_IO_TIMEOUT_SECS") {
+            let t = Duration::from_secs(secs.max(1));
+            policy.timeout = t;
+            policy.io_timeout = t;
+        }
+        if let Some(n) = env_number("SNAPBACK_RETRIES") {
+            policy.max_retries = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        policy
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!(variable = name, value = %value, "ignoring a value that is not a whole number");
+            None
+        }
+    }
+}
+
 /// A repository's storage.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -279,12 +308,13 @@ impl Backend {
         Ok(Backend { op, location })
     }
 
-    /// Parses `repo` and connects with credentials from the environment and default retries.
+    /// Parses `repo` and connects with credentials and retry overrides from the environment
+    /// ([`RetryPolicy::from_env`]).
     pub fn from_url(repo: &str) -> Result<Self, BackendError> {
         Self::new(
             Location::parse(repo)?,
             &S3Credentials::from_env(),
-            RetryPolicy::default(),
+            RetryPolicy::from_env(),
         )
     }
 
@@ -338,11 +368,32 @@ impl Backend {
 
     /// Writes a whole file (overwrites; ids are content hashes, so a rewrite is identical).
     pub async fn write_path(&self, path: &str, data: Bytes) -> Result<(), BackendError> {
-        self.op
-            .write(path, data)
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(path, e))
+        self.write_buffer(path, opendal::Buffer::from(data)).await
+    }
+
+    /// Writes `path` so that it appears complete or not at all. An S3 PUT is atomic; on the
+    /// local filesystem the data goes to `<path>-tmp-<random>` first (a name no listing takes
+    /// for an id, as restic does) and is renamed into place, so a process killed mid-write
+    /// never leaves a truncated index or snapshot file.
+    async fn write_buffer(&self, path: &str, data: opendal::Buffer) -> Result<(), BackendError> {
+        if !matches!(self.location, Location::Local { .. }) {
+            return self
+                .op
+                .write(path, data)
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(path, e));
+        }
+        let tmp = format!("{path}-tmp-{:016x}", rand::random::<u64>());
+        if let Err(e) = self.op.write(&tmp, data).await {
+            let _ = self.op.delete(&tmp).await;
+            return Err(map_err(path, e));
+        }
+        if let Err(e) = self.op.rename(&tmp, path).await {
+            let _ = self.op.delete(&tmp).await;
+            return Err(map_err(path, e));
+        }
+        Ok(())
     }
 
     /// Writes file `id` of type `ft`.
@@ -362,7 +413,10 @@ impl Backend {
         let path = ft.path(id);
         let len: usize = parts.iter().map(Bytes::len).sum();
         let buffer = opendal::Buffer::from(parts);
-        let res = if len >= MULTIPART_THRESHOLD && self.op.info().full_capability().write_can_multi
+        let remote = !matches!(self.location, Location::Local { .. });
+        let res = if remote
+            && len >= MULTIPART_THRESHOLD
+            && self.op.info().full_capability().write_can_multi
         {
             self.op
                 .write_with(&path, buffer)
@@ -370,7 +424,7 @@ impl Backend {
                 .concurrent(2)
                 .await
         } else {
-            self.op.write(&path, buffer).await
+            return self.write_buffer(&path, buffer).await;
         };
         res.map(|_| ()).map_err(|e| map_err(&path, e))
     }
