@@ -41,6 +41,11 @@ pub struct SinkOptions {
     pub zstd_level: Option<i32>,
     /// Write an index file at least this often while packs are being uploaded.
     pub index_interval: Duration,
+    /// Write an index file once this many uploaded packs wait for one (or an eighth of the
+    /// packs uploaded so far, when that is more: a long backup writes few index files). Packs
+    /// not yet in an index file are re-uploaded by the next backup after a crash, so this
+    /// bounds what a killed backup loses.
+    pub index_packs: usize,
 }
 
 impl Default for SinkOptions {
@@ -51,6 +56,7 @@ impl Default for SinkOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             zstd_level: Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
             index_interval: Duration::from_secs(60),
+            index_packs: 8,
         }
     }
 }
@@ -226,7 +232,15 @@ impl State {
         self.stats.packs += 1;
         self.stats.packed_bytes += len as u64;
         self.index.add(pack, &blobs);
-        if self.index.is_full() || self.last_index.elapsed() >= self.opts.index_interval {
+        let packs_due = self
+            .opts
+            .index_packs
+            .max(1)
+            .max(usize::try_from(self.stats.packs / 8).unwrap_or(usize::MAX));
+        if self.index.is_full()
+            || self.index.pending_packs() >= packs_due
+            || self.last_index.elapsed() >= self.opts.index_interval
+        {
             self.flush_index().await?;
         }
         Ok(())
