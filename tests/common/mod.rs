@@ -9,6 +9,8 @@
 //! Only `std`, `serde`, `serde_json` and `tempfile` are used.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
