@@ -451,9 +451,10 @@ fn forward(upstream: u16, req: &Request) -> io::Result<(Vec<u8>, Vec<u8>)> {
     }
     head_lines.retain(|l| {
         let name = l.split(':').next().unwrap_or("").trim();
-        !name.eq_ignore_ascii_case("connection")
-            && !name.eq_ignore_ascii_case("transfer-encoding")
-            && !(is_chunked && name.eq_ignore_ascii_case("content-length"))
+        let dropped = name.eq_ignore_ascii_case("connection")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || (is_chunked && name.eq_ignore_ascii_case("content-length"));
+        !dropped
     });
     let mut head = head_lines.join("\r\n");
     if is_chunked || !has_length {
