@@ -21,7 +21,7 @@ use snapback_repo::{BlobType, Id, Key};
 
 const MIB: usize = 1 << 20;
 /// restic's test polynomial; any irreducible degree-53 polynomial behaves the same.
-const POL: u64 = 0x3DA3_358B_4DC1_73;
+const POL: u64 = 0x003D_A335_8B4D_C173;
 
 /// Deterministic incompressible bytes (xorshift64*).
 fn random_bytes(n: usize, mut seed: u64) -> Vec<u8> {
