@@ -12,8 +12,13 @@ if [ -z "$validator" ] && [ -x "$HOME/.local/bin/kubernetes-validate" ]; then
     validator=$HOME/.local/bin/kubernetes-validate
 fi
 [ -n "$validator" ] || { echo "kubernetes-validate not installed: pip install 'kubernetes-validate==1.37.0'" >&2; exit 2; }
+# The rules below need the Python that has PyYAML (kubernetes-validate's own). A pip script's
+# shebang names it; a pyenv shim (a bash script) does not, and then python3 is that Python.
 py=$(head -1 "$validator" | sed -n 's/^#!//p')
-[ -x "${py%% *}" ] || py=python3
+case "${py%% *}" in
+    */python*) [ -x "${py%% *}" ] || py=python3 ;;
+    *) py=python3 ;;
+esac
 
 shopt -s nullglob
 files=("$here"/*.yaml)

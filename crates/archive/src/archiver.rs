@@ -116,6 +116,9 @@ pub struct Archiver {
     closed: ClosedDirs,
     opts: ArchiveOptions,
     stats: ArchiveStats,
+    /// Read window of `chunk_file`, reused for every file: its pages are faulted in once, not
+    /// once per chunk.
+    window: Vec<u8>,
 }
 
 impl Archiver {
@@ -143,6 +146,7 @@ impl Archiver {
             closed: ClosedDirs::new(CLOSED_CACHE_BYTES),
             opts,
             stats: ArchiveStats::default(),
+            window: Vec::new(),
         };
         let parent = match me.opts.parent_tree {
             Some(id) => Some(me.load_tree(&id)?),
@@ -432,10 +436,19 @@ impl Archiver {
 
     /// Reads a file, cutting it with restic's chunker; returns its blob ids and size.
     fn chunk_file(&mut self, reader: &mut dyn Read) -> Result<(Vec<Id>, u64)> {
+        let mut window = std::mem::take(&mut self.window);
+        window.clear();
+        // Room for the largest chunk plus one read, reserved once per archiver.
+        window.reserve(CHUNK_BUF);
+        let result = self.chunk_into(reader, &mut window);
+        self.window = window;
+        result
+    }
+
+    /// Reads into `buf` and submits each chunk as it is cut, copied into a buffer of its own
+    /// size (fresh pages per chunk are what the sink then seals in place and packs).
+    fn chunk_into(&mut self, reader: &mut dyn Read, buf: &mut Vec<u8>) -> Result<(Vec<Id>, u64)> {
         let mut chunker = Chunker::new(self.tables.clone());
-        // Room for the largest chunk plus one read, reserved once: no regrowth copies. Pages
-        // are only touched (and resident) as far as the data reaches.
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BUF);
         let mut scanned = 0;
         let mut ids = Vec::new();
         let mut total = 0u64;
@@ -458,17 +471,14 @@ impl Archiver {
                 .fetch_add(n as u64, Ordering::Relaxed);
             while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
                 let end = scanned + cut;
-                let mut next = Vec::with_capacity(CHUNK_BUF);
-                next.extend_from_slice(&buf[end..]);
-                buf.truncate(end);
-                let chunk = std::mem::replace(&mut buf, next);
-                ids.push(self.submit(BlobType::Data, chunk)?);
+                ids.push(self.submit(BlobType::Data, blob_buf(&buf[..end]))?);
+                buf.drain(..end);
                 scanned = 0;
             }
             scanned = buf.len();
         }
         if !buf.is_empty() {
-            ids.push(self.submit(BlobType::Data, buf)?);
+            ids.push(self.submit(BlobType::Data, blob_buf(buf))?);
         }
         Ok((ids, total))
     }
@@ -524,6 +534,13 @@ impl ClosedDirs {
         self.bytes -= size;
         Some(nodes)
     }
+}
+
+/// A chunk's own buffer: exactly its size plus room for the sink to seal it in place.
+fn blob_buf(chunk: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(chunk.len() + snapback_repo::crypto::OVERHEAD);
+    v.extend_from_slice(chunk);
+    v
 }
 
 fn read_some(reader: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use snapback_repo::pack::{PackBuilder, PackedBlob};
-use snapback_repo::{BlobType, FileType, Id, IndexWriter, Key, Repository};
+use snapback_repo::{crypto, BlobType, FileType, Id, IndexWriter, Key, Repository};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -274,19 +274,173 @@ fn slot(ty: BlobType) -> usize {
 
 fn encode(key: &Key, job: BlobJob, level: Option<i32>) -> Encoded {
     let plain_len = job.data.len();
+    let mut payload = job.data;
+    let mut uncompressed_length = None;
     // Keep the compressed form only when it is smaller (restic reads both forms).
-    let compressed = level
-        .and_then(|l| zstd::bulk::compress(&job.data, l).ok())
-        .filter(|z| z.len() < plain_len);
-    let (payload, uncompressed_length) = match compressed {
-        Some(z) => (z, u32::try_from(plain_len).ok()),
-        None => (job.data, None),
-    };
+    if let Some(z) = level.and_then(|l| compress(&payload, l)) {
+        payload = z;
+        uncompressed_length = u32::try_from(plain_len).ok();
+    }
+    key.seal_in_place(&mut payload);
     Encoded {
         id: job.id,
         ty: job.ty,
         plain_len,
-        sealed: key.encrypt(&payload),
+        sealed: payload,
         uncompressed_length,
+    }
+}
+
+/// Blobs at least this long are sampled before being compressed whole.
+const SAMPLE_FROM: usize = 128 * 1024;
+/// Bytes taken from each of the sample's evenly spaced windows.
+const SAMPLE_WINDOW: usize = 16 * 1024;
+/// Windows in a sample.
+const SAMPLE_WINDOWS: usize = 4;
+/// zstd level of the sample's trial compression (the fastest regular level).
+const SAMPLE_LEVEL: i32 = 1;
+
+/// zstd contexts by level.
+type Contexts = Vec<(i32, zstd::bulk::Compressor<'static>)>;
+
+/// Idle zstd contexts, shared by the encoder threads. Reusing a context saves its setup and
+/// page faults per blob; a shared pool (not one per thread) keeps their number, and memory, at
+/// the number of blobs encoding at once, however many threads the blocking pool has used.
+static IDLE_CONTEXTS: std::sync::Mutex<Contexts> = std::sync::Mutex::new(Vec::new());
+
+/// A zstd context at `level`, from the pool or new.
+fn take_context(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
+    let mut idle = IDLE_CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    match idle.iter().position(|(l, _)| *l == level) {
+        Some(at) => Some(idle.swap_remove(at).1),
+        None => {
+            drop(idle);
+            zstd::bulk::Compressor::new(level).ok()
+        }
+    }
+}
+
+fn return_context(level: i32, ctx: zstd::bulk::Compressor<'static>) {
+    let mut idle = IDLE_CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    idle.push((level, ctx));
+}
+
+/// Compresses `data` at `level` when that makes it smaller; the result has room to be sealed
+/// in place. Large blobs whose sample does not shrink (already compressed or encrypted
+/// content) are not compressed at all, which saves zstd's full pass over them.
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    if data.len() >= SAMPLE_FROM && !sample_shrinks(data) {
+        return None;
+    }
+    let mut out =
+        Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + crypto::OVERHEAD);
+    let mut ctx = take_context(level)?;
+    let result = ctx.compress_to_buffer(data, &mut out);
+    return_context(level, ctx);
+    match result {
+        Ok(n) if n < data.len() => Some(out),
+        _ => None,
+    }
+}
+
+/// Whether zstd's fastest level shrinks evenly spaced windows of `data` by at least 2 %.
+fn sample_shrinks(data: &[u8]) -> bool {
+    let stride = (data.len() - SAMPLE_WINDOW) / (SAMPLE_WINDOWS - 1);
+    let mut sample = Vec::with_capacity(SAMPLE_WINDOW * SAMPLE_WINDOWS);
+    for w in 0..SAMPLE_WINDOWS {
+        sample.extend_from_slice(&data[w * stride..w * stride + SAMPLE_WINDOW]);
+    }
+    let Some(mut ctx) = take_context(SAMPLE_LEVEL) else {
+        return true;
+    };
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(sample.len()));
+    let result = ctx.compress_to_buffer(&sample, &mut out);
+    return_context(SAMPLE_LEVEL, ctx);
+    match result {
+        Ok(n) => n * 50 < sample.len() * 49,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn decode(key: &Key, enc: &Encoded) -> Vec<u8> {
+        let plain = key.decrypt(&enc.sealed).unwrap();
+        match enc.uncompressed_length {
+            Some(n) => zstd::bulk::decompress(&plain, n as usize).unwrap(),
+            None => plain,
+        }
+    }
+
+    #[test]
+    fn compressible_blobs_are_compressed_and_random_ones_stored_raw() {
+        let key = Key::random();
+        let text: Vec<u8> = b"snapback stores restic repositories; "
+            .iter()
+            .cycle()
+            .take(1 << 20)
+            .copied()
+            .collect();
+        let random = pseudo_random(1 << 20);
+        // Random data with a compressible tail: the windows see both, the whole shrinks.
+        let mut mixed = pseudo_random(1 << 19);
+        mixed.extend_from_slice(&text[..1 << 19]);
+        for (data, compressed) in [(text, true), (random, false), (mixed, true)] {
+            let id = Id::hash(&data);
+            let enc = encode(
+                &key,
+                BlobJob {
+                    id,
+                    ty: BlobType::Data,
+                    data: data.clone(),
+                },
+                Some(3),
+            );
+            assert_eq!(enc.uncompressed_length.is_some(), compressed);
+            if compressed {
+                assert!(enc.sealed.len() < data.len());
+            } else {
+                assert_eq!(enc.sealed.len(), data.len() + crypto::OVERHEAD);
+            }
+            assert_eq!(decode(&key, &enc), data);
+        }
+        // Small blobs are not sampled; without a level nothing is compressed.
+        let small = b"{\"nodes\":[]}\n".repeat(100);
+        let enc = encode(
+            &key,
+            BlobJob {
+                id: Id::hash(&small),
+                ty: BlobType::Tree,
+                data: small.clone(),
+            },
+            Some(3),
+        );
+        assert!(enc.uncompressed_length.is_some());
+        assert_eq!(decode(&key, &enc), small);
+        let enc = encode(
+            &key,
+            BlobJob {
+                id: Id::hash(&small),
+                ty: BlobType::Tree,
+                data: small.clone(),
+            },
+            None,
+        );
+        assert_eq!(enc.uncompressed_length, None);
+        assert_eq!(decode(&key, &enc), small);
     }
 }

@@ -97,6 +97,28 @@ impl Key {
         out.extend_from_slice(&tag);
     }
 
+    /// Encrypts `buf` in place: on return it holds `IV || ciphertext || MAC`. The plaintext is
+    /// moved up by the IV's 16 bytes (a memmove, cheap next to the cipher); with [`OVERHEAD`]
+    /// spare capacity nothing is reallocated, so a blob is sealed in the buffer it was read
+    /// into instead of a fresh allocation per blob.
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>) {
+        let len = buf.len();
+        buf.reserve(OVERHEAD);
+        buf.resize(len + IV_LEN, 0);
+        buf.copy_within(0..len, IV_LEN);
+        let iv: [u8; IV_LEN] = rand::random();
+        buf[..IV_LEN].copy_from_slice(&iv);
+        // Encryption with a 16-byte nonce and no associated data cannot fail for this AEAD.
+        let tag = match self
+            .aead
+            .encrypt_in_place_detached((&iv).into(), &[], &mut buf[IV_LEN..])
+        {
+            Ok(tag) => tag,
+            Err(_) => unreachable!("AES-256-CTR-Poly1305 encryption has no failure mode"),
+        };
+        buf.extend_from_slice(&tag);
+    }
+
     /// Verifies the MAC of `data` (`IV || ciphertext || MAC`) and returns the plaintext.
     pub fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if data.len() < OVERHEAD {
@@ -148,6 +170,27 @@ mod tests {
         }
         assert_eq!(key.decrypt(&ct[..10]), Err(CryptoError::TooShort(10)));
         assert_eq!(Key::random().decrypt(&ct), Err(CryptoError::Mac));
+    }
+
+    #[test]
+    fn seal_in_place_round_trips_without_reallocating() {
+        let key = Key::random();
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut buf = Vec::with_capacity(msg.len() + OVERHEAD);
+        buf.extend_from_slice(&msg);
+        let before = buf.as_ptr();
+        key.seal_in_place(&mut buf);
+        assert_eq!(
+            buf.as_ptr(),
+            before,
+            "reallocated despite OVERHEAD spare capacity"
+        );
+        assert_eq!(buf.len(), msg.len() + OVERHEAD);
+        assert_ne!(&buf[16..116], &msg[..100], "not encrypted");
+        assert_eq!(key.decrypt(&buf).unwrap(), msg);
+        let mut empty = Vec::new();
+        key.seal_in_place(&mut empty);
+        assert_eq!(key.decrypt(&empty).unwrap(), b"");
     }
 
     #[test]
