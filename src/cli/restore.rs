@@ -25,9 +25,12 @@ pub struct RestoreArgs {
     /// Do not restore paths matching this pattern (repeatable).
     #[arg(short = 'e', long = "exclude")]
     pub exclude: Vec<String>,
-    /// Blobs of one file read concurrently.
-    #[arg(long, default_value_t = 4)]
+    /// Blobs read concurrently, over all files (memory: up to this many blobs of <= 8 MiB).
+    #[arg(long, default_value_t = 8)]
     pub blob_reads: usize,
+    /// Files written concurrently.
+    #[arg(long, default_value_t = 8)]
+    pub file_writes: usize,
     /// Take no (non-exclusive) repository lock, e.g. for read-only storage credentials.
     #[arg(long)]
     pub no_lock: bool,
@@ -70,6 +73,7 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         blob_reads: args.blob_reads,
+        file_writes: args.file_writes,
     };
     let result = restore(&opened.repo, opened.index.clone(), &start, &opts).await;
     if let Some(lock) = lock {

@@ -4,11 +4,12 @@
 //! [`archiver`] (tree building, chunking, hashing, dedup, parent reuse) → [`sink`] (compression,
 //! encryption, pack assembly, concurrent upload, index flushing) → the repository.
 //!
-//! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory,
+//! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory (blobs through [`blob_reader`]),
 //! [`dump`] streams a file or a directory as tar, [`ls`] lists nodes.
 
 pub mod archiver;
 pub mod backup;
+pub mod blob_reader;
 pub mod dump;
 pub mod error;
 pub mod ls;

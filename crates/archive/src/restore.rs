@@ -1,8 +1,9 @@
 //! `restore`: writes a snapshot (or the subtree at one path) into a local directory.
 //!
 //! Nodes are visited depth-first with [`TreeWalker`], so memory holds only the trees of the
-//! current path plus the few blobs of the file being written. A file's blobs are fetched with a
-//! bounded number of concurrent reads and written at their offsets as they arrive in order.
+//! current path plus the blobs being written. Several files are written at once (on S3 every
+//! blob is a request, so one file at a time is latency-bound), each file's blobs fetched
+//! concurrently and written at their offsets; a semaphore bounds the blobs in memory overall.
 //! Every blob is authenticated and hash-checked by the repository; a file whose data cannot be
 //! read (damaged or missing blob) is removed, recorded as failed, and the restore goes on.
 //! Directory metadata is applied after the directory's contents, so their times stick.
@@ -21,7 +22,10 @@ use futures::StreamExt;
 use snapback_repo::file::tree::{go_mode, zero_time};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use crate::blob_reader::BlobReader;
 use crate::tree_walk::{path_components, TreeWalker, WalkItem};
 use crate::{Error, Result};
 
@@ -36,8 +40,11 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// Nodes matching one of these patterns (and everything below them) are skipped.
     pub exclude: Vec<String>,
-    /// Blobs of one file fetched concurrently (memory: this many blobs of at most 8 MiB each).
+    /// Blobs fetched concurrently, over all files (memory: this many blobs of at most 8 MiB
+    /// each, decrypted).
     pub blob_reads: usize,
+    /// Files written concurrently.
+    pub file_writes: usize,
 }
 
 impl RestoreOptions {
@@ -47,7 +54,8 @@ impl RestoreOptions {
             target: target.into(),
             include: Vec::new(),
             exclude: Vec::new(),
-            blob_reads: 4,
+            blob_reads: 8,
+            file_writes: 8,
         }
     }
 }
@@ -97,11 +105,14 @@ pub async fn restore(
     let include = PatternList::parse(&opts.include)?;
     let exclude = PatternList::parse(&opts.exclude)?;
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let reader = Arc::new(BlobReader::new(repo.clone(), index.clone()).await?);
     let mut r = Restorer {
-        repo,
-        index: index.clone(),
+        reader,
         target: opts.target.clone(),
         blob_reads: opts.blob_reads.max(1),
+        blob_permits: Arc::new(Semaphore::new(opts.blob_reads.max(1))),
+        file_writes: opts.file_writes.max(1),
+        writing: JoinSet::new(),
         is_root: is_root(),
         links: HashMap::new(),
         summary: RestoreSummary::default(),
@@ -121,6 +132,7 @@ pub async fn restore(
             if selected {
                 r.restore_node(&path, start).await;
             }
+            r.drain().await;
             return Ok(r.summary);
         }
     };
@@ -169,6 +181,7 @@ pub async fn restore(
             }
         }
     }
+    r.drain().await;
     tracing::info!(
         files = r.summary.files,
         dirs = r.summary.dirs,
@@ -204,18 +217,22 @@ impl From<io::Error> for NodeFailure {
     }
 }
 
-struct Restorer<'a> {
-    repo: &'a Repository,
-    index: Arc<BlobIndex>,
+struct Restorer {
+    reader: Arc<BlobReader>,
     target: PathBuf,
     blob_reads: usize,
+    /// Blobs in memory (being fetched or waiting to be written), over all files.
+    blob_permits: Arc<Semaphore>,
+    file_writes: usize,
+    /// Files whose content is being written.
+    writing: JoinSet<FileWritten>,
     is_root: bool,
     /// First restored path of each hard-link group, by (device id, inode).
     links: HashMap<(u64, u64), PathBuf>,
     summary: RestoreSummary,
 }
 
-impl Restorer<'_> {
+impl Restorer {
     fn dest(&self, path: &str) -> PathBuf {
         let mut p = self.target.clone();
         p.extend(path_components(path));
@@ -273,7 +290,17 @@ impl Restorer<'_> {
                     self.summary.files += 1;
                     return Ok(());
                 }
-                let written = self.write_file(path, node, dest).await?;
+                let file = create_file(dest)?;
+                if key.is_none() {
+                    // Content and then metadata in the background; see `collect`.
+                    self.spawn_write(path, node, dest, file).await;
+                    return Ok(());
+                }
+                // The first of a hard-link group is written before its links are made, so
+                // a link never shares a file that turns out damaged.
+                let job = self.write_job(path, node, dest, file);
+                let written = job.run().await?;
+                self.check_size(path, node, written);
                 self.summary.bytes += written;
                 self.summary.files += 1;
                 if let Some(k) = key {
@@ -330,61 +357,85 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// Writes a file's content blob by blob (a bounded number fetched concurrently) into a new
-    /// file; on a data error the partial file is removed.
-    async fn write_file(
-        &mut self,
-        path: &str,
-        node: &Node,
-        dest: &Path,
-    ) -> Result<u64, NodeFailure> {
-        remove_existing(dest)?;
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dest)?;
-        let blobs: &[Id] = node.content.as_deref().unwrap_or_default();
-        let repo = self.repo;
-        let index = &self.index;
-        let mut loads = futures::stream::iter(blobs.iter().copied())
-            .map(|id| async move {
-                let loc = index
-                    .get(&id)
-                    .ok_or(snapback_repo::Error::BlobNotFound(id))?;
-                repo.load_blob(&id, &loc).await
-            })
-            .buffered(self.blob_reads);
-        let mut offset = 0u64;
-        let result: Result<(), NodeFailure> = async {
-            while let Some(blob) = loads.next().await {
-                let data =
-                    blob.map_err(|e| NodeFailure(format!("cannot read file content: {e}")))?;
-                file.write_all_at(&data, offset)?;
-                offset += data.len() as u64;
-            }
-            Ok(())
+    fn write_job(&self, path: &str, node: &Node, dest: &Path, file: fs::File) -> WriteJob {
+        WriteJob {
+            reader: self.reader.clone(),
+            permits: self.blob_permits.clone(),
+            blob_reads: self.blob_reads,
+            blobs: node.content.clone().unwrap_or_default(),
+            file,
+            dest: dest.to_path_buf(),
+            path: path.to_string(),
         }
-        .await;
-        drop(loads);
-        if let Err(e) = result {
-            drop(file);
-            if let Err(re) = fs::remove_file(dest) {
-                tracing::warn!(path = %dest.display(), error = %re, "cannot remove partial file");
-            }
-            return Err(e);
+    }
+
+    /// Starts writing a file's content (then its metadata) once fewer than `file_writes` are
+    /// under way.
+    async fn spawn_write(&mut self, path: &str, node: &Node, dest: &Path, file: fs::File) {
+        while self.writing.len() >= self.file_writes {
+            self.collect_one().await;
         }
-        if offset != node.size {
-            self.warn(
+        let job = self.write_job(path, node, dest, file);
+        let node = node.clone();
+        let is_root = self.is_root;
+        self.writing.spawn(async move {
+            let path = job.path.clone();
+            let dest = job.dest.clone();
+            let result = job.run().await;
+            let warnings = match &result {
+                Ok(_) => apply_metadata(&dest, &node, is_root),
+                Err(_) => Vec::new(),
+            };
+            FileWritten {
                 path,
-                format!(
-                    "content is {offset} bytes, the snapshot records {}",
-                    node.size
-                ),
-            );
+                size: node.size,
+                result,
+                warnings,
+            }
+        });
+    }
+
+    /// Records the outcome of one finished file write.
+    async fn collect_one(&mut self) {
+        let Some(done) = self.writing.join_next().await else {
+            return;
+        };
+        match done {
+            Ok(w) => match w.result {
+                Ok(written) => {
+                    if written != w.size {
+                        self.size_warning(&w.path, written, w.size);
+                    }
+                    self.summary.bytes += written;
+                    self.summary.files += 1;
+                    for warning in w.warnings {
+                        self.warn(&w.path, warning);
+                    }
+                }
+                Err(NodeFailure(message)) => self.fail(&w.path, message),
+            },
+            Err(e) => self.fail("?", format!("file writer: {e}")),
         }
-        Ok(offset)
+    }
+
+    /// Waits for every file still being written.
+    async fn drain(&mut self) {
+        while !self.writing.is_empty() {
+            self.collect_one().await;
+        }
+    }
+
+    fn check_size(&mut self, path: &str, node: &Node, written: u64) {
+        if written != node.size {
+            self.size_warning(path, written, node.size);
+        }
+    }
+
+    fn size_warning(&mut self, path: &str, written: u64, recorded: u64) {
+        self.warn(
+            path,
+            format!("content is {written} bytes, the snapshot records {recorded}"),
+        );
     }
 
     /// Applies a directory's metadata once everything inside it is written.
@@ -397,6 +448,87 @@ impl Restorer<'_> {
             self.warn(path, w);
         }
     }
+}
+
+/// A file's finished write, reported back to the restorer.
+struct FileWritten {
+    path: String,
+    /// Size the snapshot records.
+    size: u64,
+    result: Result<u64, NodeFailure>,
+    warnings: Vec<String>,
+}
+
+/// Everything writing one file's content needs, owned, so it can run as its own task.
+struct WriteJob {
+    reader: Arc<BlobReader>,
+    permits: Arc<Semaphore>,
+    blob_reads: usize,
+    blobs: Vec<Id>,
+    file: fs::File,
+    dest: PathBuf,
+    path: String,
+}
+
+impl WriteJob {
+    /// Writes the content blob by blob (a bounded number fetched concurrently, each holding a
+    /// permit until written); on a data error the partial file is removed.
+    async fn run(self) -> Result<u64, NodeFailure> {
+        let WriteJob {
+            reader,
+            permits,
+            blob_reads,
+            blobs,
+            file,
+            dest,
+            path,
+        } = self;
+        let (reader, permits) = (&reader, &permits);
+        let mut loads = futures::stream::iter(blobs.iter().copied())
+            .map(|id| async move {
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| NodeFailure(e.to_string()))?;
+                let data = reader
+                    .load(&id)
+                    .await
+                    .map_err(|e| NodeFailure(format!("cannot read file content: {e}")))?;
+                Ok::<_, NodeFailure>((permit, data))
+            })
+            .buffered(blob_reads);
+        let mut offset = 0u64;
+        let result: Result<(), NodeFailure> = async {
+            while let Some(blob) = loads.next().await {
+                let (_permit, data) = blob?;
+                file.write_all_at(&data, offset)?;
+                offset += data.len() as u64;
+            }
+            Ok(())
+        }
+        .await;
+        drop(loads);
+        if let Err(e) = result {
+            drop(file);
+            if let Err(re) = fs::remove_file(&dest) {
+                tracing::warn!(path, dest = %dest.display(), error = %re, "cannot remove partial file");
+            }
+            return Err(e);
+        }
+        Ok(offset)
+    }
+}
+
+/// Creates a file for restoring into (replacing what is there; never following a symlink).
+fn create_file(dest: &Path) -> Result<fs::File, NodeFailure> {
+    remove_existing(dest)?;
+    Ok(fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dest)?)
 }
 
 fn is_root() -> bool {
