@@ -82,19 +82,11 @@ impl Key {
 
     /// Appends the encryption of `plaintext` to `out` (lets the packer write in place).
     pub fn encrypt_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
-        let iv: [u8; IV_LEN] = rand::random();
-        out.extend_from_slice(&iv);
         let start = out.len();
+        out.reserve(plaintext.len() + OVERHEAD);
+        out.extend_from_slice(&[0; IV_LEN]);
         out.extend_from_slice(plaintext);
-        // Encryption with a 16-byte nonce and no associated data cannot fail for this AEAD.
-        let tag = match self
-            .aead
-            .encrypt_in_place_detached((&iv).into(), &[], &mut out[start..])
-        {
-            Ok(tag) => tag,
-            Err(_) => unreachable!("AES-256-CTR-Poly1305 encryption has no failure mode"),
-        };
-        out.extend_from_slice(&tag);
+        self.seal_from(out, start);
     }
 
     /// Encrypts `buf` in place: on return it holds `IV || ciphertext || MAC`. The plaintext is
@@ -106,16 +98,23 @@ impl Key {
         buf.reserve(OVERHEAD);
         buf.resize(len + IV_LEN, 0);
         buf.copy_within(0..len, IV_LEN);
+        self.seal_from(buf, 0);
+    }
+
+    /// Seals `buf[start..]`, which is `IV_LEN` bytes of room for the IV and the plaintext:
+    /// writes a fresh IV there, encrypts the rest in place and appends the MAC.
+    fn seal_from(&self, buf: &mut Vec<u8>, start: usize) {
         let iv: [u8; IV_LEN] = rand::random();
-        buf[..IV_LEN].copy_from_slice(&iv);
+        buf[start..start + IV_LEN].copy_from_slice(&iv);
         // Encryption with a 16-byte nonce and no associated data cannot fail for this AEAD.
-        let tag = match self
-            .aead
-            .encrypt_in_place_detached((&iv).into(), &[], &mut buf[IV_LEN..])
-        {
-            Ok(tag) => tag,
-            Err(_) => unreachable!("AES-256-CTR-Poly1305 encryption has no failure mode"),
-        };
+        let tag =
+            match self
+                .aead
+                .encrypt_in_place_detached((&iv).into(), &[], &mut buf[start + IV_LEN..])
+            {
+                Ok(tag) => tag,
+                Err(_) => unreachable!("AES-256-CTR-Poly1305 encryption has no failure mode"),
+            };
         buf.extend_from_slice(&tag);
     }
 
