@@ -72,6 +72,17 @@ impl Rule {
         }
     }
 
+    /// `fault` on the requests of `method` whose path contains `path`, at these 0-based
+    /// positions among them.
+    pub fn at(method: &'static str, path: &'static str, positions: &[usize], fault: Fault) -> Rule {
+        Rule {
+            method: Some(method),
+            path: Some(path),
+            when: When::At(positions.to_vec()),
+            fault,
+        }
+    }
+
     fn matches(&self, method: &str, path: &str) -> bool {
         self.method.is_none_or(|m| m.eq_ignore_ascii_case(method))
             && self.path.is_none_or(|p| path.contains(p))
