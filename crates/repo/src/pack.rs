@@ -52,14 +52,23 @@ pub enum PackError {
     Malformed(String),
 }
 
-/// Assembles one pack in memory (packs never touch local disk). The encrypted blobs are kept
-/// as they arrive, not copied into one buffer: the upload sends the parts back to back.
+/// Assembles one pack in memory (packs never touch local disk). Large encrypted blobs are kept
+/// as they arrive, not copied: the upload sends the parts back to back. Small ones are copied
+/// into runs of up to [`SMALL_RUN`] bytes: thousands of small allocations living as long as a
+/// pack would fragment the heap, and the allocator would keep that memory after the upload.
 #[derive(Debug, Default)]
 pub struct PackBuilder {
     parts: Vec<Bytes>,
+    /// Small blobs not yet in `parts`, back to back.
+    run: Vec<u8>,
     len: usize,
     blobs: Vec<PackedBlob>,
 }
+
+/// Encrypted blobs shorter than this are copied into a run.
+const SMALL_BLOB: usize = 64 * 1024;
+/// Capacity of a run of small blobs: one allocation, freed as a whole after the upload.
+const SMALL_RUN: usize = 1024 * 1024;
 
 impl PackBuilder {
     /// An empty pack.
@@ -75,15 +84,16 @@ impl PackBuilder {
         encrypted: &[u8],
         uncompressed_length: Option<u32>,
     ) -> Result<(), PackError> {
-        self.add_sealed(
-            id,
-            ty,
-            Bytes::copy_from_slice(encrypted),
-            uncompressed_length,
-        )
+        if encrypted.len() < SMALL_BLOB {
+            self.add_small(encrypted);
+        } else {
+            self.flush_run();
+            self.parts.push(Bytes::copy_from_slice(encrypted));
+        }
+        self.record(id, ty, encrypted.len(), uncompressed_length)
     }
 
-    /// Appends an already encrypted blob without copying it.
+    /// Appends an already encrypted blob; a large one without copying it.
     pub fn add_sealed(
         &mut self,
         id: Id,
@@ -91,16 +101,49 @@ impl PackBuilder {
         encrypted: Bytes,
         uncompressed_length: Option<u32>,
     ) -> Result<(), PackError> {
+        let length = encrypted.len();
+        if length < SMALL_BLOB {
+            self.add_small(&encrypted);
+        } else {
+            self.flush_run();
+            self.parts.push(encrypted);
+        }
+        self.record(id, ty, length, uncompressed_length)
+    }
+
+    fn add_small(&mut self, encrypted: &[u8]) {
+        if self.run.capacity() - self.run.len() < encrypted.len() {
+            self.flush_run();
+        }
+        if self.run.capacity() == 0 {
+            self.run.reserve_exact(SMALL_RUN);
+        }
+        self.run.extend_from_slice(encrypted);
+    }
+
+    fn flush_run(&mut self) {
+        if !self.run.is_empty() {
+            self.parts.push(Bytes::from(std::mem::take(&mut self.run)));
+        }
+    }
+
+    /// Records a blob just appended at the end of the pack.
+    fn record(
+        &mut self,
+        id: Id,
+        ty: BlobType,
+        length: usize,
+        uncompressed_length: Option<u32>,
+    ) -> Result<(), PackError> {
         let too_big = || PackError::Malformed("pack larger than 4 GiB".into());
         let offset = u32::try_from(self.len).map_err(|_| too_big())?;
-        let length = u32::try_from(encrypted.len()).map_err(|_| too_big())?;
-        self.len += encrypted.len();
-        self.parts.push(encrypted);
+        let length_u32 = u32::try_from(length).map_err(|_| too_big())?;
+        self.len += length;
         self.blobs.push(PackedBlob {
             id,
             ty,
             offset,
-            length,
+            length: length_u32,
             uncompressed_length,
         });
         Ok(())
@@ -124,6 +167,7 @@ impl PackBuilder {
     /// Appends the encrypted header and its length; returns the pack as parts, its id (SHA-256
     /// over all parts) and its blobs.
     pub fn finish_parts(mut self, key: &Key) -> Result<PackParts, PackError> {
+        self.flush_run();
         let header = encode_header(&self.blobs);
         let mut tail = key.encrypt(&header);
         let header_len = u32::try_from(tail.len())
@@ -291,6 +335,52 @@ mod tests {
         assert_eq!(parsed[1].offset as usize, a.len());
         let blob = &f.bytes[parsed[0].offset as usize..][..parsed[0].length as usize];
         assert_eq!(key.decrypt(blob).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn small_blobs_share_runs_and_every_blob_reads_back() {
+        let key = Key::random();
+        let mut p = PackBuilder::default();
+        // Small blobs filling more than one run, with large ones (kept as their own parts)
+        // in between; both entry points.
+        let plains: Vec<Vec<u8>> = (0..60u32)
+            .map(|i| {
+                let len = if i % 20 == 19 {
+                    200_000
+                } else {
+                    1_000 + (i as usize * 997) % 60_000
+                };
+                vec![i as u8; len]
+            })
+            .collect();
+        for (i, plain) in plains.iter().enumerate() {
+            let sealed = key.encrypt(plain);
+            let id = Id::hash(plain);
+            if i % 2 == 0 {
+                p.add(id, BlobType::Data, &sealed, None).unwrap();
+            } else {
+                p.add_sealed(id, BlobType::Data, Bytes::from(sealed), None)
+                    .unwrap();
+            }
+        }
+        let total: usize = plains.iter().map(|b| b.len() + OVERHEAD).sum();
+        assert_eq!(p.len(), total);
+        let parts = p.finish_parts(&key).unwrap();
+        assert!(
+            parts.parts.len() < plains.len() / 2,
+            "small blobs were not gathered: {} parts",
+            parts.parts.len()
+        );
+        let bytes: Vec<u8> = parts.parts.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(bytes.len(), parts.len);
+        assert_eq!(parts.id, Id::hash(&bytes));
+        let parsed = parse_header(&key, &bytes, bytes.len() as u64).unwrap();
+        assert_eq!(parsed, parts.blobs);
+        for (entry, plain) in parsed.iter().zip(&plains) {
+            let blob = &bytes[entry.offset as usize..][..entry.length as usize];
+            assert_eq!(&key.decrypt(blob).unwrap(), plain);
+            assert_eq!(entry.id, Id::hash(plain));
+        }
     }
 
     #[test]
