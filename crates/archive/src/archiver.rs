@@ -10,7 +10,7 @@
 //! as a tree blob right away. Memory grows with the depth of the tree and the width of the open
 //! directories, never with the size of the data.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::dedup::Dedup;
 use crate::node::{implicit_dir, node_from_entry, unchanged};
 use crate::sink::BlobJob;
 use crate::{Error, Result};
@@ -106,8 +107,7 @@ pub struct Archiver {
     repo: Repository,
     handle: Handle,
     index: Arc<BlobIndex>,
-    known: HashSet<Id>,
-    tx: mpsc::Sender<BlobJob>,
+    dedup: Dedup,
     tables: Arc<Tables>,
     stack: Vec<OpenDir>,
     /// Content of files that later hard links may point at, by path.
@@ -134,12 +134,12 @@ impl Archiver {
         let tables = Arc::new(Tables::new(snapback_chunker::Pol(
             repo.config().chunker_polynomial,
         )));
+        let dedup = Dedup::new(handle.clone(), index.clone(), tx, opts.progress.clone());
         let mut me = Archiver {
             repo,
             handle,
             index,
-            known: HashSet::new(),
-            tx,
+            dedup,
             tables,
             stack: Vec::new(),
             links: HashMap::new(),
@@ -419,18 +419,8 @@ impl Archiver {
     }
 
     fn submit(&mut self, ty: BlobType, data: Vec<u8>) -> Result<Id> {
-        let id = Id::hash(&data);
-        if !self.index.contains(&id) && self.known.insert(id) {
-            let len = data.len() as u64;
-            self.tx
-                .blocking_send(BlobJob { id, ty, data })
-                .map_err(|_| Error::Pipeline("the upload stage stopped".into()))?;
-            self.stats.bytes_new += len;
-            self.opts
-                .progress
-                .bytes_new
-                .fetch_add(len, Ordering::Relaxed);
-        }
+        let (id, added) = self.dedup.submit(ty, data)?;
+        self.stats.bytes_new += added;
         Ok(id)
     }
 
@@ -450,7 +440,7 @@ impl Archiver {
     fn chunk_into(&mut self, reader: &mut dyn Read, buf: &mut Vec<u8>) -> Result<(Vec<Id>, u64)> {
         let mut chunker = Chunker::new(self.tables.clone());
         let mut scanned = 0;
-        let mut ids = Vec::new();
+        let mut pending = Vec::new();
         let mut total = 0u64;
         loop {
             if self.opts.cancel.is_cancelled() {
@@ -471,15 +461,17 @@ impl Archiver {
                 .fetch_add(n as u64, Ordering::Relaxed);
             while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
                 let end = scanned + cut;
-                ids.push(self.submit(BlobType::Data, blob_buf(&buf[..end]))?);
+                pending.push(self.dedup.submit_later(blob_buf(&buf[..end]))?);
                 buf.drain(..end);
                 scanned = 0;
             }
             scanned = buf.len();
         }
         if !buf.is_empty() {
-            ids.push(self.submit(BlobType::Data, blob_buf(buf))?);
+            pending.push(self.dedup.submit_later(blob_buf(buf))?);
         }
+        let (ids, added) = self.dedup.resolve(pending)?;
+        self.stats.bytes_new += added;
         Ok((ids, total))
     }
 
