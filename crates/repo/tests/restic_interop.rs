@@ -42,9 +42,10 @@ fn write_sample_tree(dir: &Path) {
     std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
     std::fs::write(dir.join("empty"), b"").unwrap();
     std::fs::write(dir.join("small.txt"), b"hello restic\n".repeat(100)).unwrap();
-    // ~3 MiB of incompressible-ish bytes so there are several chunks.
+    // 10 MiB of incompressible-ish bytes: more than the largest chunk (8 MiB), so several
+    // chunks whatever the repository's random polynomial (3 MiB was one chunk now and then).
     let mut x: u64 = 0x9E3779B97F4A7C15;
-    let big: Vec<u8> = (0..3 * 1024 * 1024)
+    let big: Vec<u8> = (0..10 * 1024 * 1024)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
