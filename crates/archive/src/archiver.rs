@@ -1,8 +1,9 @@
 //! The archiver: turns an entry stream into restic trees and data blobs.
 //!
-//! Runs on one blocking thread, because every source is a synchronous lending iterator; all
-//! CPU-heavy work past hashing (compression, encryption, pack hashing) and all I/O to the
-//! repository happen in the [`sink`](crate::sink) on other threads.
+//! Runs on one blocking thread, because every source is a synchronous lending iterator. It
+//! reads and chunks; hashing and dedup of data blobs happen in [`dedup`](crate::dedup), and
+//! compression, encryption, pack assembly and all I/O to the repository in the
+//! [`sink`](crate::sink), on other threads.
 //!
 //! Trees are built with a stack of open directories: a source yields a directory before its
 //! children and groups each directory's members (the walker sorts them; `tar -c` groups them),

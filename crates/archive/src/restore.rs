@@ -300,7 +300,7 @@ impl Restorer {
                 // a link never shares a file that turns out damaged.
                 let job = self.write_job(path, node, dest, file);
                 let written = job.run().await?;
-                self.check_size(path, node, written);
+                self.check_size(path, written, node.size);
                 self.summary.bytes += written;
                 self.summary.files += 1;
                 if let Some(k) = key {
@@ -403,9 +403,7 @@ impl Restorer {
         match done {
             Ok(w) => match w.result {
                 Ok(written) => {
-                    if written != w.size {
-                        self.size_warning(&w.path, written, w.size);
-                    }
+                    self.check_size(&w.path, written, w.size);
                     self.summary.bytes += written;
                     self.summary.files += 1;
                     for warning in w.warnings {
@@ -414,7 +412,7 @@ impl Restorer {
                 }
                 Err(NodeFailure(message)) => self.fail(&w.path, message),
             },
-            Err(e) => self.fail("?", format!("file writer: {e}")),
+            Err(e) => self.fail("(unknown file)", format!("a file writer task failed: {e}")),
         }
     }
 
@@ -425,17 +423,14 @@ impl Restorer {
         }
     }
 
-    fn check_size(&mut self, path: &str, node: &Node, written: u64) {
-        if written != node.size {
-            self.size_warning(path, written, node.size);
+    /// Warns when a file's content is not the size its node records.
+    fn check_size(&mut self, path: &str, written: u64, recorded: u64) {
+        if written != recorded {
+            self.warn(
+                path,
+                format!("content is {written} bytes, the snapshot records {recorded}"),
+            );
         }
-    }
-
-    fn size_warning(&mut self, path: &str, written: u64, recorded: u64) {
-        self.warn(
-            path,
-            format!("content is {written} bytes, the snapshot records {recorded}"),
-        );
     }
 
     /// Applies a directory's metadata once everything inside it is written.
