@@ -56,6 +56,24 @@ fn restic_restore_equals(restic: &Restic, src: &Path, target: &Path) {
     assert!(diffs.is_empty(), "restic's restore differs: {diffs:#?}");
 }
 
+/// Asserts that `what` (run through `proxy`) met every kind of fault.
+fn assert_met_every_fault(proxy: &FaultProxy, what: &str) {
+    let injected = proxy.injected();
+    for kind in [
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::Drop,
+        Fault::Truncate,
+        Fault::Stall(STALL),
+    ] {
+        assert!(
+            injected.iter().any(|f| f.fault == kind),
+            "the {what} never met {kind:?}: {}",
+            proxy.summary()
+        );
+    }
+}
+
 #[test]
 fn backup_and_restore_ride_through_transient_s3_faults() {
     require_restic!();
@@ -87,22 +105,9 @@ fn backup_and_restore_ride_through_transient_s3_faults() {
     let proxy = FaultProxy::start(s3.port(), backup_rules);
     let sb = snapback_via(&s3, &proxy, None);
     let out = sb.run_ok(&["backup", "--pack-size", "1", src.to_str().unwrap()]);
-    let backup_faults = proxy.injected();
     println!("faults/backup: {}", proxy.summary());
     assert!(out.contains("saved"), "{out}");
-    for kind in [
-        Fault::Status(503),
-        Fault::Status(500),
-        Fault::Drop,
-        Fault::Truncate,
-        Fault::Stall(STALL),
-    ] {
-        assert!(
-            backup_faults.iter().any(|f| f.fault == kind),
-            "the backup never met {kind:?}: {}",
-            proxy.summary()
-        );
-    }
+    assert_met_every_fault(&proxy, "backup");
     assert_eq!(snapshot_files(&s3), 1);
 
     // restic, without the proxy, reads every pack and finds the data intact and complete.
@@ -135,20 +140,7 @@ fn backup_and_restore_ride_through_transient_s3_faults() {
     let target = tmp.path().join("snapback-restore");
     sb.run_ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     println!("faults/restore: {}", proxy.summary());
-    let restore_faults = proxy.injected();
-    for kind in [
-        Fault::Status(503),
-        Fault::Status(500),
-        Fault::Drop,
-        Fault::Truncate,
-        Fault::Stall(STALL),
-    ] {
-        assert!(
-            restore_faults.iter().any(|f| f.fault == kind),
-            "the restore never met {kind:?}: {}",
-            proxy.summary()
-        );
-    }
+    assert_met_every_fault(&proxy, "restore");
     let diffs = diff_trees(&src, &target.join(src.strip_prefix("/").unwrap()));
     assert!(diffs.is_empty(), "snapback's restore differs: {diffs:#?}");
     restic.run_ok(&["check"]);
