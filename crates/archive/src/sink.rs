@@ -332,15 +332,7 @@ fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if data.len() >= SAMPLE_FROM && !sample_shrinks(data) {
         return None;
     }
-    let mut out =
-        Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + crypto::OVERHEAD);
-    let mut ctx = take_context(level)?;
-    let result = ctx.compress_to_buffer(data, &mut out);
-    return_context(level, ctx);
-    match result {
-        Ok(n) if n < data.len() => Some(out),
-        _ => None,
-    }
+    zstd_with_room(data, level, crypto::OVERHEAD).filter(|z| z.len() < data.len())
 }
 
 /// Whether zstd's fastest level shrinks evenly spaced windows of `data` by at least 2 %.
@@ -350,16 +342,17 @@ fn sample_shrinks(data: &[u8]) -> bool {
     for w in 0..SAMPLE_WINDOWS {
         sample.extend_from_slice(&data[w * stride..w * stride + SAMPLE_WINDOW]);
     }
-    let Some(mut ctx) = take_context(SAMPLE_LEVEL) else {
-        return true;
-    };
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(sample.len()));
-    let result = ctx.compress_to_buffer(&sample, &mut out);
-    return_context(SAMPLE_LEVEL, ctx);
-    match result {
-        Ok(n) => n * 50 < sample.len() * 49,
-        Err(_) => true,
-    }
+    // Without a result (no context, a zstd error), compress the whole blob as before.
+    zstd_with_room(&sample, SAMPLE_LEVEL, 0).is_none_or(|z| z.len() * 50 < sample.len() * 49)
+}
+
+/// `data` compressed at `level` with a pooled context, into a buffer with `room` spare bytes.
+fn zstd_with_room(data: &[u8], level: i32, room: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + room);
+    let mut ctx = take_context(level)?;
+    let result = ctx.compress_to_buffer(data, &mut out);
+    return_context(level, ctx);
+    result.ok().map(|_| out)
 }
 
 #[cfg(test)]
