@@ -254,6 +254,20 @@ fn restore_reproduces_the_tree() {
     f.snapback
         .run_ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     check_restored(&f, &target);
+
+    // With a memory budget smaller than one blob, blobs are read one at a time: same tree.
+    let small = f.root.join("restored-small-budget");
+    f.snapback.run_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        small.to_str().unwrap(),
+        "--blob-memory",
+        "1",
+        "--blob-reads",
+        "2",
+    ]);
+    check_restored(&f, &small);
 }
 
 #[test]

@@ -25,9 +25,12 @@ pub struct RestoreArgs {
     /// Do not restore paths matching this pattern (repeatable).
     #[arg(short = 'e', long = "exclude")]
     pub exclude: Vec<String>,
-    /// Blobs read concurrently, over all files (memory: up to this many blobs of <= 8 MiB).
+    /// Blobs read concurrently, over all files.
     #[arg(long, default_value_t = 8)]
     pub blob_reads: usize,
+    /// MiB of blobs held in memory at once, over all files (from read until written).
+    #[arg(long, default_value_t = 24, value_name = "MIB")]
+    pub blob_memory: usize,
     /// Files written concurrently.
     #[arg(long, default_value_t = 8)]
     pub file_writes: usize,
@@ -73,6 +76,7 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         blob_reads: args.blob_reads,
+        blob_bytes: args.blob_memory.saturating_mul(1 << 20),
         file_writes: args.file_writes,
     };
     let result = restore(&opened.repo, opened.index.clone(), &start, &opts).await;

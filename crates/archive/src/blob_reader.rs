@@ -55,7 +55,7 @@ impl BlobReader {
     }
 
     /// The plaintext of blob `id`.
-    pub async fn load(&self, id: &Id) -> Result<Vec<u8>> {
+    pub async fn load(&self, id: &Id) -> Result<Bytes> {
         let loc = self
             .index
             .get(id)
@@ -77,11 +77,21 @@ impl BlobReader {
             })
             .await?;
         let at = usize::try_from(offset - start).unwrap_or(usize::MAX);
-        match data.get(at..at.saturating_add(loc.length as usize)) {
-            Some(encrypted) => Ok(self.repo.open_blob(id, &loc, encrypted)?),
+        let range = at..at.saturating_add(loc.length as usize);
+        match data.get(range.clone()) {
+            Some(_) => Ok(self.repo.open_blob_owned(id, &loc, data.slice(range))?),
             // A short read (the pack changed under us): let the exact read report it.
             None => Ok(self.repo.load_blob(id, &loc).await?),
         }
+    }
+
+    /// Bytes that loading blob `id` holds in memory until its plaintext is written: the
+    /// encrypted blob, plus the plaintext when it is compressed (else it is decrypted in
+    /// place). 0 for a blob the index does not know (its load fails at once).
+    pub fn held_bytes(&self, id: &Id) -> u64 {
+        self.index.get(id).map_or(0, |loc| {
+            u64::from(loc.length) + loc.uncompressed_length.map_or(0, u64::from)
+        })
     }
 
     /// The span holding `offset..offset + length` of `pack`, a new one if none does.

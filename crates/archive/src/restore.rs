@@ -40,9 +40,12 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// Nodes matching one of these patterns (and everything below them) are skipped.
     pub exclude: Vec<String>,
-    /// Blobs fetched concurrently, over all files (memory: this many blobs of at most 8 MiB
-    /// each, decrypted).
+    /// Blobs fetched concurrently, over all files.
     pub blob_reads: usize,
+    /// Bytes of blobs in memory at once, over all files (a blob counts its encrypted and its
+    /// plaintext size from being fetched until it is written). One blob larger than this is
+    /// still read, alone.
+    pub blob_bytes: usize,
     /// Files written concurrently.
     pub file_writes: usize,
 }
@@ -55,6 +58,7 @@ impl RestoreOptions {
             include: Vec::new(),
             exclude: Vec::new(),
             blob_reads: 8,
+            blob_bytes: 24 << 20,
             file_writes: 8,
         }
     }
@@ -111,6 +115,7 @@ pub async fn restore(
         target: opts.target.clone(),
         blob_reads: opts.blob_reads.max(1),
         blob_permits: Arc::new(Semaphore::new(opts.blob_reads.max(1))),
+        byte_budget: ByteBudget::new(opts.blob_bytes),
         file_writes: opts.file_writes.max(1),
         writing: JoinSet::new(),
         is_root: is_root(),
@@ -221,8 +226,10 @@ struct Restorer {
     reader: Arc<BlobReader>,
     target: PathBuf,
     blob_reads: usize,
-    /// Blobs in memory (being fetched or waiting to be written), over all files.
+    /// Blobs being fetched or waiting to be written, over all files.
     blob_permits: Arc<Semaphore>,
+    /// Their bytes.
+    byte_budget: ByteBudget,
     file_writes: usize,
     /// Files whose content is being written.
     writing: JoinSet<FileWritten>,
@@ -361,6 +368,7 @@ impl Restorer {
         WriteJob {
             reader: self.reader.clone(),
             permits: self.blob_permits.clone(),
+            budget: self.byte_budget.clone(),
             blob_reads: self.blob_reads,
             blobs: node.content.clone().unwrap_or_default(),
             file,
@@ -458,6 +466,7 @@ struct FileWritten {
 struct WriteJob {
     reader: Arc<BlobReader>,
     permits: Arc<Semaphore>,
+    budget: ByteBudget,
     blob_reads: usize,
     blobs: Vec<Id>,
     file: fs::File,
@@ -472,25 +481,33 @@ impl WriteJob {
         let WriteJob {
             reader,
             permits,
+            budget,
             blob_reads,
             blobs,
             file,
             dest,
             path,
         } = self;
-        let (reader, permits) = (&reader, &permits);
         let mut loads = futures::stream::iter(blobs.iter().copied())
-            .map(|id| async move {
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| NodeFailure(e.to_string()))?;
-                let data = reader
-                    .load(&id)
-                    .await
-                    .map_err(|e| NodeFailure(format!("cannot read file content: {e}")))?;
-                Ok::<_, NodeFailure>((permit, data))
+            .map(|id| {
+                let (reader, permits, budget) = (reader.clone(), permits.clone(), budget.clone());
+                async move {
+                    // Bytes first, then a read slot: every file takes them in this order, and
+                    // the semaphores are fair, so a file's blobs get them in file order.
+                    let bytes = budget.take(reader.held_bytes(&id)).await?;
+                    let permit = permits
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| NodeFailure(e.to_string()))?;
+                    // Opening a blob (MAC, zstd, SHA-256) is most of a restore's CPU: as a
+                    // task of its own, a large file's blobs are opened on every core, not
+                    // only on the one running this file's task.
+                    let data = tokio::spawn(async move { reader.load(&id).await })
+                        .await
+                        .map_err(|e| NodeFailure(format!("a blob reader task failed: {e}")))?
+                        .map_err(|e| NodeFailure(format!("cannot read file content: {e}")))?;
+                    Ok::<_, NodeFailure>(((bytes, permit), data))
+                }
             })
             .buffered(blob_reads);
         let mut offset = 0u64;
@@ -512,6 +529,39 @@ impl WriteJob {
             return Err(e);
         }
         Ok(offset)
+    }
+}
+
+/// A bound on the bytes of blobs in memory, in units of [`ByteBudget::UNIT`].
+#[derive(Clone)]
+struct ByteBudget {
+    units: Arc<Semaphore>,
+    total: u32,
+}
+
+impl ByteBudget {
+    const UNIT: u64 = 64 * 1024;
+
+    fn new(bytes: usize) -> Self {
+        let total = u32::try_from((bytes as u64).div_ceil(Self::UNIT))
+            .unwrap_or(u32::MAX >> 4)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        ByteBudget {
+            units: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `bytes` fit (a blob larger than the whole budget waits for all of it).
+    async fn take(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, NodeFailure> {
+        let units = u32::try_from(bytes.div_ceil(Self::UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        self.units
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|e| NodeFailure(e.to_string()))
     }
 }
 

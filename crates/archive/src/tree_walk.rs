@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use snapback_repo::file::tree::{go_mode, zero_time};
 use snapback_repo::file::{Node, NodeType, Tree};
@@ -273,7 +274,7 @@ pub struct BlobReader {
     repo: Repository,
     index: Arc<BlobIndex>,
     blobs: std::vec::IntoIter<Id>,
-    current: Vec<u8>,
+    current: Bytes,
     pos: usize,
 }
 
@@ -285,7 +286,7 @@ impl BlobReader {
             repo,
             index,
             blobs: blobs.into_iter(),
-            current: Vec::new(),
+            current: Bytes::new(),
             pos: 0,
         }
     }
@@ -298,7 +299,7 @@ impl Read for BlobReader {
                 return Ok(0);
             };
             // Free the previous blob before fetching the next one.
-            self.current = Vec::new();
+            self.current = Bytes::new();
             self.pos = 0;
             let loc = self
                 .index

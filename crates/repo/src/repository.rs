@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -319,7 +319,7 @@ impl Repository {
     }
 
     /// Reads one blob: authenticates, decompresses and checks its hash.
-    pub async fn load_blob(&self, id: &Id, loc: &BlobLocation) -> Result<Vec<u8>> {
+    pub async fn load_blob(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
         let data = self
             .backend
             .read_range(
@@ -329,7 +329,7 @@ impl Repository {
                 u64::from(loc.length),
             )
             .await?;
-        self.open_blob(id, loc, &data)
+        self.open_blob_owned(id, loc, data)
     }
 
     /// Authenticates, decompresses and hash-checks an encrypted blob already read from its pack.
@@ -343,6 +343,33 @@ impl Repository {
             Some(n) => zstd::bulk::decompress(&plain, n as usize)
                 .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?,
             None => plain,
+        };
+        if Id::hash(&plain) != *id {
+            return Err(Error::format(file(), "blob content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Like [`Repository::open_blob`], for an encrypted blob the caller owns: it is decrypted
+    /// in place (no copy when `encrypted` is not shared), and only a compressed blob gets a
+    /// new buffer, for its decompressed content.
+    pub fn open_blob_owned(&self, id: &Id, loc: &BlobLocation, encrypted: Bytes) -> Result<Bytes> {
+        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
+        let mut buf = encrypted
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        self.key
+            .open_in_place(&mut buf)
+            .map_err(|source| Error::Auth {
+                file: file(),
+                source,
+            })?;
+        let plain = match loc.uncompressed_length {
+            Some(n) => Bytes::from(
+                zstd::bulk::decompress(&buf, n as usize)
+                    .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?,
+            ),
+            None => buf.freeze(),
         };
         if Id::hash(&plain) != *id {
             return Err(Error::format(file(), "blob content does not match its id"));
