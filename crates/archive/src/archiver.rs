@@ -437,7 +437,7 @@ impl Archiver {
     }
 
     /// Reads into `buf` and submits each chunk as it is cut, copied into a buffer of its own
-    /// size (fresh pages per chunk are what the sink then seals in place and packs).
+    /// (which the sink then seals in place and packs).
     fn chunk_into(&mut self, reader: &mut dyn Read, buf: &mut Vec<u8>) -> Result<(Vec<Id>, u64)> {
         let mut chunker = Chunker::new(self.tables.clone());
         let mut scanned = 0;
@@ -462,14 +462,17 @@ impl Archiver {
                 .fetch_add(n as u64, Ordering::Relaxed);
             while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
                 let end = scanned + cut;
-                pending.push(self.dedup.submit_later(blob_buf(&buf[..end]))?);
+                pending.push(
+                    self.dedup
+                        .submit_later(self.dedup.chunk_buffer(&buf[..end]))?,
+                );
                 buf.drain(..end);
                 scanned = 0;
             }
             scanned = buf.len();
         }
         if !buf.is_empty() {
-            pending.push(self.dedup.submit_later(blob_buf(buf))?);
+            pending.push(self.dedup.submit_later(self.dedup.chunk_buffer(buf))?);
         }
         let (ids, added) = self.dedup.resolve(pending)?;
         self.stats.bytes_new += added;
@@ -530,12 +533,6 @@ impl ClosedDirs {
 }
 
 /// A chunk's own buffer: exactly its size plus room for the sink to seal it in place.
-fn blob_buf(chunk: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(chunk.len() + snapback_repo::crypto::OVERHEAD);
-    v.extend_from_slice(chunk);
-    v
-}
-
 fn read_some(reader: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

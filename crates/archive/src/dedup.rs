@@ -16,11 +16,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::archiver::Progress;
+use crate::buffers::BufferPool;
 use crate::sink::BlobJob;
 use crate::{Error, Result};
 
 /// Data blobs being hashed or waiting for the sink at once.
 const IN_FLIGHT: usize = 3;
+/// Idle chunk buffers kept for reuse (duplicates' buffers come back to the archiver).
+const POOL_BYTES: usize = 6 << 20;
 
 /// A blob handed over for hashing: resolves to its id and the bytes it added (0 when known).
 pub struct Pending(JoinHandle<Result<(Id, u64)>>);
@@ -33,6 +36,7 @@ pub struct Dedup {
     tx: mpsc::Sender<BlobJob>,
     permits: Arc<Semaphore>,
     progress: Arc<Progress>,
+    pool: Arc<BufferPool>,
 }
 
 impl Dedup {
@@ -51,12 +55,27 @@ impl Dedup {
             tx,
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             progress,
+            pool: Arc::new(BufferPool::new(POOL_BYTES)),
         }
+    }
+
+    /// A copy of a chunk in a buffer of its own, with room to be sealed in place; duplicates'
+    /// buffers are reused.
+    pub fn chunk_buffer(&self, chunk: &[u8]) -> Vec<u8> {
+        self.pool.copy_of(chunk, snapback_repo::crypto::OVERHEAD)
     }
 
     /// Hashes and forwards `data` on this thread; returns its id and the bytes it added.
     pub fn submit(&self, ty: BlobType, data: Vec<u8>) -> Result<(Id, u64)> {
-        store(&self.index, &self.known, &self.tx, &self.progress, ty, data)
+        store(
+            &self.index,
+            &self.known,
+            &self.tx,
+            &self.progress,
+            None,
+            ty,
+            data,
+        )
     }
 
     /// Hands a data blob over to be hashed and forwarded in the background; waits while
@@ -66,14 +85,23 @@ impl Dedup {
             .handle
             .block_on(self.permits.clone().acquire_owned())
             .map_err(|_| Error::Pipeline("blob hashing stopped".into()))?;
-        let (index, known, tx, progress) = (
+        let (index, known, tx, progress, pool) = (
             self.index.clone(),
             self.known.clone(),
             self.tx.clone(),
             self.progress.clone(),
+            self.pool.clone(),
         );
         Ok(Pending(self.handle.spawn_blocking(move || {
-            let stored = store(&index, &known, &tx, &progress, BlobType::Data, data);
+            let stored = store(
+                &index,
+                &known,
+                &tx,
+                &progress,
+                Some(&pool),
+                BlobType::Data,
+                data,
+            );
             drop(permit);
             stored
         })))
@@ -100,6 +128,7 @@ fn store(
     known: &Mutex<HashSet<Id>>,
     tx: &mpsc::Sender<BlobJob>,
     progress: &Progress,
+    pool: Option<&BufferPool>,
     ty: BlobType,
     data: Vec<u8>,
 ) -> Result<(Id, u64)> {
@@ -110,6 +139,9 @@ fn store(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(id);
     if !new {
+        if let Some(pool) = pool {
+            pool.give_back(data);
+        }
         return Ok((id, 0));
     }
     let len = data.len() as u64;

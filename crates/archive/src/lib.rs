@@ -1,7 +1,7 @@
 //! The backup pipeline and the read side of snapshots.
 //!
 //! Write side, data flowing one way: an entry source (walker or tar reader) →
-//! [`archiver`] (tree building, chunking, parent reuse) → [`dedup`] (hashing, dedup) → [`sink`] (compression,
+//! [`archiver`] (tree building, chunking, parent reuse; chunk buffers from [`buffers`]) → [`dedup`] (hashing, dedup) → [`sink`] (compression,
 //! encryption, pack assembly, concurrent upload, index flushing) → the repository.
 //!
 //! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory (blobs through [`blob_reader`]),
@@ -10,6 +10,7 @@
 pub mod archiver;
 pub mod backup;
 pub mod blob_reader;
+pub mod buffers;
 pub mod dedup;
 pub mod dump;
 pub mod error;
