@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffers::BufferPool;
 use crate::dedup::Dedup;
 use crate::node::{implicit_dir, node_from_entry, unchanged};
 use crate::sink::BlobJob;
@@ -123,19 +124,26 @@ pub struct Archiver {
 }
 
 impl Archiver {
-    /// An archiver sending new blobs to `tx`. `handle` runs the async repository reads of parent
+    /// An archiver sending new blobs to `tx`, taking chunk buffers from `buffers`. `handle` runs the async repository reads of parent
     /// trees; the archiver itself must run on a blocking thread.
     pub fn new(
         repo: Repository,
         handle: Handle,
         index: Arc<BlobIndex>,
         tx: mpsc::Sender<BlobJob>,
+        buffers: Arc<BufferPool>,
         opts: ArchiveOptions,
     ) -> Result<Self> {
         let tables = Arc::new(Tables::new(snapback_chunker::Pol(
             repo.config().chunker_polynomial,
         )));
-        let dedup = Dedup::new(handle.clone(), index.clone(), tx, opts.progress.clone());
+        let dedup = Dedup::new(
+            handle.clone(),
+            index.clone(),
+            tx,
+            opts.progress.clone(),
+            buffers,
+        );
         let mut me = Archiver {
             repo,
             handle,

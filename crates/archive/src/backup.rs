@@ -11,6 +11,7 @@ use snapback_stream::entry::EntrySource;
 use tokio_util::sync::CancellationToken;
 
 use crate::archiver::{ArchiveOptions, ArchiveStats, Archiver, Progress};
+use crate::buffers::BufferPool;
 use crate::sink::{SinkOptions, SinkStats};
 use crate::{Error, Result};
 
@@ -123,7 +124,8 @@ async fn run(
         tracing::info!(parent = %id.short(), "using parent snapshot");
     }
 
-    let (tx, sink) = crate::sink::start(repo.clone(), opts.sink);
+    let buffers = Arc::new(BufferPool::new(crate::buffers::POOL_BYTES));
+    let (tx, sink) = crate::sink::start(repo.clone(), opts.sink, buffers.clone());
     let archive_opts = ArchiveOptions {
         parent_tree: parent.as_ref().map(|(_, s)| s.tree),
         reuse_unchanged: opts.reuse_unchanged,
@@ -135,7 +137,7 @@ async fn run(
     let handle = tokio::runtime::Handle::current();
     let repo2 = repo.clone();
     let archived = tokio::task::spawn_blocking(move || {
-        let archiver = Archiver::new(repo2, handle, index, tx, archive_opts)?;
+        let archiver = Archiver::new(repo2, handle, index, tx, buffers, archive_opts)?;
         archiver.run(source.as_mut())
     })
     .await

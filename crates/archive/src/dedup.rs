@@ -22,8 +22,6 @@ use crate::{Error, Result};
 
 /// Data blobs being hashed or waiting for the sink at once.
 const IN_FLIGHT: usize = 3;
-/// Idle chunk buffers kept for reuse (duplicates' buffers come back to the archiver).
-const POOL_BYTES: usize = 6 << 20;
 
 /// A blob handed over for hashing: resolves to its id and the bytes it added (0 when known).
 pub struct Pending(JoinHandle<Result<(Id, u64)>>);
@@ -47,6 +45,7 @@ impl Dedup {
         index: Arc<BlobIndex>,
         tx: mpsc::Sender<BlobJob>,
         progress: Arc<Progress>,
+        pool: Arc<BufferPool>,
     ) -> Self {
         Dedup {
             handle,
@@ -55,7 +54,7 @@ impl Dedup {
             tx,
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             progress,
-            pool: Arc::new(BufferPool::new(POOL_BYTES)),
+            pool,
         }
     }
 

@@ -15,6 +15,7 @@ use snapback_repo::{crypto, BlobType, FileType, Id, IndexWriter, Key, Repository
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::buffers::BufferPool;
 use crate::{Error, Result};
 
 /// A new blob for the sink.
@@ -91,12 +92,13 @@ struct Encoded {
 pub fn start(
     repo: Repository,
     opts: SinkOptions,
+    buffers: Arc<BufferPool>,
 ) -> (
     mpsc::Sender<BlobJob>,
     tokio::task::JoinHandle<Result<SinkStats>>,
 ) {
     let (tx, rx) = mpsc::channel(opts.workers.max(1));
-    let task = tokio::spawn(run(repo, rx, opts));
+    let task = tokio::spawn(run(repo, rx, opts, buffers));
     (tx, task)
 }
 
@@ -111,12 +113,15 @@ struct State {
     index: IndexWriter,
     last_index: Instant,
     stats: SinkStats,
+    /// Where blob buffers go once done with.
+    buffers: Arc<BufferPool>,
 }
 
 async fn run(
     repo: Repository,
     mut rx: mpsc::Receiver<BlobJob>,
     mut opts: SinkOptions,
+    buffers: Arc<BufferPool>,
 ) -> Result<SinkStats> {
     if !repo.compression() {
         opts.zstd_level = None;
@@ -127,6 +132,7 @@ async fn run(
         index: IndexWriter::default(),
         last_index: Instant::now(),
         stats: SinkStats::default(),
+        buffers,
         repo,
         opts,
     };
@@ -153,7 +159,8 @@ impl State {
                     Some(job) => {
                         let key = key.clone();
                         let level = self.opts.zstd_level;
-                        encoding.spawn_blocking(move || encode(&key, job, level));
+                        let buffers = self.buffers.clone();
+                        encoding.spawn_blocking(move || encode(&key, job, level, &buffers));
                     }
                     None => input_open = false,
                 },
@@ -272,13 +279,13 @@ fn slot(ty: BlobType) -> usize {
     }
 }
 
-fn encode(key: &Key, job: BlobJob, level: Option<i32>) -> Encoded {
+fn encode(key: &Key, job: BlobJob, level: Option<i32>, buffers: &BufferPool) -> Encoded {
     let plain_len = job.data.len();
     let mut payload = job.data;
     let mut uncompressed_length = None;
     // Keep the compressed form only when it is smaller (restic reads both forms).
     if let Some(z) = level.and_then(|l| compress(&payload, l)) {
-        payload = z;
+        buffers.give_back(std::mem::replace(&mut payload, z));
         uncompressed_length = u32::try_from(plain_len).ok();
     }
     key.seal_in_place(&mut payload);
@@ -387,8 +394,10 @@ mod tests {
         // Random data with a compressible tail: the windows see both, the whole shrinks.
         let mut mixed = pseudo_random(1 << 19);
         mixed.extend_from_slice(&text[..1 << 19]);
+        let pool = BufferPool::new(4 << 20);
         for (data, compressed) in [(text, true), (random, false), (mixed, true)] {
             let id = Id::hash(&data);
+            let idle_before = pool.idle_bytes();
             let enc = encode(
                 &key,
                 BlobJob {
@@ -397,10 +406,13 @@ mod tests {
                     data: data.clone(),
                 },
                 Some(3),
+                &pool,
             );
             assert_eq!(enc.uncompressed_length.is_some(), compressed);
             if compressed {
                 assert!(enc.sealed.len() < data.len());
+                // The plaintext's buffer went back to the pool.
+                assert!(pool.idle_bytes() > idle_before);
             } else {
                 assert_eq!(enc.sealed.len(), data.len() + crypto::OVERHEAD);
             }
@@ -414,7 +426,7 @@ mod tests {
                 ty: BlobType::Tree,
                 data: small.clone(),
             };
-            let enc = encode(&key, job, level);
+            let enc = encode(&key, job, level, &pool);
             assert_eq!(enc.uncompressed_length.is_some(), level.is_some());
             assert_eq!(decode(&key, &enc), small);
         }
