@@ -183,8 +183,11 @@ impl State {
         Ok(())
     }
 
-    async fn add(&mut self, enc: Encoded) -> Result<()> {
+    async fn add(&mut self, mut enc: Encoded) -> Result<()> {
         let slot = slot(enc.ty);
+        // A recycled buffer can be bigger than its blob; the pack holds it until uploaded, so
+        // give the excess back first (for a mapping that is an in-place mremap, no copy).
+        enc.sealed.shrink_to_fit();
         self.open[slot]
             .add_sealed(
                 enc.id,
