@@ -71,7 +71,7 @@ impl Dedup {
             &self.known,
             &self.tx,
             &self.progress,
-            None,
+            &self.pool,
             ty,
             data,
         )
@@ -92,15 +92,7 @@ impl Dedup {
             self.pool.clone(),
         );
         Ok(Pending(self.handle.spawn_blocking(move || {
-            let stored = store(
-                &index,
-                &known,
-                &tx,
-                &progress,
-                Some(&pool),
-                BlobType::Data,
-                data,
-            );
+            let stored = store(&index, &known, &tx, &progress, &pool, BlobType::Data, data);
             drop(permit);
             stored
         })))
@@ -127,7 +119,7 @@ fn store(
     known: &Mutex<HashSet<Id>>,
     tx: &mpsc::Sender<BlobJob>,
     progress: &Progress,
-    pool: Option<&BufferPool>,
+    pool: &BufferPool,
     ty: BlobType,
     data: Vec<u8>,
 ) -> Result<(Id, u64)> {
@@ -138,9 +130,7 @@ fn store(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(id);
     if !new {
-        if let Some(pool) = pool {
-            pool.give_back(data);
-        }
+        pool.give_back(data);
         return Ok((id, 0));
     }
     let len = data.len() as u64;

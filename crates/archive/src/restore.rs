@@ -544,8 +544,8 @@ impl ByteBudget {
 
     fn new(bytes: usize) -> Self {
         let total = u32::try_from((bytes as u64).div_ceil(Self::UNIT))
-            .unwrap_or(u32::MAX >> 4)
-            .clamp(1, Semaphore::MAX_PERMITS as u32);
+            .unwrap_or(u32::MAX)
+            .max(1);
         ByteBudget {
             units: Arc::new(Semaphore::new(total as usize)),
             total,
