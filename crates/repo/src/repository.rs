@@ -334,30 +334,25 @@ impl Repository {
 
     /// Authenticates, decompresses and hash-checks an encrypted blob already read from its pack.
     pub fn open_blob(&self, id: &Id, loc: &BlobLocation, encrypted: &[u8]) -> Result<Vec<u8>> {
-        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
-        let plain = self.key.decrypt(encrypted).map_err(|source| Error::Auth {
-            file: file(),
-            source,
-        })?;
-        let plain = match loc.uncompressed_length {
-            Some(n) => zstd::bulk::decompress(&plain, n as usize)
-                .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?,
-            None => plain,
-        };
-        if Id::hash(&plain) != *id {
-            return Err(Error::format(file(), "blob content does not match its id"));
-        }
-        Ok(plain)
+        // One copy of the borrowed bytes, then the same in-place opening as every other blob.
+        self.open_blob_mut(id, loc, BytesMut::from(encrypted))
+            .map(Vec::from)
     }
 
     /// Like [`Repository::open_blob`], for an encrypted blob the caller owns: it is decrypted
     /// in place (no copy when `encrypted` is not shared), and only a compressed blob gets a
     /// new buffer, for its decompressed content.
     pub fn open_blob_owned(&self, id: &Id, loc: &BlobLocation, encrypted: Bytes) -> Result<Bytes> {
-        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
-        let mut buf = encrypted
+        let buf = encrypted
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        self.open_blob_mut(id, loc, buf)
+    }
+
+    /// Authenticates, decrypts in place, decompresses and hash-checks the encrypted blob in
+    /// `buf`.
+    fn open_blob_mut(&self, id: &Id, loc: &BlobLocation, mut buf: BytesMut) -> Result<Bytes> {
+        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
         self.key
             .open_in_place(&mut buf)
             .map_err(|source| Error::Auth {
