@@ -120,16 +120,9 @@ impl Key {
 
     /// Verifies the MAC of `data` (`IV || ciphertext || MAC`) and returns the plaintext.
     pub fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if data.len() < OVERHEAD {
-            return Err(CryptoError::TooShort(data.len()));
-        }
-        let (iv, rest) = data.split_at(IV_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - MAC_LEN);
-        let mut buf = ct.to_vec();
-        self.aead
-            .decrypt_in_place_detached(iv.into(), &[], &mut buf, tag.into())
-            .map_err(|_| CryptoError::Mac)?;
-        Ok(buf)
+        let mut buf = bytes::BytesMut::from(data);
+        self.open_in_place(&mut buf)?;
+        Ok(Vec::from(buf))
     }
 }
 
