@@ -130,7 +130,9 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
                 None,
             )
         } else if args.stdin {
-            let input = Box::new(std::io::stdin());
+            let stdin = std::io::stdin();
+            super::stdin::widen_pipe(&stdin);
+            let input = Box::new(stdin);
             let (src, _) = tokio::task::block_in_place(|| {
                 super::stdin::source(input, mode, &args.stdin_filename)
             })?;

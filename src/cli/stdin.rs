@@ -43,6 +43,26 @@ pub fn source(
     }
 }
 
+/// Bytes of pipe buffer asked for (Linux's default is 64 KiB; 1 MiB is the unprivileged limit
+/// unless `/proc/sys/fs/pipe-max-size` says otherwise).
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Enlarges the kernel buffer of the pipe `fd` reads from, if it is a pipe. With the default
+/// 64 KiB a producer writing `tar`'s 10 KiB records and our 512 KiB reads ping-pong through
+/// a wake-up per record; a larger buffer lets each side run for a whole read. Best effort: a
+/// file, a terminal or a refused size leaves everything as it was.
+pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = fd.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we hold; F_SETPIPE_SZ fails harmlessly (EBADF/EINVAL/
+        // EPERM) on anything that is not a pipe or when the size is refused.
+        let _ = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
+
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -133,6 +153,9 @@ impl CommandPipe {
             .spawn()
             .with_context(|| format!("cannot start {program}"))?;
         let stdout = child.stdout.take();
+        if let Some(out) = &stdout {
+            widen_pipe(out);
+        }
         Ok(CommandPipe {
             inner: Arc::new(Mutex::new((child, stdout))),
             program: program.clone(),
