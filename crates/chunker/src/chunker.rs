@@ -87,11 +87,154 @@ impl Tables {
         self.pol
     }
 
+    /// Appends to `out` the positions `p` from `from` on where a chunk may end: the
+    /// fingerprint of the 64 bytes `data[p - 63..=p]` has its [`SPLIT_MASK`] bits zero.
+    /// Stops once about `limit` are found (long runs of zeros make every position one) and
+    /// returns where it stopped: `out` then holds every candidate in `from..` that value, in
+    /// order. Positions before 64 are not reported.
+    ///
+    /// Past the first [`MIN_SIZE`] - 1 bytes of a chunk the chunker's digest is exactly this
+    /// fingerprint (the seed byte has slid out), so whether `p` ends a chunk is a function of
+    /// those 64 bytes alone: a region can be scanned without knowing where its chunks start,
+    /// and in pieces. This scans four pieces at once: one rolling hash is a chain of
+    /// dependent table lookups, so a single chain leaves the core idle between them; four
+    /// interleaved chains run ~2-3× the bytes per second of one.
+    pub fn cut_candidates(
+        &self,
+        data: &[u8],
+        from: usize,
+        limit: usize,
+        out: &mut Vec<usize>,
+    ) -> usize {
+        let from = from.max(WINDOW_SIZE);
+        if from >= data.len() {
+            return data.len().max(from);
+        }
+        let lane = (data.len() - from) / LANES;
+        if lane < LANE_MIN {
+            let mut lane = Lane::new(self, data, from);
+            lane.scan(self, data, limit);
+            out.append(&mut lane.candidates);
+            return lane.stop.unwrap_or(data.len());
+        }
+        let quota = (limit / LANES).max(1);
+        let mut lanes: [Lane; LANES] =
+            std::array::from_fn(|k| Lane::new(self, data, from + k * lane));
+        // Lane k covers `from + k * lane ..` the next lane's start; the last one also the rest.
+        let (n0, o0) = lanes[0].bytes(data, lane);
+        let (n1, o1) = lanes[1].bytes(data, lane);
+        let (n2, o2) = lanes[2].bytes(data, lane);
+        let (n3, o3) = lanes[3].bytes(data, lane);
+        let [mut d0, mut d1, mut d2, mut d3] = lanes.each_ref().map(|l| l.digest);
+        for i in 0..lane {
+            d0 = self.step(d0, o0[i], n0[i]);
+            d1 = self.step(d1, o1[i], n1[i]);
+            d2 = self.step(d2, o2[i], n2[i]);
+            d3 = self.step(d3, o3[i], n3[i]);
+            if (d0 & SPLIT_MASK == 0)
+                | (d1 & SPLIT_MASK == 0)
+                | (d2 & SPLIT_MASK == 0)
+                | (d3 & SPLIT_MASK == 0)
+            {
+                for (l, d) in lanes.iter_mut().zip([d0, d1, d2, d3]) {
+                    if d & SPLIT_MASK == 0 {
+                        l.found(l.start + i, quota);
+                    }
+                }
+            }
+        }
+        lanes[LANES - 1].digest = d3;
+        let last = &mut lanes[LANES - 1];
+        if last.stop.is_none() {
+            last.pos = last.start + lane;
+            last.scan(self, data, quota);
+        }
+        // Everything up to the first lane that stopped early is complete.
+        for l in lanes.iter_mut() {
+            out.append(&mut l.candidates);
+            if let Some(stop) = l.stop {
+                return stop;
+            }
+        }
+        data.len()
+    }
+
     /// One step of the rolling hash: slide `old` out of the window and `new` in.
     #[inline(always)]
     fn step(&self, digest: u64, old: u8, new: u8) -> u64 {
         let d = digest ^ self.out[usize::from(old)];
         ((d << 8) | u64::from(new)) ^ self.reduce[(d >> self.shift) as usize & 0xff]
+    }
+}
+
+/// Interleaved rolling hashes in [`Tables::cut_candidates`].
+const LANES: usize = 4;
+/// Below this many bytes per lane one chain scans everything.
+const LANE_MIN: usize = 4096;
+
+/// One chain of [`Tables::cut_candidates`]: a rolling hash over a piece of the data.
+struct Lane {
+    /// First position of the piece.
+    start: usize,
+    /// Next position to hash (only for the serial [`Lane::scan`]).
+    pos: usize,
+    /// Fingerprint of the 64 bytes before `pos`.
+    digest: u64,
+    candidates: Vec<usize>,
+    /// Set when the quota ran out: the position of the first candidate not recorded.
+    stop: Option<usize>,
+}
+
+impl Lane {
+    /// A chain starting at `start` (at least 64), primed with the 64 bytes before it.
+    fn new(t: &Tables, data: &[u8], start: usize) -> Self {
+        // Rolled into an empty window (all zero bytes, whose fingerprint is 0), the first 64
+        // bytes need nothing slid out.
+        let digest = data[start - WINDOW_SIZE..start]
+            .iter()
+            .fold(0, |d, &b| t.step(d, 0, b));
+        Lane {
+            start,
+            pos: start,
+            digest,
+            candidates: Vec::new(),
+            stop: None,
+        }
+    }
+
+    /// The `len` bytes from `start` and the bytes 64 before each: equal lengths, so the
+    /// interleaved loop indexes them without bounds checks.
+    fn bytes<'a>(&self, data: &'a [u8], len: usize) -> (&'a [u8], &'a [u8]) {
+        let old = self.start - WINDOW_SIZE;
+        (&data[self.start..self.start + len], &data[old..old + len])
+    }
+
+    /// Records a candidate unless the quota is used up.
+    #[cold]
+    fn found(&mut self, p: usize, quota: usize) {
+        if self.stop.is_some() {
+        } else if self.candidates.len() < quota {
+            self.candidates.push(p);
+        } else {
+            self.stop = Some(p);
+        }
+    }
+
+    /// Hashes on serially from `pos` to the end of `data`.
+    fn scan(&mut self, t: &Tables, data: &[u8], quota: usize) {
+        let mut digest = self.digest;
+        let new = &data[self.pos..];
+        let old = &data[self.pos - WINDOW_SIZE..data.len() - WINDOW_SIZE];
+        for (j, (&b, &o)) in new.iter().zip(old).enumerate() {
+            digest = t.step(digest, o, b);
+            if digest & SPLIT_MASK == 0 {
+                self.found(self.pos + j, quota);
+                if self.stop.is_some() {
+                    break;
+                }
+            }
+        }
+        self.digest = digest;
     }
 }
 
@@ -189,6 +332,85 @@ impl Chunker {
         cut
     }
 
+    /// Pushes all of `buf` and appends to `cuts` where each chunk ends (offsets into `buf`,
+    /// ascending): the same cuts as calling [`Chunker::next_cut`] until it returns `None`,
+    /// about twice as fast on large buffers.
+    ///
+    /// Instead of rolling one hash through the chunk, it finds the
+    /// [cut candidates](Tables::cut_candidates) of the buffer (four interleaved hashes) and
+    /// picks the cuts from them: the first candidate that makes a chunk at least
+    /// [`MIN_SIZE`] long ends it, unless [`MAX_SIZE`] comes first. That hashes the bytes a
+    /// chunk's start would skip too, but still wins ~2× on one core.
+    pub fn cuts(&mut self, buf: &[u8], cuts: &mut Vec<usize>) {
+        if buf.len() < FAST_MIN {
+            return self.cuts_serial(buf, 0, cuts);
+        }
+        // The first 64 bytes serially, so that every later window lies within `buf`.
+        self.cuts_serial(&buf[..WINDOW_SIZE], 0, cuts);
+        // The open chunk started `count` bytes before `pos`.
+        let mut pos = WINDOW_SIZE;
+        let mut count = self.count;
+        let first_eligible = pos + (MIN_SIZE - 1).saturating_sub(count);
+        let mut candidates = Vec::new();
+        let scanned = self
+            .tables
+            .cut_candidates(buf, first_eligible, CANDIDATE_LIMIT, &mut candidates)
+            .min(buf.len());
+        let mut next = candidates.iter().copied().peekable();
+        loop {
+            let eligible = pos + (MIN_SIZE - 1).saturating_sub(count);
+            let max_end = pos + (MAX_SIZE - count);
+            while next.next_if(|&p| p < eligible).is_some() {}
+            let end = match next.peek() {
+                Some(&p) if p < max_end => p + 1,
+                _ if max_end <= scanned => max_end,
+                _ => break,
+            };
+            cuts.push(end);
+            pos = end;
+            count = 0;
+        }
+        // `scanned` is at least 64, so the open chunk's last bytes are in `buf` (`resume`
+        // only reads as many as the chunk has).
+        let scanned = scanned.max(pos);
+        self.resume(
+            count + (scanned - pos),
+            &buf[scanned - WINDOW_SIZE..scanned],
+        );
+        if scanned < buf.len() {
+            // The candidates ran out early (a long run of zeros): the rest runs serially,
+            // which skips such runs cheaply.
+            self.cuts_serial(&buf[scanned..], scanned, cuts);
+        }
+    }
+
+    /// [`Chunker::cuts`] by repeated [`Chunker::next_cut`]; cuts are offset by `base`.
+    fn cuts_serial(&mut self, buf: &[u8], base: usize, cuts: &mut Vec<usize>) {
+        let mut pos = 0;
+        while let Some(n) = self.next_cut(&buf[pos..]) {
+            pos += n;
+            cuts.push(base + pos);
+        }
+    }
+
+    /// Puts the chunker where sequential pushing would have left it: `count` bytes into the
+    /// current chunk, whose last bytes end `tail` (it must hold the last `min(64, hashed)`
+    /// of them, where hashed = count - (MIN_SIZE - 64)).
+    fn resume(&mut self, count: usize, tail: &[u8]) {
+        self.reset();
+        let unhashed = MIN_SIZE - WINDOW_SIZE;
+        if count <= unhashed {
+            self.skip = unhashed - count;
+        } else {
+            self.skip = 0;
+            // Rolling the last 64 bytes from the seeded start slides the seed byte out, as
+            // the full sequence would have; fewer than 64 leave it in, also as it would.
+            let hashed = (count - unhashed).min(WINDOW_SIZE);
+            self.roll::<false>(&tail[tail.len() - hashed..]);
+        }
+        self.count = count;
+    }
+
     /// Hashes `data` into the window; with `CUT`, stops at the first byte whose fingerprint
     /// ends a chunk and returns its index (the state is then stale: the caller resets).
     #[inline(always)]
@@ -225,6 +447,13 @@ impl Chunker {
         None
     }
 }
+
+/// Below this many bytes [`Chunker::cuts`] rolls one hash, as [`Chunker::next_cut`] does.
+const FAST_MIN: usize = 64 * 1024;
+
+/// Candidates [`Chunker::cuts`] collects before it goes on serially: random data has about
+/// one per MiB, a run of zeros one per byte.
+const CANDIDATE_LIMIT: usize = 1024;
 
 /// Cuts a whole in-memory buffer (tests and small inputs): the lengths of its chunks.
 pub fn chunk_lengths(tables: Arc<Tables>, data: &[u8]) -> Vec<usize> {
@@ -487,6 +716,198 @@ mod tests {
         // Byte by byte over a shorter input (slow unoptimised).
         let d = data(3 * 1024 * 1024, 8);
         assert_eq!(lengths_in_pieces(&d, 1), chunk_lengths(tables(), &d));
+    }
+
+    /// Chunk lengths from [`Chunker::cuts`] fed `d` in pieces of `step` bytes.
+    fn lengths_fast(d: &[u8], step: usize) -> Vec<usize> {
+        let mut c = Chunker::new(tables());
+        let mut lens = Vec::new();
+        let mut cuts = Vec::new();
+        for piece in d.chunks(step) {
+            let before = c.chunk_len();
+            cuts.clear();
+            c.cuts(piece, &mut cuts);
+            let mut last = 0;
+            for (k, &end) in cuts.iter().enumerate() {
+                lens.push(if k == 0 { before + end } else { end - last });
+                last = end;
+            }
+        }
+        if c.chunk_len() > 0 {
+            lens.push(c.chunk_len());
+        }
+        lens
+    }
+
+    /// Random data with a run of zeros (cut as early as allowed) and a stretch of periodic
+    /// bytes (no candidates at all, cut at MAX_SIZE) in the middle.
+    fn mixed(seed: u64) -> Vec<u8> {
+        let mut d = data(5 << 20, seed);
+        d.extend(std::iter::repeat(0u8).take(3 << 20));
+        d.extend(b"abcdefg".iter().copied().cycle().take(19 << 20));
+        d.extend(data(9 << 20, seed + 1));
+        d
+    }
+
+    #[test]
+    fn fast_cuts_equal_serial_cuts() {
+        for (name, d) in [
+            ("random", data(40 << 20, 21)),
+            ("mixed", mixed(22)),
+            ("zeros", vec![0u8; 6 << 20]),
+        ] {
+            let whole = chunk_lengths(tables(), &d);
+            assert!(whole.len() > 4, "{name}: too few chunks to mean anything");
+            for step in [
+                FAST_MIN - 1,
+                FAST_MIN,
+                65_537,
+                600_001,
+                1_500_001,
+                4 << 20,
+                9 << 20,
+                d.len(),
+            ] {
+                assert_eq!(lengths_fast(&d, step), whole, "{name}, step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_cuts_resume_mid_chunk_at_every_phase() {
+        // Pieces ending inside a chunk's unhashed start, within its first 64 hashed bytes, and
+        // past them: the next piece must continue exactly where serial pushing would.
+        let d = data(24 << 20, 23);
+        let whole = chunk_lengths(tables(), &d);
+        let first = whole[0];
+        for end in [
+            first + 10,
+            first + 1000,
+            first + MIN_SIZE - WINDOW_SIZE,
+            first + MIN_SIZE - WINDOW_SIZE + 1,
+            first + MIN_SIZE - 10,
+            first + MIN_SIZE + 5000,
+        ] {
+            let mut c = Chunker::new(tables());
+            let mut cuts = Vec::new();
+            c.cuts(&d[..end], &mut cuts);
+            assert_eq!(cuts, vec![first], "piece ending at {end}");
+            let mut rest = Vec::new();
+            c.cuts(&d[end..], &mut rest);
+            let mut lens = vec![first];
+            let mut last = first;
+            for &cut in &rest {
+                lens.push(end + cut - last);
+                last = end + cut;
+            }
+            lens.push(d.len() - last);
+            assert_eq!(lens, whole, "piece ending at {end}");
+        }
+    }
+
+    /// Every candidate by one plain rolling hash (the step `rolling_digest_...` checks).
+    fn candidates_serially(t: &Tables, d: &[u8], from: usize) -> Vec<usize> {
+        let mut digest = 0;
+        let mut found = Vec::new();
+        for p in from - WINDOW_SIZE..d.len() {
+            let old = if p >= from { d[p - WINDOW_SIZE] } else { 0 };
+            digest = t.step(digest, old, d[p]);
+            if p >= from && digest & SPLIT_MASK == 0 {
+                found.push(p);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn interleaved_candidates_equal_one_rolling_hash() {
+        // 64 zero bytes are a window whose fingerprint is 0: plant such windows around the
+        // lanes' boundaries (and elsewhere) so that there are candidates to get wrong.
+        let t = tables();
+        let mut d = data(3 << 20, 25);
+        let from = 1000;
+        let lane = (d.len() - from) / LANES;
+        for k in 0..LANES {
+            for off in [-130i64, -64, -63, -1, 0, 1, 63, 64, 2000] {
+                let at = (from + k * lane) as i64 + off;
+                d[at as usize..at as usize + 64].fill(0);
+            }
+        }
+        let end = d.len() - 64;
+        d[end..].fill(0);
+        let want = candidates_serially(&t, &d, from);
+        assert!(want.len() > 4 * 9, "{} candidates", want.len());
+        let mut got = Vec::new();
+        assert_eq!(t.cut_candidates(&d, from, usize::MAX, &mut got), d.len());
+        assert_eq!(got, want);
+        // Short inputs take the single-chain path.
+        let short = &d[..from + 3 * LANE_MIN];
+        let mut got = Vec::new();
+        assert_eq!(
+            t.cut_candidates(short, from, usize::MAX, &mut got),
+            short.len()
+        );
+        assert_eq!(got, candidates_serially(&t, short, from));
+    }
+
+    #[test]
+    fn candidates_have_a_zero_fingerprint_and_include_every_content_cut() {
+        let d = data(12 << 20, 24);
+        let t = tables();
+        let mut found = Vec::new();
+        assert_eq!(t.cut_candidates(&d, 100, usize::MAX, &mut found), d.len());
+        assert!(found.len() > 4);
+        for &p in &found {
+            assert_eq!(fingerprint(&d[p - 63..=p]) & SPLIT_MASK, 0, "candidate {p}");
+        }
+        let mut end = 0;
+        for len in chunk_lengths(t.clone(), &d) {
+            end += len;
+            if len < MAX_SIZE && end < d.len() {
+                assert!(
+                    found.contains(&(end - 1)),
+                    "cut at {end} is not a candidate"
+                );
+            }
+        }
+        // Scanning from a later start reports the same positions from there on.
+        let mut later = Vec::new();
+        assert_eq!(
+            t.cut_candidates(&d, found[2], usize::MAX, &mut later),
+            d.len()
+        );
+        assert_eq!(later, found[2..]);
+    }
+
+    #[test]
+    fn candidates_stop_at_the_limit_with_all_before_reported() {
+        let t = tables();
+        // One chain (short input): stops at the first candidate past the limit.
+        let zeros = vec![0u8; 10_000];
+        let mut all = Vec::new();
+        assert_eq!(t.cut_candidates(&zeros, 64, 500, &mut all), 564);
+        assert_eq!(all, (64..564).collect::<Vec<_>>());
+        // Four chains: the first to run out of its quarter of the limit sets the end.
+        let zeros = vec![0u8; 1 << 20];
+        let mut all = Vec::new();
+        assert_eq!(t.cut_candidates(&zeros, 64, 400, &mut all), 164);
+        assert_eq!(all, (64..164).collect::<Vec<_>>());
+        // Zeros only in the third lane: the first two lanes' candidates are complete.
+        let mut d = data(1 << 20, 26);
+        let lane = (d.len() - 64) / LANES;
+        d[64 + 2 * lane + 100..64 + 2 * lane + 5000].fill(0);
+        let want = candidates_serially(&t, &d, 64);
+        let mut got = Vec::new();
+        let stop = t.cut_candidates(&d, 64, 400, &mut got);
+        let first_zero_candidate = 64 + 2 * lane + 100 + 63;
+        assert_eq!(stop, first_zero_candidate + 100);
+        assert_eq!(
+            got,
+            want.iter()
+                .copied()
+                .filter(|&p| p < stop)
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
