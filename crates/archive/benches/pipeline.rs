@@ -103,7 +103,34 @@ fn bench_chunker(c: &mut Criterion) {
             black_box(cuts)
         })
     });
+    g.bench_function("cuts/random_64MiB", |b| {
+        b.iter(|| {
+            let mut ch = Chunker::new(tables.clone());
+            // 512 KiB pushes, as the archiver reads; candidates by four interleaved hashes.
+            let mut cuts = Vec::new();
+            for piece in data.chunks(512 * 1024) {
+                ch.cuts(piece, &mut cuts);
+            }
+            black_box(cuts.len())
+        })
+    });
     g.finish();
+}
+
+/// The chunks of `data` as the archiver cuts them.
+fn chunks_of<'a>(tables: &Arc<Tables>, data: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut cuts = Vec::new();
+    Chunker::new(tables.clone()).cuts(data, &mut cuts);
+    cuts.push(data.len());
+    let mut start = 0;
+    cuts.iter()
+        .map(|&end| {
+            let chunk = &data[start..end];
+            start = end;
+            chunk
+        })
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
 fn bench_sha256(c: &mut Criterion) {
@@ -248,37 +275,21 @@ fn bench_floor(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("chunk+sha256+encrypt_32MiB", |b| {
         b.iter(|| {
-            let mut ch = Chunker::new(tables.clone());
-            let mut rest = &data[..];
-            loop {
-                let n = ch.next_cut(rest).unwrap_or(rest.len());
-                let (blob, tail) = rest.split_at(n);
+            for blob in chunks_of(&tables, &data) {
                 black_box(Id::hash(blob));
                 black_box(key.encrypt(blob));
-                rest = tail;
-                if rest.is_empty() {
-                    break;
-                }
             }
         })
     });
     g.bench_function("chunk+sha256+zstd3+encrypt+packhash_32MiB", |b| {
         b.iter(|| {
-            let mut ch = Chunker::new(tables.clone());
-            let mut rest = &data[..];
             let mut pack = Sha256::new();
-            loop {
-                let n = ch.next_cut(rest).unwrap_or(rest.len());
-                let (blob, tail) = rest.split_at(n);
+            for blob in chunks_of(&tables, &data) {
                 black_box(Id::hash(blob));
                 let z = zstd::bulk::compress(blob, 3).unwrap();
                 let payload = if z.len() < blob.len() { &z[..] } else { blob };
                 let sealed = key.encrypt(payload);
                 pack.update(&sealed);
-                rest = tail;
-                if rest.is_empty() {
-                    break;
-                }
             }
             black_box(pack.finalize())
         })

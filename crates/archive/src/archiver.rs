@@ -36,7 +36,7 @@ use crate::{Error, Result};
 const READ_SIZE: usize = 512 * 1024;
 /// Encoded size of finished directory listings kept for streams that return to a directory.
 const CLOSED_CACHE_BYTES: usize = 8 * 1024 * 1024;
-/// Capacity of a chunk buffer: the longest chunk plus one read.
+/// Capacity of the read window: the longest chunk plus one read.
 const CHUNK_BUF: usize = snapback_chunker::MAX_SIZE + READ_SIZE;
 
 /// Live counters, readable from another thread for a progress display.
@@ -185,6 +185,7 @@ impl Archiver {
         while self.stack.len() > 1 {
             self.close_top()?;
         }
+        self.dedup.finish()?;
         let root = self
             .stack
             .pop()
@@ -436,51 +437,70 @@ impl Archiver {
     /// Reads a file, cutting it with restic's chunker; returns its blob ids and size.
     fn chunk_file(&mut self, reader: &mut dyn Read) -> Result<(Vec<Id>, u64)> {
         let mut window = std::mem::take(&mut self.window);
-        window.clear();
-        // Room for the largest chunk plus one read, reserved once per archiver.
-        window.reserve(CHUNK_BUF);
         let result = self.chunk_into(reader, &mut window);
         self.window = window;
         result
     }
 
-    /// Reads into `buf` and submits each chunk as it is cut, copied into a buffer of its own
-    /// (which the sink then seals in place and packs).
-    fn chunk_into(&mut self, reader: &mut dyn Read, buf: &mut Vec<u8>) -> Result<(Vec<Id>, u64)> {
+    /// Reads into `window` a read at a time, cuts what was read ([`Chunker::cuts`]) and
+    /// submits each chunk, copied into a buffer of its own (which the sink then seals in place
+    /// and packs).
+    ///
+    /// `window[..filled]` is the open chunk's bytes, already scanned, then the new ones. The window only grows (zero-filled once, as far as it was ever needed), so its
+    /// pages are faulted in once per archiver, not once per file or chunk.
+    fn chunk_into(
+        &mut self,
+        reader: &mut dyn Read,
+        window: &mut Vec<u8>,
+    ) -> Result<(Vec<Id>, u64)> {
         let mut chunker = Chunker::new(self.tables.clone());
-        let mut scanned = 0;
         let mut pending = Vec::new();
+        let mut cuts = Vec::new();
         let mut total = 0u64;
+        let mut filled = 0;
         loop {
             if self.opts.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let start = buf.len();
-            buf.resize(start + READ_SIZE, 0);
-            let n = read_some(reader, &mut buf[start..])?;
-            buf.truncate(start + n);
-            if n == 0 {
-                break;
+            let want = (filled + READ_SIZE).min(CHUNK_BUF);
+            if window.len() < want {
+                window.resize(want, 0);
             }
+            let n = read_some(reader, &mut window[filled..want])?;
+            // Reads come up short only at the end of the file.
+            let eof = n < want - filled;
+            let scanned = filled;
+            filled += n;
             total += n as u64;
             self.stats.bytes_read += n as u64;
             self.opts
                 .progress
                 .bytes_done
                 .fetch_add(n as u64, Ordering::Relaxed);
-            while let Some(cut) = chunker.next_cut(&buf[scanned..]) {
+            cuts.clear();
+            chunker.cuts(&window[scanned..filled], &mut cuts);
+            let mut start = 0;
+            for &cut in &cuts {
                 let end = scanned + cut;
                 pending.push(
                     self.dedup
-                        .submit_later(self.dedup.chunk_buffer(&buf[..end]))?,
+                        .submit_later(self.dedup.chunk_buffer(&window[start..end]))?,
                 );
-                buf.drain(..end);
-                scanned = 0;
+                start = end;
             }
-            scanned = buf.len();
+            if start > 0 {
+                window.copy_within(start..filled, 0);
+                filled -= start;
+            }
+            if eof {
+                break;
+            }
         }
-        if !buf.is_empty() {
-            pending.push(self.dedup.submit_later(self.dedup.chunk_buffer(buf))?);
+        if filled > 0 {
+            pending.push(
+                self.dedup
+                    .submit_later(self.dedup.chunk_buffer(&window[..filled]))?,
+            );
         }
         let (ids, added) = self.dedup.resolve(pending)?;
         self.stats.bytes_new += added;

@@ -4,7 +4,9 @@
 //! Data blobs are hashed on the blocking pool, so the archiver thread only reads and chunks:
 //! chunking is sequential per file, hashing is not. A bounded number of blobs is in flight
 //! here (each holds its permit until the sink took it), so back-pressure still reaches the
-//! reader.
+//! reader. A blob's id is reported as soon as it is hashed, before the sink takes the blob:
+//! the archiver finishing a file waits for hashing only, not for room in the sink, so it
+//! does not drain the pipeline at every file's end.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use snapback_repo::{BlobIndex, BlobType, Id};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::archiver::Progress;
@@ -24,7 +26,7 @@ use crate::{Error, Result};
 const IN_FLIGHT: usize = 3;
 
 /// A blob handed over for hashing: resolves to its id and the bytes it added (0 when known).
-pub struct Pending(JoinHandle<Result<(Id, u64)>>);
+pub struct Pending(oneshot::Receiver<(Id, u64)>);
 
 /// Hashes, deduplicates and forwards blobs; see the module docs.
 pub struct Dedup {
@@ -35,6 +37,9 @@ pub struct Dedup {
     permits: Arc<Semaphore>,
     progress: Arc<Progress>,
     pool: Arc<BufferPool>,
+    /// Background hand-overs not yet seen to finish: their errors (the sink stopped) must
+    /// reach the archiver, and [`Dedup::finish`] waits for all of them.
+    tasks: Vec<JoinHandle<Result<()>>>,
 }
 
 impl Dedup {
@@ -55,6 +60,7 @@ impl Dedup {
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             progress,
             pool,
+            tasks: Vec::new(),
         }
     }
 
@@ -66,20 +72,21 @@ impl Dedup {
 
     /// Hashes and forwards `data` on this thread; returns its id and the bytes it added.
     pub fn submit(&self, ty: BlobType, data: Vec<u8>) -> Result<(Id, u64)> {
-        store(
-            &self.index,
-            &self.known,
-            &self.tx,
-            &self.progress,
-            &self.pool,
-            ty,
-            data,
-        )
+        let (id, data) = identify(&self.index, &self.known, &self.pool, data);
+        match data {
+            Some(data) => {
+                let len = data.len() as u64;
+                forward(&self.tx, &self.progress, BlobJob { id, ty, data })?;
+                Ok((id, len))
+            }
+            None => Ok((id, 0)),
+        }
     }
 
     /// Hands a data blob over to be hashed and forwarded in the background; waits while
     /// [`IN_FLIGHT`] blobs are already under way.
-    pub fn submit_later(&self, data: Vec<u8>) -> Result<Pending> {
+    pub fn submit_later(&mut self, data: Vec<u8>) -> Result<Pending> {
+        self.reap(false)?;
         let permit = self
             .handle
             .block_on(self.permits.clone().acquire_owned())
@@ -91,51 +98,96 @@ impl Dedup {
             self.progress.clone(),
             self.pool.clone(),
         );
-        Ok(Pending(self.handle.spawn_blocking(move || {
-            let stored = store(&index, &known, &tx, &progress, &pool, BlobType::Data, data);
+        let (id_tx, id_rx) = oneshot::channel();
+        self.tasks.push(self.handle.spawn_blocking(move || {
+            let (id, data) = identify(&index, &known, &pool, data);
+            let added = data.as_ref().map_or(0, |d| d.len() as u64);
+            // The archiver may already have failed and gone; the blob is still forwarded.
+            let _ = id_tx.send((id, added));
+            let forwarded = match data {
+                Some(data) => forward(
+                    &tx,
+                    &progress,
+                    BlobJob {
+                        id,
+                        ty: BlobType::Data,
+                        data,
+                    },
+                ),
+                None => Ok(()),
+            };
             drop(permit);
-            stored
-        })))
+            forwarded
+        }));
+        Ok(Pending(id_rx))
     }
 
-    /// Waits for pending blobs, in order: their ids and the bytes they added.
+    /// Waits for pending blobs' hashes, in order: their ids and the bytes they added.
     pub fn resolve(&self, pending: Vec<Pending>) -> Result<(Vec<Id>, u64)> {
         let mut ids = Vec::with_capacity(pending.len());
         let mut added = 0;
-        for Pending(task) in pending {
+        for Pending(rx) in pending {
             let (id, new) = self
                 .handle
-                .block_on(task)
-                .map_err(|e| Error::Pipeline(format!("blob hashing: {e}")))??;
+                .block_on(rx)
+                .map_err(|_| Error::Pipeline("blob hashing failed".into()))?;
             ids.push(id);
             added += new;
         }
         Ok((ids, added))
     }
+
+    /// Waits until every blob handed over has reached the sink (or reports why one did not):
+    /// only then may the snapshot refer to them.
+    pub fn finish(&mut self) -> Result<()> {
+        self.reap(true)
+    }
+
+    /// Collects finished hand-overs (all of them, waiting, with `all`), failing on the first
+    /// error.
+    fn reap(&mut self, all: bool) -> Result<()> {
+        let mut i = 0;
+        while i < self.tasks.len() {
+            if all || self.tasks[i].is_finished() {
+                let task = self.tasks.swap_remove(i);
+                self.handle
+                    .block_on(task)
+                    .map_err(|e| Error::Pipeline(format!("blob hashing: {e}")))??;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
 }
 
-fn store(
+/// Hashes `data`; returns its id, and the buffer only if the blob is new to the repository
+/// and this run (a duplicate's buffer goes back to the pool).
+fn identify(
     index: &BlobIndex,
     known: &Mutex<HashSet<Id>>,
-    tx: &mpsc::Sender<BlobJob>,
-    progress: &Progress,
     pool: &BufferPool,
-    ty: BlobType,
     data: Vec<u8>,
-) -> Result<(Id, u64)> {
+) -> (Id, Option<Vec<u8>>) {
     let id = Id::hash(&data);
     let new = !index.contains(&id)
         && known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(id);
-    if !new {
+    if new {
+        (id, Some(data))
+    } else {
         pool.give_back(data);
-        return Ok((id, 0));
+        (id, None)
     }
-    let len = data.len() as u64;
-    tx.blocking_send(BlobJob { id, ty, data })
+}
+
+/// Hands a new blob to the sink, waiting for room there.
+fn forward(tx: &mpsc::Sender<BlobJob>, progress: &Progress, job: BlobJob) -> Result<()> {
+    let len = job.data.len() as u64;
+    tx.blocking_send(job)
         .map_err(|_| Error::Pipeline("the upload stage stopped".into()))?;
     progress.bytes_new.fetch_add(len, Ordering::Relaxed);
-    Ok((id, len))
+    Ok(())
 }
