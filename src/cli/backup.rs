@@ -71,6 +71,10 @@ pub struct BackupArgs {
     /// Packs uploading at once.
     #[arg(long, default_value_t = 2)]
     pub uploads: usize,
+    /// MiB of file data in memory at once, from being read to the end of its pack's upload
+    /// (raised to at least pack size + 8).
+    #[arg(long, default_value_t = 24)]
+    pub blob_memory: usize,
     /// Mountinfo file to read instead of /proc/self/mountinfo (for tests).
     #[arg(long, hide = true)]
     pub mountinfo: Option<PathBuf>,
@@ -169,6 +173,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     opts.sink = SinkOptions {
         pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
         max_uploads: args.uploads.max(1),
+        blob_bytes: args.blob_memory.saturating_mul(1024 * 1024),
         zstd_level: zstd_level(&args.compression)?,
         ..SinkOptions::default()
     };

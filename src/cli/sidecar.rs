@@ -130,6 +130,10 @@ pub struct SidecarArgs {
     /// Packs uploading at once.
     #[arg(long, default_value_t = 2)]
     pub uploads: usize,
+    /// MiB of file data in memory at once, from being read to the end of its pack's upload
+    /// (raised to at least pack size + 8).
+    #[arg(long, default_value_t = 24)]
+    pub blob_memory: usize,
 }
 
 /// Sidecar defaults for the global options, applied before logging starts: JSON lines (for the
@@ -240,6 +244,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     template.sink = SinkOptions {
         pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
         max_uploads: args.uploads.max(1),
+        blob_bytes: args.blob_memory.saturating_mul(1024 * 1024),
         zstd_level,
         ..SinkOptions::default()
     };

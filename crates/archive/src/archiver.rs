@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::ByteBudget;
 use crate::buffers::BufferPool;
 use crate::dedup::Dedup;
 use crate::node::{implicit_dir, node_from_entry, unchanged};
@@ -124,14 +125,16 @@ pub struct Archiver {
 }
 
 impl Archiver {
-    /// An archiver sending new blobs to `tx`, taking chunk buffers from `buffers`. `handle` runs the async repository reads of parent
-    /// trees; the archiver itself must run on a blocking thread.
+    /// An archiver sending new blobs to `tx`, taking chunk buffers from `buffers` and a share
+    /// of `budget` for each chunk. `handle` runs the async repository reads of parent trees;
+    /// the archiver itself must run on a blocking thread.
     pub fn new(
         repo: Repository,
         handle: Handle,
         index: Arc<BlobIndex>,
         tx: mpsc::Sender<BlobJob>,
         buffers: Arc<BufferPool>,
+        budget: ByteBudget,
         opts: ArchiveOptions,
     ) -> Result<Self> {
         let tables = Arc::new(Tables::new(snapback_chunker::Pol(
@@ -143,6 +146,7 @@ impl Archiver {
             tx,
             opts.progress.clone(),
             buffers,
+            budget,
         );
         let mut me = Archiver {
             repo,
@@ -484,7 +488,7 @@ impl Archiver {
                 let end = scanned + cut;
                 pending.push(
                     self.dedup
-                        .submit_later(self.dedup.chunk_buffer(&window[start..end]))?,
+                        .submit_later(self.dedup.chunk_buffer(&window[start..end])?)?,
                 );
                 start = end;
             }
@@ -499,7 +503,7 @@ impl Archiver {
         if filled > 0 {
             pending.push(
                 self.dedup
-                    .submit_later(self.dedup.chunk_buffer(&window[..filled]))?,
+                    .submit_later(self.dedup.chunk_buffer(&window[..filled])?)?,
             );
         }
         let (ids, added) = self.dedup.resolve(pending)?;

@@ -11,6 +11,7 @@ use snapback_stream::entry::EntrySource;
 use tokio_util::sync::CancellationToken;
 
 use crate::archiver::{ArchiveOptions, ArchiveStats, Archiver, Progress};
+use crate::budget::ByteBudget;
 use crate::buffers::BufferPool;
 use crate::sink::{SinkOptions, SinkStats};
 use crate::{Error, Result};
@@ -125,6 +126,7 @@ async fn run(
     }
 
     let buffers = Arc::new(BufferPool::new(crate::buffers::POOL_BYTES));
+    let budget = ByteBudget::new(opts.sink.budget_bytes());
     let (tx, sink) = crate::sink::start(repo.clone(), opts.sink, buffers.clone());
     let archive_opts = ArchiveOptions {
         parent_tree: parent.as_ref().map(|(_, s)| s.tree),
@@ -137,7 +139,7 @@ async fn run(
     let handle = tokio::runtime::Handle::current();
     let repo2 = repo.clone();
     let archived = tokio::task::spawn_blocking(move || {
-        let archiver = Archiver::new(repo2, handle, index, tx, buffers, archive_opts)?;
+        let archiver = Archiver::new(repo2, handle, index, tx, buffers, budget, archive_opts)?;
         archiver.run(source.as_mut())
     })
     .await

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::archiver::Progress;
+use crate::budget::{ByteBudget, Share};
 use crate::buffers::BufferPool;
 use crate::sink::BlobJob;
 use crate::{Error, Result};
@@ -28,6 +29,12 @@ const IN_FLIGHT: usize = 3;
 /// A blob handed over for hashing: resolves to its id and the bytes it added (0 when known).
 pub struct Pending(oneshot::Receiver<(Id, u64)>);
 
+/// A chunk copied out of the read window, with its share of the byte budget.
+pub struct Chunk {
+    data: Vec<u8>,
+    share: Share,
+}
+
 /// Hashes, deduplicates and forwards blobs; see the module docs.
 pub struct Dedup {
     handle: Handle,
@@ -37,6 +44,8 @@ pub struct Dedup {
     permits: Arc<Semaphore>,
     progress: Arc<Progress>,
     pool: Arc<BufferPool>,
+    /// Bounds the bytes of data blobs from here to the end of their pack's upload.
+    budget: ByteBudget,
     /// Background hand-overs not yet seen to finish: their errors (the sink stopped) must
     /// reach the archiver, and [`Dedup::finish`] waits for all of them.
     tasks: Vec<JoinHandle<Result<()>>>,
@@ -51,6 +60,7 @@ impl Dedup {
         tx: mpsc::Sender<BlobJob>,
         progress: Arc<Progress>,
         pool: Arc<BufferPool>,
+        budget: ByteBudget,
     ) -> Self {
         Dedup {
             handle,
@@ -60,14 +70,22 @@ impl Dedup {
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             progress,
             pool,
+            budget,
             tasks: Vec::new(),
         }
     }
 
     /// A copy of a chunk in a buffer of its own, with room to be sealed in place; duplicates'
-    /// buffers are reused.
-    pub fn chunk_buffer(&self, chunk: &[u8]) -> Vec<u8> {
-        self.pool.copy_of(chunk, snapback_repo::crypto::OVERHEAD)
+    /// buffers are reused. Waits until the chunk fits in the byte budget.
+    pub fn chunk_buffer(&self, chunk: &[u8]) -> Result<Chunk> {
+        let share = self
+            .handle
+            .block_on(self.budget.take(chunk.len() as u64))
+            .map_err(|_| Error::Pipeline("blob budget closed".into()))?;
+        Ok(Chunk {
+            data: self.pool.copy_of(chunk, snapback_repo::crypto::OVERHEAD),
+            share,
+        })
     }
 
     /// Hashes and forwards `data` on this thread; returns its id and the bytes it added.
@@ -76,7 +94,13 @@ impl Dedup {
         match data {
             Some(data) => {
                 let len = data.len() as u64;
-                forward(&self.tx, &self.progress, BlobJob { id, ty, data })?;
+                let job = BlobJob {
+                    id,
+                    ty,
+                    data,
+                    share: None,
+                };
+                forward(&self.tx, &self.progress, job)?;
                 Ok((id, len))
             }
             None => Ok((id, 0)),
@@ -85,7 +109,7 @@ impl Dedup {
 
     /// Hands a data blob over to be hashed and forwarded in the background; waits while
     /// [`IN_FLIGHT`] blobs are already under way.
-    pub fn submit_later(&mut self, data: Vec<u8>) -> Result<Pending> {
+    pub fn submit_later(&mut self, chunk: Chunk) -> Result<Pending> {
         self.reap(false)?;
         let permit = self
             .handle
@@ -100,6 +124,8 @@ impl Dedup {
         );
         let (id_tx, id_rx) = oneshot::channel();
         self.tasks.push(self.handle.spawn_blocking(move || {
+            let Chunk { data, share } = chunk;
+            // A duplicate's share is given back here, with its buffer.
             let (id, data) = identify(&index, &known, &pool, data);
             let added = data.as_ref().map_or(0, |d| d.len() as u64);
             // The archiver may already have failed and gone; the blob is still forwarded.
@@ -112,6 +138,7 @@ impl Dedup {
                         id,
                         ty: BlobType::Data,
                         data,
+                        share: Some(share),
                     },
                 ),
                 None => Ok(()),

@@ -10,6 +10,7 @@
 pub mod archiver;
 pub mod backup;
 pub mod blob_reader;
+pub mod budget;
 pub mod buffers;
 pub mod dedup;
 pub mod dump;

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::blob_reader::BlobReader;
+use crate::budget::ByteBudget;
 use crate::tree_walk::{path_components, TreeWalker, WalkItem};
 use crate::{Error, Result};
 
@@ -494,7 +495,10 @@ impl WriteJob {
                 async move {
                     // Bytes first, then a read slot: every file takes them in this order, and
                     // the semaphores are fair, so a file's blobs get them in file order.
-                    let bytes = budget.take(reader.held_bytes(&id)).await?;
+                    let bytes = budget
+                        .take(reader.held_bytes(&id))
+                        .await
+                        .map_err(|e| NodeFailure(e.to_string()))?;
                     let permit = permits
                         .acquire_owned()
                         .await
@@ -529,39 +533,6 @@ impl WriteJob {
             return Err(e);
         }
         Ok(offset)
-    }
-}
-
-/// A bound on the bytes of blobs in memory, in units of [`ByteBudget::UNIT`].
-#[derive(Clone)]
-struct ByteBudget {
-    units: Arc<Semaphore>,
-    total: u32,
-}
-
-impl ByteBudget {
-    const UNIT: u64 = 64 * 1024;
-
-    fn new(bytes: usize) -> Self {
-        let total = u32::try_from((bytes as u64).div_ceil(Self::UNIT))
-            .unwrap_or(u32::MAX)
-            .max(1);
-        ByteBudget {
-            units: Arc::new(Semaphore::new(total as usize)),
-            total,
-        }
-    }
-
-    /// Waits until `bytes` fit (a blob larger than the whole budget waits for all of it).
-    async fn take(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, NodeFailure> {
-        let units = u32::try_from(bytes.div_ceil(Self::UNIT))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.total);
-        self.units
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .map_err(|e| NodeFailure(e.to_string()))
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Memory is bounded by construction: the input channel holds a few blobs, at most `workers`
 //! blobs are being encoded, at most `max_uploads` packs are in flight, and the sink stops
-//! taking input while uploads are saturated, which back-pressures the reader.
+//! taking input while uploads are saturated, which back-pressures the reader. Counts alone
+//! would allow 8 MiB per blob, so data blobs also hold a share of a byte budget
+//! ([`SinkOptions::blob_bytes`]) from being cut until their pack is uploaded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use snapback_repo::{crypto, BlobType, FileType, Id, IndexWriter, Key, Repository
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::budget::Share;
 use crate::buffers::BufferPool;
 use crate::{Error, Result};
 
@@ -27,6 +30,9 @@ pub struct BlobJob {
     pub ty: BlobType,
     /// Plaintext.
     pub data: Vec<u8>,
+    /// The blob's share of the backup's byte budget (data blobs), held until its pack is
+    /// uploaded.
+    pub share: Option<Share>,
 }
 
 /// Sink tuning.
@@ -38,6 +44,10 @@ pub struct SinkOptions {
     pub max_uploads: usize,
     /// Blobs encoding at once.
     pub workers: usize,
+    /// Bytes of data blobs in memory at once, from being cut to the end of their pack's
+    /// upload (raised to what one full pack plus one largest chunk need, so the pipeline
+    /// always moves).
+    pub blob_bytes: usize,
     /// zstd level, or `None` for no compression (always `None` in format version 1).
     pub zstd_level: Option<i32>,
     /// Write an index file at least this often while packs are being uploaded.
@@ -55,6 +65,7 @@ impl Default for SinkOptions {
             pack_size: 8 * 1024 * 1024,
             max_uploads: 2,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            blob_bytes: 24 << 20,
             zstd_level: Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
             index_interval: Duration::from_secs(60),
             index_packs: 8,
@@ -85,6 +96,17 @@ struct Encoded {
     plain_len: usize,
     sealed: Vec<u8>,
     uncompressed_length: Option<u32>,
+    share: Option<Share>,
+}
+
+impl SinkOptions {
+    /// The byte budget for data blobs: `blob_bytes`, but at least a full pack plus the largest
+    /// chunk. Shares are held until a pack is uploaded, so the open pack (never closed below
+    /// `pack_size`) must leave room for one more chunk, or the reader would wait forever.
+    pub fn budget_bytes(&self) -> usize {
+        self.blob_bytes
+            .max(self.pack_size + snapback_chunker::MAX_SIZE)
+    }
 }
 
 /// Starts the sink on the current runtime; returns the sender for new blobs and the task that
@@ -109,6 +131,8 @@ struct State {
     repo: Repository,
     opts: SinkOptions,
     open: [PackBuilder; 2],
+    /// Budget shares of the blobs in the open packs, released once their pack is uploaded.
+    shares: [Vec<Share>; 2],
     uploads: JoinSet<Result<(Id, Vec<PackedBlob>, usize)>>,
     index: IndexWriter,
     last_index: Instant,
@@ -128,6 +152,7 @@ async fn run(
     }
     let mut st = State {
         open: [PackBuilder::new(), PackBuilder::new()],
+        shares: [Vec::new(), Vec::new()],
         uploads: JoinSet::new(),
         index: IndexWriter::default(),
         last_index: Instant::now(),
@@ -188,6 +213,12 @@ impl State {
         // A recycled buffer can be bigger than its blob; the pack holds it until uploaded, so
         // give the excess back first (for a mapping that is an in-place mremap, no copy).
         enc.sealed.shrink_to_fit();
+        if let Some(mut share) = enc.share.take() {
+            // Compressed blobs hold less from here on: the pack closes by sealed bytes, so its
+            // shares must count those, or it could hold the whole budget before it is full.
+            crate::budget::shrink(&mut share, enc.sealed.len() as u64);
+            self.shares[slot].push(share);
+        }
         self.open[slot]
             .add_sealed(
                 enc.id,
@@ -213,6 +244,7 @@ impl State {
             return Ok(());
         }
         let builder = std::mem::take(&mut self.open[slot]);
+        let shares = std::mem::take(&mut self.shares[slot]);
         while self.uploads.len() >= self.opts.max_uploads {
             let up = self.uploads.join_next().await;
             self.uploaded(up).await?;
@@ -230,6 +262,8 @@ impl State {
                 .write_parts(FileType::Pack, &pack.id, pack.parts)
                 .await
                 .map_err(snapback_repo::Error::from)?;
+            // The pack's buffers are freed with `parts` above: its blobs' budget is free too.
+            drop(shares);
             tracing::debug!(pack = %pack.id.short(), bytes = len, blobs = pack.blobs.len(), "uploaded pack");
             Ok((pack.id, pack.blobs, len))
         });
@@ -298,6 +332,7 @@ fn encode(key: &Key, job: BlobJob, level: Option<i32>, buffers: &BufferPool) -> 
         plain_len,
         sealed: payload,
         uncompressed_length,
+        share: job.share,
     }
 }
 
@@ -407,6 +442,7 @@ mod tests {
                     id,
                     ty: BlobType::Data,
                     data: data.clone(),
+                    share: None,
                 },
                 Some(3),
                 &pool,
@@ -428,6 +464,7 @@ mod tests {
                 id: Id::hash(&small),
                 ty: BlobType::Tree,
                 data: small.clone(),
+                share: None,
             };
             let enc = encode(&key, job, level, &pool);
             assert_eq!(enc.uncompressed_length.is_some(), level.is_some());
