@@ -492,44 +492,22 @@ fn chunks_that_compress_to_nothing_do_not_exhaust_a_small_blob_memory() {
     require_restic!();
     let (_s3, sb, restic) = setup("budget");
     let data: Vec<u8> = b"abcdefg".iter().copied().cycle().take(48 << 20).collect();
-    let mut child = sb
-        .command(&[
-            "backup",
-            "--stdin",
-            "--stdin-filename",
-            "periodic.txt",
-            "--blob-memory",
-            "1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = stdin.write_all(&data);
-        data
-    });
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("backup hung: the blob budget was never given back");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let output = child.wait_with_output().unwrap();
+    let args = [
+        "backup",
+        "--stdin",
+        "--stdin-filename",
+        "periodic.txt",
+        "--blob-memory",
+        "1",
+    ];
+    let output = sb
+        .run_with_stdin_within(&args, &data, std::time::Duration::from_secs(120))
+        .expect("backup hung: the blob budget was never given back");
     assert!(
-        status.success(),
+        output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let data = writer.join().unwrap();
     restic.run_ok(&["check", "--read-data"]);
     let dumped = restic
         .command(&["dump", "latest", "/periodic.txt"])

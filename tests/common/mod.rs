@@ -642,6 +642,27 @@ impl Tool {
 
     /// Runs with `args`, feeding `input` on stdin (e.g. `backup --stdin`).
     pub fn run_with_stdin<S: AsRef<OsStr>>(&self, args: &[S], input: &[u8]) -> Output {
+        self.feed(args, input, None)
+            .expect("no time limit, so the process exited")
+    }
+
+    /// Like [`Tool::run_with_stdin`], but kills the process and returns `None` if it has not
+    /// exited after `limit` (a test of something that could hang must not hang CI).
+    pub fn run_with_stdin_within<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        input: &[u8],
+        limit: std::time::Duration,
+    ) -> Option<Output> {
+        self.feed(args, input, Some(limit))
+    }
+
+    fn feed<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        input: &[u8],
+        limit: Option<std::time::Duration>,
+    ) -> Option<Output> {
         let mut child = self
             .command(args)
             .stdin(Stdio::piped())
@@ -656,7 +677,18 @@ impl Tool {
             s.spawn(move || {
                 let _ = stdin.write_all(input);
             });
-            child.wait_with_output().expect("wait for child")
+            if let Some(limit) = limit {
+                let started = std::time::Instant::now();
+                while child.try_wait().expect("poll child").is_none() {
+                    if started.elapsed() > limit {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            Some(child.wait_with_output().expect("wait for child"))
         })
     }
 
