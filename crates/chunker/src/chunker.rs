@@ -774,6 +774,47 @@ mod tests {
     }
 
     #[test]
+    fn fast_cuts_equal_serial_cuts_on_random_mixtures() {
+        // Random data, zero runs, short periods and planted zero windows, in random order and
+        // lengths, pushed in random sizes: the two ways of cutting must agree every time.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..12 {
+            let mut d = Vec::new();
+            while d.len() < 10 << 20 {
+                let len = (next() % (3 << 20)) as usize + 1;
+                match next() % 4 {
+                    0 => d.extend(data(len, next())),
+                    1 => d.extend(std::iter::repeat(0u8).take(len)),
+                    2 => {
+                        let period = data((next() % 100) as usize + 1, next());
+                        d.extend(period.iter().copied().cycle().take(len));
+                    }
+                    _ => {
+                        let mut r = data(len.max(200), next());
+                        for _ in 0..8 {
+                            let at = (next() as usize) % (r.len() - 64);
+                            r[at..at + 64].fill(0);
+                        }
+                        d.extend(r);
+                    }
+                }
+            }
+            let step = (next() % (9 << 20)) as usize + 1000;
+            assert_eq!(
+                lengths_fast(&d, step),
+                chunk_lengths(tables(), &d),
+                "round {round}, step {step}"
+            );
+        }
+    }
+
+    #[test]
     fn fast_cuts_resume_mid_chunk_at_every_phase() {
         // Pieces ending inside a chunk's unhashed start, within its first 64 hashed bytes, and
         // past them: the next piece must continue exactly where serial pushing would.
