@@ -743,7 +743,7 @@ mod tests {
     /// bytes (no candidates at all, cut at MAX_SIZE) in the middle.
     fn mixed(seed: u64) -> Vec<u8> {
         let mut d = data(5 << 20, seed);
-        d.extend(std::iter::repeat(0u8).take(3 << 20));
+        d.extend(std::iter::repeat_n(0u8, 3 << 20));
         d.extend(b"abcdefg".iter().copied().cycle().take(19 << 20));
         d.extend(data(9 << 20, seed + 1));
         d
@@ -790,7 +790,7 @@ mod tests {
                 let len = (next() % (3 << 20)) as usize + 1;
                 match next() % 4 {
                     0 => d.extend(data(len, next())),
-                    1 => d.extend(std::iter::repeat(0u8).take(len)),
+                    1 => d.extend(std::iter::repeat_n(0u8, len)),
                     2 => {
                         let period = data((next() % 100) as usize + 1, next());
                         d.extend(period.iter().copied().cycle().take(len));
