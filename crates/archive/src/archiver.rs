@@ -450,8 +450,9 @@ impl Archiver {
     /// submits each chunk, copied into a buffer of its own (which the sink then seals in place
     /// and packs).
     ///
-    /// `window[..filled]` is the open chunk's bytes, already scanned, then the new ones. The window only grows (zero-filled once, as far as it was ever needed), so its
-    /// pages are faulted in once per archiver, not once per file or chunk.
+    /// `window[..filled]` is the open chunk's bytes, already scanned, then the new ones. The
+    /// window only grows (zero-filled once, as far as it was ever needed), so its pages are
+    /// faulted in once per archiver, not once per file or chunk.
     fn chunk_into(
         &mut self,
         reader: &mut dyn Read,
