@@ -212,11 +212,12 @@ impl Lane {
     /// Records a candidate unless the quota is used up.
     #[cold]
     fn found(&mut self, p: usize, quota: usize) {
-        if self.stop.is_some() {
-        } else if self.candidates.len() < quota {
-            self.candidates.push(p);
-        } else {
-            self.stop = Some(p);
+        if self.stop.is_none() {
+            if self.candidates.len() < quota {
+                self.candidates.push(p);
+            } else {
+                self.stop = Some(p);
+            }
         }
     }
 
@@ -370,9 +371,8 @@ impl Chunker {
             pos = end;
             count = 0;
         }
-        // `scanned` is at least 64, so the open chunk's last bytes are in `buf` (`resume`
-        // only reads as many as the chunk has).
-        let scanned = scanned.max(pos);
+        // Every cut is at or before `scanned`, which is at least 64: the open chunk's last
+        // bytes are in `buf` (`resume` only reads as many as the chunk has).
         self.resume(
             count + (scanned - pos),
             &buf[scanned - WINDOW_SIZE..scanned],
