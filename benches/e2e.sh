@@ -20,10 +20,11 @@
 # and new files of changed/data are linked in (unchanged files keep inode and ctime, so both
 # tools' parent logic applies, as on a real host between two backups).
 #
-# Each measurement is of the backup/restore/check process alone (measure.py: GNU time for wall,
-# CPU and peak RSS; /proc/<pid>/io write_bytes for local bytes written). The table shows medians
-# over RUNS and the ratio snapback/restic. Both tools: version-2 repository, default (auto)
-# compression, password only via RESTIC_PASSWORD, restic with --no-cache.
+# Each measurement is of the backup/restore/check process alone, started after a `sync` so the
+# previous step's write-back is not charged to it (measure.py: GNU time for wall, CPU and peak
+# RSS; /proc/<pid>/io write_bytes for local bytes written). The table shows medians over RUNS
+# and the ratio snapback/restic. Both tools: version-2 repository, default (auto) compression,
+# password only via RESTIC_PASSWORD, restic with --no-cache.
 set -euo pipefail
 
 top=$(git rev-parse --show-toplevel)
@@ -123,6 +124,9 @@ run() {
     shift 5
     local res
     echo "== $tool $target $step run $r: $*" >>"$log"
+    # Write back what the previous step left dirty, so its page-cache write-back is not
+    # charged to this command (the previous step is the other tool's half the time).
+    sync
     if ! res=$(python3 "$measure" --log "$log" "$@"); then
         echo "FAILED: $tool $target $step (see $log): $res" >&2
         tail -5 "$log" >&2
