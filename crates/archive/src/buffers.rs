@@ -44,14 +44,19 @@ impl BufferPool {
         }
     }
 
-    /// A buffer holding a copy of `data` with at least `spare` bytes of room after it: the
-    /// smallest idle one that fits without being more than a quarter too big, else a new one.
+    /// A buffer holding a copy of `data` with at least `spare` bytes of room after it (see
+    /// [`BufferPool::take`]).
     pub fn copy_of(&self, data: &[u8], spare: usize) -> Vec<u8> {
-        let need = data.len() + spare;
+        let mut buf = self.take(data.len() + spare);
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    /// An empty buffer with room for at least `need` bytes: the smallest idle one that fits
+    /// without being more than a quarter too big, else a new one.
+    pub fn take(&self, need: usize) -> Vec<u8> {
         if need < POOLED_FROM {
-            let mut buf = Vec::with_capacity(need);
-            buf.extend_from_slice(data);
-            return buf;
+            return Vec::with_capacity(need);
         }
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -65,28 +70,41 @@ impl BufferPool {
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i);
             best.map(|i| {
-                let b = idle.buffers.swap_remove(i);
+                let b = idle.buffers.remove(i);
                 idle.bytes -= b.capacity();
                 b
             })
         };
         let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(need.next_multiple_of(GRANULE)));
         buf.clear();
-        buf.extend_from_slice(data);
         buf
     }
 
-    /// Takes `buf` back for reuse, or frees it when the pool is full (or it is small).
+    /// Takes `buf` back for reuse, freeing the oldest idle buffers when the pool would go
+    /// over its limit (small buffers, and any bigger than the limit, are just freed).
     pub fn give_back(&self, buf: Vec<u8>) {
         let cap = buf.capacity();
         if cap < POOLED_FROM {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.bytes + cap <= self.max_bytes {
-            idle.bytes += cap;
-            idle.buffers.push(buf);
+        if cap > self.max_bytes {
+            return;
         }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest idle buffers make room: a pool full of sizes nobody asks for any more
+        // would turn every buffer given back away.
+        let mut evict = 0;
+        let mut freed = 0;
+        while idle.bytes - freed + cap > self.max_bytes {
+            freed += idle.buffers[evict].capacity();
+            evict += 1;
+        }
+        let evicted: Vec<Vec<u8>> = idle.buffers.drain(..evict).collect();
+        idle.bytes = idle.bytes - freed + cap;
+        idle.buffers.push(buf);
+        drop(idle);
+        // Freed outside the lock.
+        drop(evicted);
     }
 
     /// Bytes of idle buffers held.
@@ -133,5 +151,28 @@ mod tests {
         pool.give_back(Vec::with_capacity(1000));
         assert_eq!(pool.idle_bytes(), 3 * POOLED_FROM);
         assert_eq!(pool.copy_of(b"tiny", 0).capacity(), 4);
+    }
+
+    #[test]
+    fn a_full_pool_frees_its_oldest_buffers_for_one_given_back() {
+        let pool = BufferPool::new(4 * POOLED_FROM);
+        let small: Vec<_> = (0..4).map(|_| pool.take(POOLED_FROM)).collect();
+        let first = small[0].as_ptr();
+        for b in small {
+            pool.give_back(b);
+        }
+        let big = pool.take(2 * POOLED_FROM);
+        let big_ptr = big.as_ptr();
+        pool.give_back(big);
+        assert_eq!(pool.idle_bytes(), 4 * POOLED_FROM);
+        // The two oldest small ones went; the big one is handed out again.
+        let again = pool.take(2 * POOLED_FROM);
+        assert_eq!(again.as_ptr(), big_ptr);
+        let rest: Vec<_> = (0..2).map(|_| pool.take(POOLED_FROM)).collect();
+        assert!(rest.iter().all(|b| b.as_ptr() != first));
+        assert_eq!(pool.idle_bytes(), 0);
+        // Bigger than the whole pool: not kept.
+        pool.give_back(Vec::with_capacity(5 * POOLED_FROM));
+        assert_eq!(pool.idle_bytes(), 0);
     }
 }
