@@ -264,10 +264,25 @@ fn restore_reproduces_the_tree() {
         small.to_str().unwrap(),
         "--blob-memory",
         "1",
-        "--blob-reads",
+        "--pack-reads",
         "2",
     ]);
     check_restored(&f, &small);
+
+    // Batches of two files and one blob: every file in its own batch, random.bin in parts,
+    // a hard link whose first file is still queued, directories waiting for their files.
+    let tiny = f.root.join("restored-tiny-batches");
+    f.snapback.run_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        tiny.to_str().unwrap(),
+        "--batch-files",
+        "2",
+        "--batch-blobs",
+        "1",
+    ]);
+    check_restored(&f, &tiny);
 }
 
 #[test]
@@ -478,33 +493,42 @@ fn damaged_blob_fails_only_its_file() {
     data[(offset + length / 2) as usize] ^= 0x55;
     fs::write(&pack_path, &data).unwrap();
 
-    let target = f.root.join("restored");
-    let out = f
-        .snapback
-        .run(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {err}",
-        stdout(&out)
-    );
-    assert!(err.contains("random.bin"), "{err}");
-    assert!(!err.contains("hello.txt"), "{err}");
-    let r = f.restored(&target, &f.src);
-    assert!(!r.join("random.bin").exists(), "partial file left behind");
-    for name in [
-        "hello.txt",
-        "nested/lines.txt",
-        "nested/a/b/deep.txt",
-        "hl-a",
-        "nested/hl-b",
-    ] {
+    // In one batch, and one blob per batch (random.bin in parts: the rest of the file is
+    // skipped once its first part fails).
+    for (name, batch) in [("restored", "16384"), ("restored-in-parts", "1")] {
+        let target = f.root.join(name);
+        let out = f.snapback.run(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--batch-blobs",
+            batch,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
-            fs::read(r.join(name)).unwrap(),
-            fs::read(f.src.join(name)).unwrap(),
-            "{name}"
+            out.status.code(),
+            Some(1),
+            "stdout: {}\nstderr: {err}",
+            stdout(&out)
         );
+        assert!(err.contains("random.bin"), "{err}");
+        assert!(!err.contains("hello.txt"), "{err}");
+        let r = f.restored(&target, &f.src);
+        assert!(!r.join("random.bin").exists(), "partial file left behind");
+        for name in [
+            "hello.txt",
+            "nested/lines.txt",
+            "nested/a/b/deep.txt",
+            "hl-a",
+            "nested/hl-b",
+        ] {
+            assert_eq!(
+                fs::read(r.join(name)).unwrap(),
+                fs::read(f.src.join(name)).unwrap(),
+                "{name}"
+            );
+        }
     }
     // Dumping the damaged file fails too, instead of writing wrong bytes.
     let out = f

@@ -25,15 +25,19 @@ pub struct RestoreArgs {
     /// Do not restore paths matching this pattern (repeatable).
     #[arg(short = 'e', long = "exclude")]
     pub exclude: Vec<String>,
-    /// Blobs read concurrently, over all files.
+    /// Pack ranges read concurrently (each pack is read once, in as few ranges as it takes;
+    /// one request each on S3).
     #[arg(long, default_value_t = 8)]
-    pub blob_reads: usize,
+    pub pack_reads: usize,
     /// MiB of blobs held in memory at once, over all files (from read until written).
     #[arg(long, default_value_t = 24, value_name = "MIB")]
     pub blob_memory: usize,
-    /// Files written concurrently.
-    #[arg(long, default_value_t = 8)]
-    pub file_writes: usize,
+    /// Files written per batch (tuning and tests).
+    #[arg(long, default_value_t = 2048, hide = true)]
+    pub batch_files: usize,
+    /// Blob references written per batch (tuning and tests).
+    #[arg(long, default_value_t = 16384, hide = true)]
+    pub batch_blobs: usize,
     /// Take no (non-exclusive) repository lock, e.g. for read-only storage credentials.
     #[arg(long)]
     pub no_lock: bool,
@@ -75,9 +79,10 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
         target: args.target.clone(),
         include: args.include.clone(),
         exclude: args.exclude.clone(),
-        blob_reads: args.blob_reads,
+        pack_reads: args.pack_reads,
         blob_bytes: args.blob_memory.saturating_mul(1 << 20),
-        file_writes: args.file_writes,
+        batch_files: args.batch_files,
+        batch_blobs: args.batch_blobs,
     };
     let result = restore(&opened.repo, opened.index.clone(), &start, &opts).await;
     if let Some(lock) = lock {

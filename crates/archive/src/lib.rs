@@ -4,12 +4,11 @@
 //! [`archiver`] (tree building, chunking, parent reuse; chunk buffers from [`buffers`]) → [`dedup`] (hashing, dedup) → [`sink`] (compression,
 //! encryption, pack assembly, concurrent upload, index flushing) → the repository.
 //!
-//! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory (blobs through [`blob_reader`]),
+//! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory (each pack read once per batch of files),
 //! [`dump`] streams a file or a directory as tar, [`ls`] lists nodes.
 
 pub mod archiver;
 pub mod backup;
-pub mod blob_reader;
 pub mod budget;
 pub mod buffers;
 pub mod dedup;

@@ -131,6 +131,15 @@ impl Key {
     /// return `buf` is the plaintext (its IV and MAC cut off, nothing copied). A restore opens
     /// every blob this way instead of into a fresh allocation per blob.
     pub fn open_in_place(&self, buf: &mut bytes::BytesMut) -> Result<(), CryptoError> {
+        let plain = self.open_slice(buf)?;
+        buf.truncate(plain.end);
+        bytes::Buf::advance(buf, plain.start);
+        Ok(())
+    }
+
+    /// Like [`Key::open_in_place`] for a plain slice: returns where in `buf` the plaintext
+    /// lies.
+    pub fn open_slice(&self, buf: &mut [u8]) -> Result<std::ops::Range<usize>, CryptoError> {
         let len = buf.len();
         if len < OVERHEAD {
             return Err(CryptoError::TooShort(len));
@@ -142,9 +151,7 @@ impl Key {
         self.aead
             .decrypt_in_place_detached((&iv).into(), &[], ct, (&tag).into())
             .map_err(|_| CryptoError::Mac)?;
-        buf.truncate(len - MAC_LEN);
-        bytes::Buf::advance(buf, IV_LEN);
-        Ok(())
+        Ok(IV_LEN..len - MAC_LEN)
     }
 }
 

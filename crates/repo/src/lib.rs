@@ -16,7 +16,7 @@ pub mod locking;
 pub mod pack;
 pub mod repository;
 
-pub use backend::{Backend, BackendError, FileType, Location};
+pub use backend::{Backend, BackendError, FileType, Location, RangeReader};
 pub use crypto::Key;
 pub use error::{Error, Result};
 pub use id::Id;

@@ -349,6 +349,44 @@ impl Repository {
         self.open_blob_mut(id, loc, buf)
     }
 
+    /// Like [`Repository::open_blob_owned`] with buffers the caller keeps for reuse: `buf` is
+    /// decrypted in place, a compressed blob is decompressed into `scratch` (its content
+    /// replaced). Returns the plaintext, a part of one of them.
+    pub fn open_blob_into<'a>(
+        &self,
+        id: &Id,
+        loc: &BlobLocation,
+        buf: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
+        let range = self.key.open_slice(buf).map_err(|source| Error::Auth {
+            file: file(),
+            source,
+        })?;
+        let plain: &[u8] = match loc.uncompressed_length {
+            Some(n) => {
+                scratch.clear();
+                scratch.reserve(n as usize);
+                let got = zstd::bulk::Decompressor::new()
+                    .and_then(|mut d| d.decompress_to_buffer(&buf[range], scratch))
+                    .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?;
+                if got != n as usize {
+                    return Err(Error::format(
+                        file(),
+                        format!("decompressed to {got} bytes, the index says {n}"),
+                    ));
+                }
+                scratch
+            }
+            None => &buf[range],
+        };
+        if Id::hash(plain) != *id {
+            return Err(Error::format(file(), "blob content does not match its id"));
+        }
+        Ok(plain)
+    }
+
     /// Authenticates, decrypts in place, decompresses and hash-checks the encrypted blob in
     /// `buf`.
     fn open_blob_mut(&self, id: &Id, loc: &BlobLocation, mut buf: BytesMut) -> Result<Bytes> {
