@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http_request, make_tree, Restic, S3Server, Snapback};
+use common::{diff_trees, http_request, make_tree, Restic, S3Server, Snapback};
 use snapback_repo::backend::{Location, RetryPolicy, S3Credentials};
 use snapback_repo::file::{NodeType, Tree};
 use snapback_repo::{Backend, BlobIndex, Error, Repository};
@@ -157,4 +157,56 @@ fn an_unreachable_s3_server_fails_with_a_clear_error_after_bounded_retries() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("storage error on config"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn snapback_restores_and_checks_what_restic_wrote_on_s3_reading_each_pack_once() {
+    require_restic!();
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let restic = Restic::s3(&s3, "read", PW);
+    restic.run_ok(&["init"]);
+    restic.run_ok(&["backup", src.to_str().unwrap()]);
+    let sb = Snapback::s3(&s3, "read", PW);
+
+    // Restores stream pack ranges from S3: the same tree as the source, whatever the batches.
+    for (name, batch) in [("all", "16384"), ("parts", "1")] {
+        let target = tmp.path().join(name);
+        sb.run_ok(&[
+            "restore",
+            &format!("latest:{}", src.display()),
+            "--target",
+            target.to_str().unwrap(),
+            "--batch-blobs",
+            batch,
+        ]);
+        let diffs = diff_trees(&src, &target);
+        assert!(diffs.is_empty(), "{name}: {diffs:?}");
+    }
+    let out = sb.run_ok(&["check", "--read-data"]);
+    assert!(out.contains("no errors were found"), "{out}");
+
+    // A flipped byte in a pack object: check names the pack and fails.
+    let key = s3.object_keys("read/data/").pop().unwrap();
+    let mut data = s3.get_object(&key).unwrap();
+    data[0] ^= 0x01;
+    let resp = http_request(
+        s3.port(),
+        "PUT",
+        &format!("/{}/{}", s3.bucket(), key),
+        &data,
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    let out = sb.run(&["check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = key.rsplit('/').next().unwrap();
+    assert!(report.contains(name), "{report}");
 }

@@ -582,7 +582,8 @@ enum RangeSource {
 impl RangeReader {
     /// Appends the next `n` bytes of the range to `out`.
     pub async fn read_into(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), BackendError> {
-        out.reserve(n);
+        // Exact: callers size reused buffers by what they read; doubling would waste memory.
+        out.reserve_exact(n);
         if let RangeSource::File { file, pos } = &mut self.source {
             if (n as u64) > self.left {
                 return Err(self.short(n as u64));

@@ -367,7 +367,7 @@ impl Repository {
         let plain: &[u8] = match loc.uncompressed_length {
             Some(n) => {
                 scratch.clear();
-                scratch.reserve(n as usize);
+                scratch.reserve_exact(n as usize);
                 let got = zstd::bulk::Decompressor::new()
                     .and_then(|mut d| d.decompress_to_buffer(&buf[range], scratch))
                     .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?;
