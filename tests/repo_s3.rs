@@ -25,6 +25,21 @@ fn backend(s3: &S3Server, prefix: &str) -> Backend {
     .unwrap()
 }
 
+/// XORs `mask` into the byte at `at(object length)` of S3 object `key`, behind the clients' backs.
+fn flip_byte_in_object(s3: &S3Server, key: &str, at: impl Fn(usize) -> usize, mask: u8) {
+    let mut data = s3.get_object(key).unwrap();
+    let i = at(data.len());
+    data[i] ^= mask;
+    let resp = http_request(
+        s3.port(),
+        "PUT",
+        &format!("/{}/{}", s3.bucket(), key),
+        &data,
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -115,17 +130,7 @@ fn a_flipped_byte_in_an_s3_snapshot_object_is_an_authentication_error_naming_it(
     make_tree(tmp.path());
     restic.run_ok(&["backup", tmp.path().to_str().unwrap()]);
     let key = s3.object_keys("tamper/snapshots/").pop().unwrap();
-    let mut data = s3.get_object(&key).unwrap();
-    let n = data.len();
-    data[n / 2] ^= 0x40;
-    let resp = http_request(
-        s3.port(),
-        "PUT",
-        &format!("/{}/{}", s3.bucket(), key),
-        &data,
-    )
-    .unwrap();
-    assert_eq!(resp.status, 200);
+    flip_byte_in_object(&s3, &key, |n| n / 2, 0x40);
     let err = rt().block_on(async {
         let repo = Repository::open(backend(&s3, "tamper"), PW.as_bytes())
             .await
@@ -190,16 +195,7 @@ fn snapback_restores_and_checks_what_restic_wrote_on_s3_reading_each_pack_once()
 
     // A flipped byte in a pack object: check names the pack and fails.
     let key = s3.object_keys("read/data/").pop().unwrap();
-    let mut data = s3.get_object(&key).unwrap();
-    data[0] ^= 0x01;
-    let resp = http_request(
-        s3.port(),
-        "PUT",
-        &format!("/{}/{}", s3.bucket(), key),
-        &data,
-    )
-    .unwrap();
-    assert_eq!(resp.status, 200);
+    flip_byte_in_object(&s3, &key, |_| 0, 0x01);
     let out = sb.run(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(1));
     let report = format!(

@@ -1,5 +1,6 @@
-//! Recycled chunk buffers. Every chunk is copied out of the read window into a buffer of its
-//! own (the sink seals it in place and packs it). The binary serves buffers of this size with
+//! Recycled blob buffers: a restore receives each blob into one (see `restore::content`); a
+//! backup copies every chunk out of the read window into one (the sink seals it in place and
+//! packs it). The binary serves buffers of this size with
 //! their own mappings, so a fresh buffer per chunk costs a page fault per 4 KiB: about 250,000
 //! faults, a CPU-second in the kernel, for a 1 GB backup. So buffers come back here when done
 //! with (a duplicate's from the dedup stage, a compressed blob's plaintext from the encoder)

@@ -2,7 +2,7 @@
 //!
 //! Nodes are visited depth-first with [`TreeWalker`], so memory holds only the trees of the
 //! current path. Directories, links and empty files are made as they are visited; files with
-//! content join a batch, and a full batch is written pack by pack ([`content`]: each pack is
+//! content join a batch, and a full batch is written pack by pack (`content`: each pack is
 //! read once, however many files need it). Every blob is authenticated and hash-checked by the
 //! repository; a file whose data cannot be read (damaged or missing blob) is removed, recorded
 //! as failed, and the restore goes on. A file's metadata is applied once its content is
