@@ -319,23 +319,18 @@ impl Restorer {
             NodeType::File => {
                 let key =
                     (node.links > 1 && node.inode != 0).then_some((node.device_id, node.inode));
+                if key.is_some_and(|k| self.queued_links.contains(&k)) {
+                    // The group's first file is not written yet: write it before linking to
+                    // it (a link never shares a file that turns out damaged).
+                    self.flush().await;
+                }
                 if let Some(first) = key.and_then(|k| self.links.get(&k)).cloned() {
                     remove_existing(dest)?;
                     fs::hard_link(&first, dest)?;
                     self.summary.files += 1;
                     return Ok(());
                 }
-                if key.is_some_and(|k| self.queued_links.contains(&k)) {
-                    // The group's first file is not written yet: write it, then link to it
-                    // (a link never shares a file that turns out damaged).
-                    self.flush().await;
-                    if let Some(first) = key.and_then(|k| self.links.get(&k)).cloned() {
-                        remove_existing(dest)?;
-                        fs::hard_link(&first, dest)?;
-                        self.summary.files += 1;
-                        return Ok(());
-                    }
-                }
+                // The first of its group (or its first failed): written like any other file.
                 drop(create_file(dest)?);
                 let blobs = match self.locate(node.content.as_deref().unwrap_or_default()) {
                     Ok(b) => b,
