@@ -238,3 +238,41 @@ fn backup_against_a_server_that_stays_down_fails_clearly_and_the_repository_surv
     restic_restore_equals(&restic, &src, &tmp.path().join("restore"));
     println!("faults/recovered: backup, restic check --read-data and restore ok");
 }
+
+#[test]
+fn a_pack_read_cut_off_part_way_is_retried_and_the_restore_completes() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // Several blobs, all in one data pack: the restore reads them as one range.
+    let content = pseudo_random_bytes(5, 6 * 1024 * 1024 + 17);
+    fs::write(src.join("big.bin"), &content).unwrap();
+    let direct = Snapback::s3(&s3, PREFIX, PW);
+    direct.run_ok(&["init"]);
+    direct.run_ok(&["backup", src.to_str().unwrap()]);
+    let pack = s3
+        .object_keys(&format!("{PREFIX}/data/"))
+        .into_iter()
+        .max_by_key(|k| s3.get_object(k).map_or(0, |o| o.len()))
+        .unwrap();
+    let pack_name: &'static str = Box::leak(pack.rsplit('/').next().unwrap().into());
+
+    // The first read of the data pack gets half its body, then the connection closes: the
+    // restore streams the pack as one range, and opendal reads the rest again.
+    let proxy = FaultProxy::start(
+        s3.port(),
+        vec![Rule::at("GET", pack_name, &[0], Fault::Truncate)],
+    );
+    let sb = snapback_via(&s3, &proxy, None);
+    let target = tmp.path().join("restored");
+    let out = sb.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(proxy.injected().len(), 1, "{}", proxy.summary());
+    let restored = target.join(src.strip_prefix("/").unwrap()).join("big.bin");
+    assert!(
+        fs::read(restored).unwrap() == content,
+        "restored content differs"
+    );
+}
