@@ -641,19 +641,17 @@ impl RangeReader {
     async fn fill(&mut self, want: u64) -> Result<&mut Bytes, BackendError> {
         use futures::StreamExt;
         let path = &self.path;
+        let short = || BackendError::ShortRead {
+            path: path.clone(),
+            missing: want,
+        };
         let RangeSource::Stream { stream, pending } = &mut self.source else {
-            return Err(BackendError::ShortRead {
-                path: path.clone(),
-                missing: want,
-            });
+            return Err(short());
         };
         while pending.is_empty() {
             if self.left == 0 {
                 // Asked for more than the range holds.
-                return Err(BackendError::ShortRead {
-                    path: self.path.clone(),
-                    missing: want,
-                });
+                return Err(short());
             }
             match stream.next().await {
                 Some(Ok(b)) => {
@@ -666,16 +664,11 @@ impl RangeReader {
                 }
                 Some(Err(source)) => {
                     return Err(BackendError::Read {
-                        path: self.path.clone(),
+                        path: path.clone(),
                         source,
                     })
                 }
-                None => {
-                    return Err(BackendError::ShortRead {
-                        path: self.path.clone(),
-                        missing: want,
-                    })
-                }
+                None => return Err(short()),
             }
         }
         Ok(pending)

@@ -359,12 +359,39 @@ impl Repository {
         buf: &'a mut [u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
+        Ok(match self.open_blob_parts(id, loc, buf, scratch)? {
+            Plain::InPlace(range) => &buf[range],
+            Plain::Scratch => scratch,
+        })
+    }
+
+    /// [`Repository::open_blob_into`] for a `BytesMut`: the plaintext is `buf` itself, frozen,
+    /// unless the blob was compressed.
+    fn open_blob_mut(&self, id: &Id, loc: &BlobLocation, mut buf: BytesMut) -> Result<Bytes> {
+        let mut scratch = Vec::new();
+        Ok(
+            match self.open_blob_parts(id, loc, &mut buf, &mut scratch)? {
+                Plain::InPlace(range) => buf.freeze().slice(range),
+                Plain::Scratch => Bytes::from(scratch),
+            },
+        )
+    }
+
+    /// Authenticates and decrypts `buf` in place, decompresses a compressed blob into
+    /// `scratch`, and checks the plaintext's length and hash.
+    fn open_blob_parts(
+        &self,
+        id: &Id,
+        loc: &BlobLocation,
+        buf: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<Plain> {
         let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
         let range = self.key.open_slice(buf).map_err(|source| Error::Auth {
             file: file(),
             source,
         })?;
-        let plain: &[u8] = match loc.uncompressed_length {
+        let (plain, at) = match loc.uncompressed_length {
             Some(n) => {
                 scratch.clear();
                 scratch.reserve_exact(n as usize);
@@ -377,37 +404,14 @@ impl Repository {
                         format!("decompressed to {got} bytes, the index says {n}"),
                     ));
                 }
-                scratch
+                (&scratch[..], Plain::Scratch)
             }
-            None => &buf[range],
+            None => (&buf[range.clone()], Plain::InPlace(range)),
         };
         if Id::hash(plain) != *id {
             return Err(Error::format(file(), "blob content does not match its id"));
         }
-        Ok(plain)
-    }
-
-    /// Authenticates, decrypts in place, decompresses and hash-checks the encrypted blob in
-    /// `buf`.
-    fn open_blob_mut(&self, id: &Id, loc: &BlobLocation, mut buf: BytesMut) -> Result<Bytes> {
-        let file = || format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
-        self.key
-            .open_in_place(&mut buf)
-            .map_err(|source| Error::Auth {
-                file: file(),
-                source,
-            })?;
-        let plain = match loc.uncompressed_length {
-            Some(n) => Bytes::from(
-                zstd::bulk::decompress(&buf, n as usize)
-                    .map_err(|e| Error::format(file(), format!("cannot decompress: {e}")))?,
-            ),
-            None => buf.freeze(),
-        };
-        if Id::hash(&plain) != *id {
-            return Err(Error::format(file(), "blob content does not match its id"));
-        }
-        Ok(plain)
+        Ok(at)
     }
 
     /// Reads and parses a pack's header.
@@ -463,4 +467,12 @@ async fn load_key_file(backend: &Backend, id: &Id) -> Result<KeyFile> {
     let data = backend.read(FileType::Key, id).await?;
     serde_json::from_slice(&data)
         .map_err(|e| Error::format(FileType::Key.path(id), format!("invalid JSON: {e}")))
+}
+
+/// Where an opened blob's plaintext is.
+enum Plain {
+    /// This part of the decrypted buffer.
+    InPlace(std::ops::Range<usize>),
+    /// The decompression buffer.
+    Scratch,
 }
