@@ -8,7 +8,7 @@ use bytes::Bytes;
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{services, EntryMode, ErrorKind, Operator};
 
-use crate::Id;
+use crate::{local_write, Id};
 
 /// Files at least this large are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
@@ -98,6 +98,15 @@ pub enum BackendError {
         /// Repository-relative path.
         path: String,
         /// What the stream reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a file of a local repository failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// Repository-relative path.
+        path: String,
+        /// What the file system reported.
         #[source]
         source: std::io::Error,
     },
@@ -444,26 +453,26 @@ impl Backend {
     /// Writes `path` so that it appears complete or not at all. An S3 PUT is atomic; on the
     /// local filesystem the data goes to `<path>-tmp-<random>` first (a name no listing takes
     /// for an id, as restic does) and is renamed into place, so a process killed mid-write
-    /// never leaves a truncated index or snapshot file.
+    /// never leaves a truncated index or snapshot file; it is written past opendal, without
+    /// filling the page cache ([`local_write`]).
     async fn write_buffer(&self, path: &str, data: opendal::Buffer) -> Result<(), BackendError> {
-        if !matches!(self.location, Location::Local { .. }) {
+        let Some(root) = &self.local_root else {
             return self
                 .op
                 .write(path, data)
                 .await
                 .map(|_| ())
                 .map_err(|e| map_err(path, e));
-        }
-        let tmp = format!("{path}-tmp-{:016x}", rand::random::<u64>());
-        if let Err(e) = self.op.write(&tmp, data).await {
-            let _ = self.op.delete(&tmp).await;
-            return Err(map_err(path, e));
-        }
-        if let Err(e) = self.op.rename(&tmp, path).await {
-            let _ = self.op.delete(&tmp).await;
-            return Err(map_err(path, e));
-        }
-        Ok(())
+        };
+        let (root, rel) = (root.clone(), path.to_string());
+        let parts: Vec<Bytes> = data.collect();
+        tokio::task::spawn_blocking(move || local_write::write_atomically(&root, &rel, &parts))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| BackendError::Write {
+                path: path.to_string(),
+                source,
+            })
     }
 
     /// Writes file `id` of type `ft`.

@@ -12,6 +12,7 @@ pub mod file;
 pub mod host;
 pub mod id;
 pub mod index;
+pub mod local_write;
 pub mod locking;
 pub mod pack;
 pub mod repository;

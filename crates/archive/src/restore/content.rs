@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -321,11 +321,11 @@ fn open_and_write(
 
 /// Writes `data` at `offset` of the file at `dest` (created before, never a symlink).
 fn write_at(dest: &std::path::Path, data: &[u8], offset: u64) -> std::io::Result<()> {
-    fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)?
-        .write_all_at(data, offset)
+        .open(dest)?;
+    snapback_repo::local_write::write_all_at(&file, data, offset)
 }
 
 #[cfg(test)]
