@@ -441,6 +441,54 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploaded_blobs_buffers_come_back_to_the_pool() {
+        use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
+        use snapback_repo::file::key::KdfParams;
+        use snapback_repo::repository::InitOptions;
+
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
+        let backend =
+            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams {
+                n: 1 << 10,
+                r: 8,
+                p: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        let pool = Arc::new(BufferPool::new(8 << 20));
+        // A pack is closed at 1 MiB: the first three blobs fill one, the last one closes
+        // the second at the end. Random blobs are stored raw, in the very buffers sent.
+        let sink_opts = SinkOptions {
+            pack_size: 1 << 20,
+            ..SinkOptions::default()
+        };
+        let (tx, task) = start(repo, sink_opts, pool.clone());
+        let mut sent = 0;
+        for _ in 0..4 {
+            let mut data = pool.take(400_000 + crypto::OVERHEAD);
+            data.extend_from_slice(&pseudo_random(400_000));
+            sent += data.capacity();
+            let job = BlobJob {
+                id: Id::hash(&data),
+                ty: BlobType::Data,
+                data,
+                share: None,
+            };
+            tx.send(job).await.unwrap();
+        }
+        drop(tx);
+        let stats = task.await.unwrap().unwrap();
+        assert_eq!((stats.data_blobs, stats.packs), (4, 2));
+        // Nothing was compressed or dropped as a duplicate: all that is idle came back from
+        // the uploads.
+        assert_eq!(pool.idle_bytes(), sent);
+    }
+
     #[test]
     fn compressible_blobs_are_compressed_and_random_ones_stored_raw() {
         let key = Key::random();
