@@ -127,6 +127,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_system_without_uncached_writes_gets_buffered_ones() {
+        // tmpfs has no RWF_DONTCACHE: the first write is refused and written again buffered.
+        let dir = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+        let parts = [Bytes::from(vec![7u8; 100_000]), Bytes::from_static(b"tail")];
+        write_atomically(dir.path(), "index/0123", &parts).unwrap();
+        let got = std::fs::read(dir.path().join("index/0123")).unwrap();
+        assert_eq!(got.len(), 100_004);
+        assert!(got.starts_with(&[7u8; 100_000]) && got.ends_with(b"tail"));
+    }
+
+    #[test]
     fn a_failed_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         // The target is a directory: the rename fails after the data was written.
