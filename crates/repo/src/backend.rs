@@ -456,23 +456,14 @@ impl Backend {
     /// never leaves a truncated index or snapshot file; it is written past opendal, without
     /// filling the page cache ([`local_write`]).
     async fn write_buffer(&self, path: &str, data: opendal::Buffer) -> Result<(), BackendError> {
-        let Some(root) = &self.local_root else {
-            return self
-                .op
-                .write(path, data)
-                .await
-                .map(|_| ())
-                .map_err(|e| map_err(path, e));
-        };
-        let (root, rel) = (root.clone(), path.to_string());
-        let parts: Vec<Bytes> = data.collect();
-        tokio::task::spawn_blocking(move || local_write::write_atomically(&root, &rel, &parts))
+        if let Some(root) = &self.local_root {
+            return write_local(root, path, data.collect()).await;
+        }
+        self.op
+            .write(path, data)
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|source| BackendError::Write {
-                path: path.to_string(),
-                source,
-            })
+            .map(|_| ())
+            .map_err(|e| map_err(path, e))
     }
 
     /// Writes file `id` of type `ft`.
@@ -490,12 +481,12 @@ impl Backend {
         parts: Vec<Bytes>,
     ) -> Result<(), BackendError> {
         let path = ft.path(id);
+        if let Some(root) = &self.local_root {
+            return write_local(root, &path, parts).await;
+        }
         let len: usize = parts.iter().map(Bytes::len).sum();
         let buffer = opendal::Buffer::from(parts);
-        let remote = !matches!(self.location, Location::Local { .. });
-        let res = if remote
-            && len >= MULTIPART_THRESHOLD
-            && self.op.info().full_capability().write_can_multi
+        let res = if len >= MULTIPART_THRESHOLD && self.op.info().full_capability().write_can_multi
         {
             self.op
                 .write_with(&path, buffer)
@@ -682,6 +673,22 @@ impl RangeReader {
         }
         Ok(pending)
     }
+}
+
+/// [`Backend::write_buffer`] on the local filesystem under `root`, from the parts as they are.
+async fn write_local(
+    root: &std::path::Path,
+    path: &str,
+    parts: Vec<Bytes>,
+) -> Result<(), BackendError> {
+    let (root, rel) = (root.to_path_buf(), path.to_string());
+    tokio::task::spawn_blocking(move || local_write::write_atomically(&root, &rel, &parts))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| BackendError::Write {
+            path: path.to_string(),
+            source,
+        })
 }
 
 /// Appends up to `n` bytes read at `pos` of `file` to `out`; fewer only at the end of the
