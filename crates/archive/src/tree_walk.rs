@@ -144,6 +144,8 @@ pub struct TreeWalker {
     stack: Vec<Frame>,
     /// The directory yielded last, entered on the next call unless [`TreeWalker::skip_subtree`].
     pending: Option<(String, Node)>,
+    /// Nodes left out of the walk so far (see [`TreeWalker::take_skipped`]).
+    skipped: Vec<(String, String)>,
 }
 
 impl TreeWalker {
@@ -156,6 +158,7 @@ impl TreeWalker {
             root: Some((root, base.to_string())),
             stack: Vec::new(),
             pending: None,
+            skipped: Vec::new(),
         }
     }
 
@@ -164,13 +167,21 @@ impl TreeWalker {
         self.pending = None;
     }
 
+    /// The nodes the walk left out since the last call, as (path, reason): a name that a tree
+    /// repeats is walked once, for its first node (two nodes under one path would let the
+    /// second, say a symlink, redirect what is done for the first).
+    pub fn take_skipped(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.skipped)
+    }
+
     /// The next item, or `None` at the end. A tree that cannot be loaded is reported as an
     /// error once and then treated as empty, so the walk can go on with the next call (its
     /// [`WalkItem::DirEnd`] still comes).
     pub async fn next(&mut self) -> Result<Option<WalkItem>> {
         if let Some((id, base)) = self.root.take() {
             let tree = load_tree(&self.repo, &self.index, &id).await?;
-            self.stack.push(frame(None, base, tree));
+            let f = frame(None, base, tree, &mut self.skipped);
+            self.stack.push(f);
         }
         if let Some((path, node)) = self.pending.take() {
             let loaded = match node.subtree {
@@ -184,8 +195,8 @@ impl TreeWalker {
                 Ok(t) => (t, None),
                 Err(e) => (Tree::default(), Some(e)),
             };
-            self.stack
-                .push(frame(Some((path.clone(), node)), path, tree));
+            let f = frame(Some((path.clone(), node)), path, tree, &mut self.skipped);
+            self.stack.push(f);
             if let Some(e) = err {
                 return Err(e);
             }
@@ -214,9 +225,28 @@ impl TreeWalker {
     }
 }
 
-fn frame(dir: Option<(String, Node)>, path: String, mut tree: Tree) -> Frame {
-    // restic writes trees sorted; sort anyway so the order is guaranteed (byte order, as Go).
+fn frame(
+    dir: Option<(String, Node)>,
+    path: String,
+    mut tree: Tree,
+    skipped: &mut Vec<(String, String)>,
+) -> Frame {
+    // restic writes trees sorted; an unsorted one is tolerated and sorted here (byte order, as
+    // Go). The sort is stable, so of nodes repeating a name the tree's first comes first, and
+    // repeats end up next to each other: found without a set, kept out of the walk.
     tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    tree.nodes.dedup_by(|later, first| {
+        let repeat = later.name == first.name;
+        if repeat {
+            let p = join_path(&path, &later.name);
+            tracing::warn!(path = %p, "tree repeats a name: only its first node is used");
+            skipped.push((
+                p,
+                "the tree repeats this name: only its first node is used".into(),
+            ));
+        }
+        repeat
+    });
     Frame {
         dir,
         path,
@@ -394,6 +424,12 @@ impl EntrySource for SnapshotSource {
                     source: io::Error::other(e),
                 }
             })?;
+            for (path, message) in self.walker.take_skipped() {
+                self.warnings.push(Warning {
+                    path: PathBuf::from(path.trim_start_matches('/')),
+                    message,
+                });
+            }
             let (path, node) = match item {
                 None => return Ok(None),
                 Some(WalkItem::DirEnd { .. }) => continue,

@@ -12,9 +12,7 @@
 //! received or written, and a pool of idle buffers.
 
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -45,8 +43,8 @@ pub(super) struct Placed {
 pub(super) struct ContentWriter {
     shared: Arc<Shared>,
     pack_reads: usize,
-    /// The batch: each file's path and blobs.
-    files: Vec<(PathBuf, Vec<Placed>)>,
+    /// The batch: each file (open since it was created) and its blobs.
+    files: Vec<(Arc<File>, Vec<Placed>)>,
     refs: usize,
 }
 
@@ -92,10 +90,10 @@ impl ContentWriter {
         }
     }
 
-    /// Adds a file (an existing, empty file at `dest`) and its blobs to the batch.
-    pub fn add(&mut self, dest: PathBuf, blobs: Vec<Placed>) {
+    /// Adds a file (created empty by the restore, still open) and its blobs to the batch.
+    pub fn add(&mut self, file: Arc<File>, blobs: Vec<Placed>) {
         self.refs += blobs.len();
-        self.files.push((dest, blobs));
+        self.files.push((file, blobs));
     }
 
     /// Files in the batch.
@@ -118,7 +116,7 @@ impl ContentWriter {
             return outcome;
         }
         let ranges = plan(&files);
-        let dests: Arc<Vec<PathBuf>> = Arc::new(files.into_iter().map(|(d, _)| d).collect());
+        let dests: Arc<Vec<Arc<File>>> = Arc::new(files.into_iter().map(|(f, _)| f).collect());
 
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<TargetResult>>();
         let shared = self.shared.clone();
@@ -150,7 +148,7 @@ impl ContentWriter {
 
 /// Lists the batch's blobs by pack (each blob once, packs in the order the files first need
 /// them) and cuts each pack's blobs into ranges.
-fn plan(files: &[(PathBuf, Vec<Placed>)]) -> Vec<Range> {
+fn plan<F>(files: &[(F, Vec<Placed>)]) -> Vec<Range> {
     let mut packs: Vec<(Id, Vec<Need>)> = Vec::new();
     let mut pack_slot: HashMap<Id, usize> = HashMap::new();
     let mut blob_slot: HashMap<Id, (usize, usize)> = HashMap::new();
@@ -209,7 +207,7 @@ fn plan(files: &[(PathBuf, Vec<Placed>)]) -> Vec<Range> {
 /// every blob not yet received fails with it.
 async fn read_range(
     shared: Arc<Shared>,
-    dests: Arc<Vec<PathBuf>>,
+    dests: Arc<Vec<Arc<File>>>,
     range: Range,
     tx: mpsc::UnboundedSender<Vec<TargetResult>>,
 ) {
@@ -284,7 +282,7 @@ async fn receive(
 /// Opens a received blob and writes it wherever it goes; gives its buffers back.
 fn open_and_write(
     shared: &Shared,
-    dests: &[PathBuf],
+    dests: &[Arc<File>],
     need: &Need,
     mut buf: Vec<u8>,
 ) -> Vec<TargetResult> {
@@ -300,7 +298,7 @@ fn open_and_write(
             .targets
             .iter()
             .map(|&(file, offset)| {
-                let written = write_at(&dests[file], plain, offset)
+                let written = snapback_repo::local_write::write_all_at(&dests[file], plain, offset)
                     .map(|()| plain.len() as u64)
                     .map_err(|e| format!("cannot write: {e}"));
                 (file, written)
@@ -319,18 +317,10 @@ fn open_and_write(
     results
 }
 
-/// Writes `data` at `offset` of the file at `dest` (created before, never a symlink).
-fn write_at(dest: &std::path::Path, data: &[u8], offset: u64) -> std::io::Result<()> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)?;
-    snapback_repo::local_write::write_all_at(&file, data, offset)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn placed(pack: u8, offset: u32, length: u32, id: u8, at: u64) -> Placed {
         Placed {

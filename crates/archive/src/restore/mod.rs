@@ -9,25 +9,26 @@
 //! written, and a directory's after everything in it, so their times stick.
 
 mod content;
+mod fsops;
 mod patterns;
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, FixedOffset};
-use snapback_repo::file::tree::{go_mode, zero_time};
+use rustix::fs::{FileType, Mode, OFlags};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use crate::tree_walk::{path_components, TreeWalker, WalkItem};
+use crate::tree_walk::{TreeWalker, WalkItem};
 use crate::{Error, Result};
 use content::{ContentWriter, Placed};
+pub use fsops::raise_open_file_limit;
+use fsops::LinkSource;
 pub use patterns::PatternList;
 
 /// Directories whose metadata waits for a batch.
@@ -106,6 +107,12 @@ pub struct RestoreSummary {
 /// include/exclude patterns see paths relative to it, starting with `/`; any other node is
 /// written as `target/<name>`.
 ///
+/// Trees are untrusted input (see `fsops`): a node whose name could leave its directory, or
+/// the later nodes of a name a tree repeats, are not restored and are reported in
+/// [`RestoreSummary::failed`]; nothing is written through a symlink, from the snapshot or
+/// already in the target. Raises the process's soft limit of open files to its hard limit
+/// (files wait open for their content), and writes smaller batches when that stays low.
+///
 /// Runs file I/O on the calling task (short, local writes); call it from a multi-threaded
 /// runtime.
 pub async fn restore(
@@ -116,18 +123,29 @@ pub async fn restore(
 ) -> Result<RestoreSummary> {
     let include = PatternList::parse(&opts.include)?;
     let exclude = PatternList::parse(&opts.exclude)?;
+    // The target itself is the caller's choice: created and opened as named, links and all.
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let root = rustix::fs::open(
+        &opts.target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(&opts.target, e.into()))?;
+    // Descriptors: the queued files, the directories waiting for metadata, the current path.
+    let fds = fsops::raise_open_file_limit().saturating_sub(FDS_RESERVED);
     let mut r = Restorer {
         index: index.clone(),
         content: ContentWriter::new(repo.clone(), opts.pack_reads, opts.blob_bytes),
-        batch_files: opts.batch_files.max(1),
+        batch_files: opts.batch_files.max(1).min(fd_share(fds, 2)),
+        batch_dirs: BATCH_DIRS.min(fd_share(fds, 4)),
         batch_blobs: opts.batch_blobs.max(1),
         queued: Vec::new(),
         carried: 0,
         abandoned: false,
         dirs: Vec::new(),
-        target: opts.target.clone(),
-        is_root: is_root(),
+        root: Arc::new(root),
+        levels: Vec::new(),
+        is_root: fsops::is_root(),
         links: HashMap::new(),
         queued_links: HashSet::new(),
         summary: RestoreSummary::default(),
@@ -145,7 +163,12 @@ pub async fn restore(
             let path = format!("/{}", start.name);
             let (selected, _) = select(&include, &exclude, &path, start);
             if selected {
-                r.restore_node(&path, start).await;
+                match node_name(start) {
+                    Ok(name) => {
+                        r.restore_node(&path, name, start).await;
+                    }
+                    Err(message) => r.fail(&path, message),
+                }
             }
             r.flush().await;
             return Ok(r.summary);
@@ -153,13 +176,14 @@ pub async fn restore(
     };
 
     let mut walker = TreeWalker::new(repo.clone(), index, subtree, "/");
-    // For each directory descended into: whether it was selected (its metadata is applied
-    // at its end).
-    let mut descended: Vec<Option<(String, Node)>> = Vec::new();
     let mut first = true;
     let mut last_dir = String::from("/");
     loop {
-        let item = match walker.next().await {
+        let next = walker.next().await;
+        for (path, message) in walker.take_skipped() {
+            r.fail(&path, message);
+        }
+        let item = match next {
             Ok(Some(item)) => item,
             Ok(None) => break,
             // Without the root tree there is nothing to restore.
@@ -172,26 +196,45 @@ pub async fn restore(
         first = false;
         match item {
             WalkItem::Node { path, node } => {
-                let (selected, descend) = select(&include, &exclude, &path, &node);
                 let is_dir = node.node_type == NodeType::Dir;
+                let name = match node_name(&node) {
+                    Ok(name) => name.to_owned(),
+                    Err(message) => {
+                        r.fail(&path, message);
+                        if is_dir {
+                            walker.skip_subtree();
+                        }
+                        continue;
+                    }
+                };
+                let (selected, mut descend) = select(&include, &exclude, &path, &node);
+                let mut fd = None;
                 if selected {
-                    r.restore_node(&path, &node).await;
+                    fd = r.restore_node(&path, &name, &node).await;
+                    // A directory that could not be made has nothing to restore into.
+                    descend &= fd.is_some();
                 }
                 if is_dir {
                     if descend {
                         last_dir = path.clone();
-                        descended.push(selected.then_some((path, node)));
+                        r.levels.push(Level {
+                            name,
+                            fd,
+                            restored: selected.then_some((path, node)),
+                        });
                     } else {
                         walker.skip_subtree();
-                        if selected {
-                            r.finish_dir(path, node).await;
+                        if let Some(fd) = fd {
+                            r.finish_dir(path, node, fd).await;
                         }
                     }
                 }
             }
             WalkItem::DirEnd { .. } => {
-                if let Some(Some((path, node))) = descended.pop() {
-                    r.finish_dir(path, node).await;
+                if let Some(level) = r.levels.pop() {
+                    if let (Some((path, node)), Some(fd)) = (level.restored, level.fd) {
+                        r.finish_dir(path, node, fd).await;
+                    }
                 }
             }
         }
@@ -205,6 +248,27 @@ pub async fn restore(
         "restore finished"
     );
     Ok(r.summary)
+}
+
+/// Descriptors kept free of the restore's own use (repository connections, logs, the runtime).
+const FDS_RESERVED: u64 = 256;
+
+/// `1/part` of `fds` descriptors, at least a few.
+fn fd_share(fds: u64, part: u64) -> usize {
+    usize::try_from(fds / part).unwrap_or(usize::MAX).max(8)
+}
+
+/// The name of a node, checked: the one place restore reads a name from a tree. A name that
+/// is empty, `.` or `..`, or holds `/` or NUL would leave its directory (or fail half way); the
+/// node is not restored, like restic refuses it.
+fn node_name(node: &Node) -> Result<&OsStr, String> {
+    let name = node.name.as_str();
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!(
+            "invalid node name {name:?}: not a name within its directory"
+        ));
+    }
+    Ok(OsStr::new(name))
 }
 
 /// restic's selection: (restore this node, descend into it).
@@ -232,11 +296,23 @@ impl From<io::Error> for NodeFailure {
     }
 }
 
+/// A directory on the current path of the walk.
+struct Level {
+    name: OsString,
+    /// Its descriptor, once made: at once when it is restored itself, when a node inside
+    /// needs it otherwise (a parent of an included node).
+    fd: Option<Arc<OwnedFd>>,
+    /// Its path and node when it is restored itself (metadata at its end).
+    restored: Option<(String, Node)>,
+}
+
 struct Restorer {
     index: Arc<BlobIndex>,
     /// Writes the content of the queued files.
     content: ContentWriter,
     batch_files: usize,
+    /// Directories whose metadata waits for a batch, at most.
+    batch_dirs: usize,
     batch_blobs: usize,
     /// The files (or parts of one) in `content`'s batch, in the same order.
     queued: Vec<Queued>,
@@ -245,11 +321,14 @@ struct Restorer {
     /// An earlier part of the file being queued failed (it is removed; skip the rest).
     abandoned: bool,
     /// Directories whose metadata waits for the queued files (applied in order).
-    dirs: Vec<(String, Node)>,
-    target: PathBuf,
+    dirs: Vec<(String, Node, Arc<OwnedFd>)>,
+    /// The target directory.
+    root: Arc<OwnedFd>,
+    /// The directories from the target down to the current node's parent.
+    levels: Vec<Level>,
     is_root: bool,
-    /// First restored path of each hard-link group, by (device id, inode).
-    links: HashMap<(u64, u64), PathBuf>,
+    /// First restored file of each hard-link group, by (device id, inode).
+    links: HashMap<(u64, u64), LinkSource>,
     /// Hard-link groups whose first file is queued.
     queued_links: HashSet<(u64, u64)>,
     summary: RestoreSummary,
@@ -258,22 +337,20 @@ struct Restorer {
 /// A file queued for its content to be written.
 struct Queued {
     path: String,
-    dest: PathBuf,
+    /// Its directory and name (to remove it if its content fails).
+    parent: Arc<OwnedFd>,
+    name: OsString,
+    /// The file, open since it was created; its content and metadata go through this.
+    file: Arc<fs::File>,
     /// Its node without content; metadata is applied from it when `last`.
     node: Node,
-    /// Its hard-link group.
-    link: Option<(u64, u64)>,
+    /// Its hard-link group and where later members link to.
+    link: Option<((u64, u64), LinkSource)>,
     /// The last (or only) part of the file.
     last: bool,
 }
 
 impl Restorer {
-    fn dest(&self, path: &str) -> PathBuf {
-        let mut p = self.target.clone();
-        p.extend(path_components(path));
-        p
-    }
-
     fn fail(&mut self, path: &str, message: String) {
         tracing::warn!(path, error = %message, "not restored");
         self.summary.failed.push(RestoreProblem {
@@ -290,31 +367,59 @@ impl Restorer {
         });
     }
 
-    async fn restore_node(&mut self, path: &str, node: &Node) {
-        let dest = self.dest(path);
-        if let Err(NodeFailure(message)) = self.create(path, node, &dest).await {
-            self.fail(path, message);
+    /// Restores one node; a directory's descriptor when it is one and could be made.
+    async fn restore_node(
+        &mut self,
+        path: &str,
+        name: &OsStr,
+        node: &Node,
+    ) -> Option<Arc<OwnedFd>> {
+        match self.create(path, name, node).await {
+            Ok(fd) => fd,
+            Err(NodeFailure(message)) => {
+                self.fail(path, message);
+                None
+            }
         }
     }
 
-    /// Creates one node (a directory only gets its entry; its metadata comes in `finish_dir`).
-    async fn create(&mut self, path: &str, node: &Node, dest: &Path) -> Result<(), NodeFailure> {
-        if let Some(parent) = dest.parent() {
-            // Parents of an included node that were not selected themselves.
-            fs::create_dir_all(parent)?;
+    /// The current node's parent directory, making the ones not restored themselves (parents
+    /// of an included node) on the way.
+    fn parent(&mut self) -> Result<Arc<OwnedFd>, NodeFailure> {
+        let made = self
+            .levels
+            .iter()
+            .rposition(|l| l.fd.is_some())
+            .map_or(0, |i| i + 1);
+        let mut fd = match made {
+            0 => self.root.clone(),
+            i => self.levels[i - 1]
+                .fd
+                .clone()
+                .unwrap_or_else(|| self.root.clone()),
+        };
+        for level in &mut self.levels[made..] {
+            let dir = Arc::new(fsops::make_plain_dir(fd.as_fd(), &level.name)?);
+            level.fd = Some(dir.clone());
+            fd = dir;
         }
+        Ok(fd)
+    }
+
+    /// Creates one node (a directory only gets its entry; its metadata comes in `finish_dir`).
+    async fn create(
+        &mut self,
+        path: &str,
+        name: &OsStr,
+        node: &Node,
+    ) -> Result<Option<Arc<OwnedFd>>, NodeFailure> {
+        let parent = self.parent()?;
+        let dir = parent.as_fd();
         match node.node_type {
             NodeType::Dir => {
-                match fs::symlink_metadata(dest) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        fs::remove_file(dest)?;
-                        make_dir(dest)?;
-                    }
-                    Err(_) => make_dir(dest)?,
-                }
+                let fd = fsops::make_node_dir(dir, name)?;
                 self.summary.dirs += 1;
-                return Ok(());
+                return Ok(Some(Arc::new(fd)));
             }
             NodeType::File => {
                 let key =
@@ -324,54 +429,52 @@ impl Restorer {
                     // it (a link never shares a file that turns out damaged).
                     self.flush().await;
                 }
-                if let Some(first) = key.and_then(|k| self.links.get(&k)).cloned() {
-                    remove_existing(dest)?;
-                    fs::hard_link(&first, dest)?;
+                if let Some(first) = key.and_then(|k| self.links.get(&k)) {
+                    fsops::hard_link(self.root.as_fd(), first, dir, name)?;
                     self.summary.files += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
                 // The first of its group (or its first failed): written like any other file.
-                drop(create_file(dest)?);
+                let file = fsops::create_file(dir, name)?;
                 let blobs = match self.locate(node.content.as_deref().unwrap_or_default()) {
                     Ok(b) => b,
                     Err(message) => {
-                        discard(path, dest);
+                        drop(file);
+                        discard(path, dir, name);
                         return Err(NodeFailure(message));
                     }
                 };
+                let link = match key {
+                    Some(k) => {
+                        let dirs = self.levels.iter().map(|l| l.name.clone()).collect();
+                        Some((k, LinkSource::of(&file, dirs, name.to_owned())?))
+                    }
+                    None => None,
+                };
                 // Content, then metadata, when the batch is written.
-                self.queue(path, dest, node, key, blobs).await;
-                return Ok(());
+                let file = Arc::new(file);
+                self.queue(path, &parent, name, file, node, link, blobs)
+                    .await;
+                return Ok(None);
             }
             NodeType::Symlink => {
-                remove_existing(dest)?;
-                std::os::unix::fs::symlink(&node.linktarget, dest)?;
+                fsops::make_symlink(dir, name, OsStr::new(&node.linktarget))?;
                 self.summary.others += 1;
             }
             NodeType::Fifo => {
-                remove_existing(dest)?;
-                let c = cpath(dest)?;
-                // SAFETY: `c` is a valid NUL-terminated path.
-                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(io::Error::last_os_error().into());
-                }
+                fsops::make_special(dir, name, FileType::Fifo, 0)?;
                 self.summary.others += 1;
             }
             NodeType::Dev | NodeType::Chardev => {
-                remove_existing(dest)?;
                 let kind = if node.node_type == NodeType::Dev {
-                    libc::S_IFBLK
+                    FileType::BlockDevice
                 } else {
-                    libc::S_IFCHR
+                    FileType::CharacterDevice
                 };
-                let c = cpath(dest)?;
-                // SAFETY: `c` is a valid NUL-terminated path.
-                if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, node.device as libc::dev_t) } != 0
-                {
-                    let e = io::Error::last_os_error();
+                if let Err(e) = fsops::make_special(dir, name, kind, node.device) {
                     if e.kind() == io::ErrorKind::PermissionDenied {
                         self.warn(path, format!("device node not created: {e}"));
-                        return Ok(());
+                        return Ok(None);
                     }
                     return Err(e.into());
                 }
@@ -380,17 +483,17 @@ impl Restorer {
             NodeType::Socket => {
                 // A socket only exists while a process listens on it; restic skips them too.
                 tracing::debug!(path, "socket not restored");
-                return Ok(());
+                return Ok(None);
             }
             NodeType::Unknown => {
                 self.warn(path, "node of unknown type skipped".into());
-                return Ok(());
+                return Ok(None);
             }
         }
-        for w in apply_metadata(dest, node, self.is_root) {
+        for w in fsops::apply_at_metadata(dir, name, node, self.is_root) {
             self.warn(path, w);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Each blob of a file with where it is stored and its offset in the file.
@@ -418,18 +521,22 @@ impl Restorer {
 
     /// Queues a created file's content (in parts if it does not fit in one batch), writing
     /// the batch whenever it is full.
+    #[allow(clippy::too_many_arguments)]
     async fn queue(
         &mut self,
         path: &str,
-        dest: &Path,
+        parent: &Arc<OwnedFd>,
+        name: &OsStr,
+        file: Arc<fs::File>,
         node: &Node,
-        link: Option<(u64, u64)>,
+        link: Option<((u64, u64), LinkSource)>,
         blobs: Vec<Placed>,
     ) {
         let node = Node {
             content: None,
             ..node.clone()
         };
+        let key = link.as_ref().map(|(k, _)| *k);
         let mut rest = blobs.into_iter().peekable();
         loop {
             let room = self.batch_blobs.saturating_sub(self.content.refs());
@@ -442,19 +549,21 @@ impl Restorer {
             }
             let part: Vec<Placed> = rest.by_ref().take(room).collect();
             let last = rest.peek().is_none();
-            self.content.add(dest.to_path_buf(), part);
+            self.content.add(file.clone(), part);
             self.queued.push(Queued {
                 path: path.to_string(),
-                dest: dest.to_path_buf(),
+                parent: parent.clone(),
+                name: name.to_owned(),
+                file: file.clone(),
                 node: node.clone(),
-                link,
+                link: if last { link.clone() } else { None },
                 last,
             });
             if last {
                 break;
             }
         }
-        if let Some(k) = link {
+        if let Some(k) = key {
             self.queued_links.insert(k);
         }
     }
@@ -471,24 +580,24 @@ impl Restorer {
                     self.check_size(&q.path, written, q.node.size);
                     self.summary.bytes += written;
                     self.summary.files += 1;
-                    for w in apply_metadata(&q.dest, &q.node, self.is_root) {
+                    for w in fsops::apply_fd_metadata(q.file.as_fd(), &q.node, self.is_root) {
                         self.warn(&q.path, w);
                     }
-                    if let Some(k) = q.link {
-                        self.links.insert(k, q.dest);
+                    if let Some((k, source)) = q.link {
+                        self.links.insert(k, source);
                     }
                 }
                 Err(message) => {
                     self.carried = 0;
                     self.abandoned = !q.last;
-                    discard(&q.path, &q.dest);
+                    discard(&q.path, q.parent.as_fd(), &q.name);
                     self.fail(&q.path, message);
                 }
             }
         }
         self.queued_links.clear();
-        for (path, node) in std::mem::take(&mut self.dirs) {
-            self.apply_dir(&path, &node);
+        for (path, node, fd) in std::mem::take(&mut self.dirs) {
+            self.apply_dir(&path, &node, &fd);
         }
     }
 
@@ -504,143 +613,27 @@ impl Restorer {
 
     /// Applies a directory's metadata once everything inside it is written: now, or after
     /// the queued files (and the directories already waiting, which are inside it).
-    async fn finish_dir(&mut self, path: String, node: Node) {
+    async fn finish_dir(&mut self, path: String, node: Node, fd: Arc<OwnedFd>) {
         if self.queued.is_empty() && self.dirs.is_empty() {
-            self.apply_dir(&path, &node);
+            self.apply_dir(&path, &node, &fd);
             return;
         }
-        self.dirs.push((path, node));
-        if self.dirs.len() >= BATCH_DIRS {
+        self.dirs.push((path, node, fd));
+        if self.dirs.len() >= self.batch_dirs {
             self.flush().await;
         }
     }
 
-    fn apply_dir(&mut self, path: &str, node: &Node) {
-        let dest = self.dest(path);
-        if !dest.is_dir() {
-            return;
-        }
-        for w in apply_metadata(&dest, node, self.is_root) {
+    fn apply_dir(&mut self, path: &str, node: &Node, fd: &OwnedFd) {
+        for w in fsops::apply_fd_metadata(fd.as_fd(), node, self.is_root) {
             self.warn(path, w);
         }
     }
 }
 
 /// Removes a file whose content could not be written (never leave it partial).
-fn discard(path: &str, dest: &Path) {
-    if let Err(e) = fs::remove_file(dest) {
-        tracing::warn!(path, dest = %dest.display(), error = %e, "cannot remove partial file");
-    }
-}
-
-/// Creates a file for restoring into (replacing what is there; never following a symlink).
-fn create_file(dest: &Path) -> Result<fs::File, NodeFailure> {
-    remove_existing(dest)?;
-    Ok(fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)?)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn make_dir(dest: &Path) -> io::Result<()> {
-    // Owner-only until its metadata is applied after its contents.
-    fs::DirBuilder::new().mode(0o700).create(dest)
-}
-
-/// Removes a non-directory left at `dest` (a previous restore) so it is replaced, not followed.
-fn remove_existing(dest: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(dest) {
-        Ok(m) if m.is_dir() => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "a directory is in the way",
-        )),
-        Ok(_) => fs::remove_file(dest),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-/// Owner, mode, xattrs and times, in that order (chown clears setuid/setgid, so it goes before
-/// chmod; times last). Returns what could not be applied.
-fn apply_metadata(dest: &Path, node: &Node, is_root: bool) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let symlink = node.node_type == NodeType::Symlink;
-    if let Err(e) = std::os::unix::fs::lchown(dest, Some(node.uid), Some(node.gid)) {
-        // Like cp -a and restic: only root must be able to give files away.
-        if is_root || e.kind() != io::ErrorKind::PermissionDenied {
-            warnings.push(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
-        }
-    }
-    if !symlink {
-        let perm = go_mode::to_unix_perm(node.mode);
-        if let Err(e) = fs::set_permissions(dest, fs::Permissions::from_mode(perm)) {
-            warnings.push(format!("cannot set mode {perm:o}: {e}"));
-        }
-    }
-    match cpath(dest) {
-        Ok(c) => {
-            for x in &node.extended_attributes {
-                let Ok(name) = CString::new(x.name.as_bytes()) else {
-                    warnings.push(format!("extended attribute {:?}: NUL in name", x.name));
-                    continue;
-                };
-                // SAFETY: valid NUL-terminated strings; the value pointer and length match.
-                let rc = unsafe {
-                    libc::lsetxattr(
-                        c.as_ptr(),
-                        name.as_ptr(),
-                        x.value.as_ptr().cast(),
-                        x.value.len(),
-                        0,
-                    )
-                };
-                if rc != 0 {
-                    warnings.push(format!(
-                        "cannot set extended attribute {}: {}",
-                        x.name,
-                        io::Error::last_os_error()
-                    ));
-                }
-            }
-            let atime = if node.atime == zero_time() {
-                &node.mtime
-            } else {
-                &node.atime
-            };
-            let times = [timespec(atime), timespec(&node.mtime)];
-            // SAFETY: valid path and a two-element timespec array, as utimensat requires.
-            let rc = unsafe {
-                libc::utimensat(
-                    libc::AT_FDCWD,
-                    c.as_ptr(),
-                    times.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            };
-            if rc != 0 {
-                warnings.push(format!("cannot set times: {}", io::Error::last_os_error()));
-            }
-        }
-        Err(e) => warnings.push(e.to_string()),
-    }
-    warnings
-}
-
-fn timespec(t: &DateTime<FixedOffset>) -> libc::timespec {
-    libc::timespec {
-        tv_sec: t.timestamp() as libc::time_t,
-        tv_nsec: t.timestamp_subsec_nanos().min(999_999_999) as _,
+fn discard(path: &str, parent: BorrowedFd<'_>, name: &OsStr) {
+    if let Err(e) = fsops::remove_file(parent, name) {
+        tracing::warn!(path, error = %e, "cannot remove partial file");
     }
 }

@@ -1,0 +1,385 @@
+//! Filesystem operations of a restore that never follow a symlink.
+//!
+//! Trees are untrusted (every holder of the repository key can write any tree), and the target
+//! may hold links from before. So nothing is reached through a path the kernel resolves from
+//! the start: each node is created relative to its parent directory's descriptor (opened with
+//! `O_DIRECTORY|O_NOFOLLOW`), a final component that is a link is replaced, never followed,
+//! and metadata goes through a descriptor of the object itself (files, directories) or
+//! through `*at` calls that do not follow the final link (symlinks, fifos, devices).
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use chrono::{DateTime, FixedOffset};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use rustix::process::{Gid, Uid};
+use snapback_repo::file::tree::{go_mode, zero_time};
+use snapback_repo::file::{Node, NodeType};
+
+/// Mode of a directory created for a node until its metadata is applied (after its contents).
+const PRIVATE_DIR: u32 = 0o700;
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+/// Opens the directory `name` in `parent`, never through a link.
+pub(super) fn open_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err)
+}
+
+/// Makes (or reuses) the directory `name` in `parent` and opens it. A non-directory in the
+/// way, a symlink included, is removed first. A new directory has `mode` (owner-only for one
+/// whose metadata comes later).
+pub(super) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<OwnedFd> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode)) {
+        Ok(()) => {}
+        Err(Errno::EXIST) => match open_dir(parent, name) {
+            Ok(fd) => return Ok(fd),
+            // A link or a file: replaced like restic replaces what is in the way.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(io_err)?;
+                rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode)).map_err(io_err)?;
+            }
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(io_err(e)),
+    }
+    open_dir(parent, name)
+}
+
+/// A directory made for a node: owner-only until [`apply_fd_metadata`].
+pub(super) fn make_node_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    make_dir(parent, name, PRIVATE_DIR)
+}
+
+/// A parent of an included node that is not restored itself: mode as `mkdir -p` gives.
+pub(super) fn make_plain_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    make_dir(parent, name, 0o777)
+}
+
+/// Opens the directory at `components` below `root` without following any link, even one
+/// planted since (openat2 with `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS` where the kernel has it,
+/// else one `O_NOFOLLOW` step per component).
+pub(super) fn open_dir_beneath(
+    root: BorrowedFd<'_>,
+    components: &[OsString],
+) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if components.is_empty() {
+        return rustix::fs::openat(root, ".", flags, Mode::empty()).map_err(io_err);
+    }
+    let mut rel = Vec::new();
+    for (i, c) in components.iter().enumerate() {
+        if i > 0 {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(c.as_bytes());
+    }
+    let rel = OsString::from_vec(rel);
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(root, &rel, flags, Mode::empty(), resolve) {
+        Ok(fd) => return Ok(fd),
+        // No openat2 (before Linux 5.6, or filtered by a seccomp profile): step by step.
+        Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let mut dir = open_dir(root, components[0].as_os_str())?;
+    for c in &components[1..] {
+        dir = open_dir(dir.as_fd(), c)?;
+    }
+    Ok(dir)
+}
+
+/// Removes a non-directory at `name` so that it is replaced, not followed or written into.
+fn remove_non_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Err(
+            io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way"),
+        ),
+        Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(io_err),
+        Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Runs `create` (which fails with `EEXIST` when something is at `name`); when something is,
+/// removes it (unless it is a directory) and runs `create` once more.
+fn create_replacing<T>(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    mut create: impl FnMut() -> rustix::io::Result<T>,
+) -> io::Result<T> {
+    match create() {
+        Err(Errno::EXIST) => {
+            remove_non_dir(parent, name)?;
+            create().map_err(io_err)
+        }
+        r => r.map_err(io_err),
+    }
+}
+
+/// Creates the regular file `name` in `parent` (replacing a non-directory there, never
+/// following a link) for writing, owner-only until its metadata is applied.
+pub(super) fn create_file(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = create_replacing(parent, name, || {
+        rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
+    })?;
+    Ok(File::from(fd))
+}
+
+/// Creates the symlink `name` → `target` in `parent`.
+pub(super) fn make_symlink(parent: BorrowedFd<'_>, name: &OsStr, target: &OsStr) -> io::Result<()> {
+    create_replacing(parent, name, || rustix::fs::symlinkat(target, parent, name))
+}
+
+/// Creates a fifo or a device node (`kind`) `name` in `parent`, owner-only.
+pub(super) fn make_special(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    kind: FileType,
+    device: u64,
+) -> io::Result<()> {
+    create_replacing(parent, name, || {
+        rustix::fs::mknodat(parent, name, kind, Mode::from_raw_mode(0o600), device)
+    })
+}
+
+/// Where a file this restore created lives, to hard-link later members of its group to it.
+#[derive(Debug, Clone)]
+pub(super) struct LinkSource {
+    /// Its parent directory's components below the target.
+    pub dir: Vec<OsString>,
+    /// Its name.
+    pub name: OsString,
+    /// Its device and inode, checked before linking so that only that file is shared.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+}
+
+impl LinkSource {
+    /// The source for `file`, created as `name` in the directory at `dir`.
+    pub fn of(file: &File, dir: Vec<OsString>, name: OsString) -> io::Result<LinkSource> {
+        let st = rustix::fs::fstat(file).map_err(io_err)?;
+        Ok(LinkSource {
+            dir,
+            name,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+}
+
+/// Makes `name` in `parent` a hard link to `source` (replacing a non-directory there), if
+/// `source` is still the regular file this restore created.
+pub(super) fn hard_link(
+    root: BorrowedFd<'_>,
+    source: &LinkSource,
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+) -> io::Result<()> {
+    let dir = open_dir_beneath(root, &source.dir)?;
+    let st = rustix::fs::statat(&dir, &source.name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_dev != source.dev
+        || st.st_ino != source.ino
+    {
+        return Err(io::Error::other(
+            "the first file of its hard-link group was replaced",
+        ));
+    }
+    // No AT_SYMLINK_FOLLOW: the link is to that name's own inode, whatever it is by now.
+    create_replacing(parent, name, || {
+        rustix::fs::linkat(&dir, &source.name, parent, name, AtFlags::empty())
+    })
+}
+
+/// Removes `name` from `parent` (a file whose content could not be written).
+pub(super) fn remove_file(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(io_err)
+}
+
+fn timespec(t: &DateTime<FixedOffset>) -> Timespec {
+    Timespec {
+        tv_sec: t.timestamp(),
+        tv_nsec: t.timestamp_subsec_nanos().min(999_999_999).into(),
+    }
+}
+
+fn timestamps(node: &Node) -> Timestamps {
+    let atime = if node.atime == zero_time() {
+        &node.mtime
+    } else {
+        &node.atime
+    };
+    Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(&node.mtime),
+    }
+}
+
+/// Records a failed chown unless it is the expected refusal to a non-root user (like cp -a
+/// and restic, only root must be able to give files away).
+fn owner_warning(result: rustix::io::Result<()>, node: &Node, is_root: bool) -> Option<String> {
+    match result {
+        Ok(()) => None,
+        Err(Errno::PERM) if !is_root => None,
+        Err(e) => Some(format!(
+            "cannot set owner {}:{}: {}",
+            node.uid,
+            node.gid,
+            io_err(e)
+        )),
+    }
+}
+
+/// Owner, mode, xattrs and times of a file or directory this restore created, through its
+/// descriptor. chown first: it clears setuid/setgid, which only the fchmod after it sets.
+/// Returns what could not be applied.
+pub(super) fn apply_fd_metadata(fd: BorrowedFd<'_>, node: &Node, is_root: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let owner = rustix::fs::fchown(
+        fd,
+        Some(Uid::from_raw(node.uid)),
+        Some(Gid::from_raw(node.gid)),
+    );
+    warnings.extend(owner_warning(owner, node, is_root));
+    let perm = go_mode::to_unix_perm(node.mode);
+    if let Err(e) = rustix::fs::fchmod(fd, Mode::from_raw_mode(perm)) {
+        warnings.push(format!("cannot set mode {perm:o}: {}", io_err(e)));
+    }
+    for x in &node.extended_attributes {
+        if let Err(e) = rustix::fs::fsetxattr(fd, x.name.as_str(), &x.value, XattrFlags::empty()) {
+            warnings.push(xattr_warning(&x.name, e));
+        }
+    }
+    if let Err(e) = rustix::fs::futimens(fd, &timestamps(node)) {
+        warnings.push(format!("cannot set times: {}", io_err(e)));
+    }
+    warnings
+}
+
+fn xattr_warning(name: &str, e: Errno) -> String {
+    if name.contains('\0') {
+        return format!("extended attribute {name:?}: NUL in name");
+    }
+    format!("cannot set extended attribute {name}: {}", io_err(e))
+}
+
+/// `/proc/self/fd/<fd>` (a magic link to exactly that open object) joined with `name`.
+fn proc_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> OsString {
+    let mut p = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+    if let Some(name) = name {
+        p.push(b'/');
+        p.extend_from_slice(name.as_bytes());
+    }
+    OsString::from_vec(p)
+}
+
+/// Owner, mode (not for a symlink: Linux has no mode on links), xattrs and times of the
+/// symlink, fifo or device `name` in `parent`, never following it.
+pub(super) fn apply_at_metadata(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    node: &Node,
+    is_root: bool,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let owner = rustix::fs::chownat(
+        parent,
+        name,
+        Some(Uid::from_raw(node.uid)),
+        Some(Gid::from_raw(node.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    );
+    warnings.extend(owner_warning(owner, node, is_root));
+    if node.node_type != NodeType::Symlink {
+        let perm = go_mode::to_unix_perm(node.mode);
+        if let Err(e) = chmod_special(parent, name, perm) {
+            warnings.push(format!("cannot set mode {perm:o}: {e}"));
+        }
+    }
+    if !node.extended_attributes.is_empty() {
+        // The directory through its magic link, the final name not followed (lsetxattr).
+        let path = proc_path(parent, Some(name));
+        for x in &node.extended_attributes {
+            if let Err(e) =
+                rustix::fs::lsetxattr(&path, x.name.as_str(), &x.value, XattrFlags::empty())
+            {
+                warnings.push(xattr_warning(&x.name, e));
+            }
+        }
+    }
+    if let Err(e) =
+        rustix::fs::utimensat(parent, name, &timestamps(node), AtFlags::SYMLINK_NOFOLLOW)
+    {
+        warnings.push(format!("cannot set times: {}", io_err(e)));
+    }
+    warnings
+}
+
+/// chmod of a fifo or device without opening it (opening a device can act on it) and without
+/// following a link: an `O_PATH` descriptor, checked not to be a link, changed through its
+/// `/proc/self/fd` magic link.
+fn chmod_special(parent: BorrowedFd<'_>, name: &OsStr, perm: u32) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err)?;
+    let st = rustix::fs::fstat(&fd).map_err(io_err)?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {}
+        other => {
+            return Err(io::Error::other(format!(
+                "not a special file but {other:?}"
+            )))
+        }
+    }
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        proc_path(fd.as_fd(), None),
+        Mode::from_raw_mode(perm),
+        AtFlags::empty(),
+    )
+    .map_err(io_err)
+}
+
+/// Whether the process runs as root (then a failed chown is worth a warning).
+pub(super) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Raises the soft limit of open files to the hard limit, as the Go runtime does for every
+/// program (restic included): a restore keeps the files of a batch open until their content
+/// is written. Returns the soft limit in effect.
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), max) = (lim.current, lim.maximum) {
+        let want = max.unwrap_or(u64::MAX).min(1 << 20);
+        if want > cur {
+            lim.current = Some(want);
+            if setrlimit(Resource::Nofile, lim).is_ok() {
+                return want;
+            }
+            return cur;
+        }
+        return cur;
+    }
+    u64::MAX
+}
