@@ -521,6 +521,29 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_name_is_walked_once_for_its_first_node() {
+        let mut link = Node::new("a", NodeType::Symlink);
+        link.linktarget = "/etc/shadow".into();
+        let tree = Tree {
+            nodes: vec![
+                Node::new("b", NodeType::File),
+                Node::new("a", NodeType::File),
+                link,
+                Node::new("b", NodeType::Dir),
+            ],
+        };
+        let mut skipped = Vec::new();
+        let f = frame(None, "/d".into(), tree, &mut skipped);
+        let kept: Vec<(String, NodeType)> = f.nodes.map(|n| (n.name, n.node_type)).collect();
+        assert_eq!(
+            kept,
+            vec![("a".into(), NodeType::File), ("b".into(), NodeType::File)]
+        );
+        let paths: Vec<&str> = skipped.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, vec!["/d/a", "/d/b"]);
+    }
+
+    #[test]
     fn escaping_names_are_refused() {
         for bad in ["", ".", "..", "a/b", "a\0"] {
             assert!(check_name(bad).is_err(), "{bad:?}");

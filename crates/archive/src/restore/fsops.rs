@@ -76,6 +76,16 @@ pub(super) fn open_dir_beneath(
     components: &[OsString],
 ) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Names from checked nodes; the step-by-step way below relies on it.
+    if components
+        .iter()
+        .any(|c| c.is_empty() || c == "." || c == ".." || c.as_bytes().contains(&b'/'))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a path beneath the target",
+        ));
+    }
     if components.is_empty() {
         return rustix::fs::openat(root, ".", flags, Mode::empty()).map_err(io_err);
     }
@@ -382,4 +392,102 @@ pub fn raise_open_file_limit() -> u64 {
         return cur;
     }
     u64::MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn dir_fd(p: &std::path::Path) -> OwnedFd {
+        rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn links_in_the_way_are_replaced_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (target, outside) = (tmp.path().join("t"), tmp.path().join("o"));
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"v").unwrap();
+        let victim_mode = std::fs::metadata(outside.join("victim")).unwrap().mode();
+        for name in ["f", "d", "l", "p"] {
+            let to = if name == "d" {
+                outside.clone()
+            } else {
+                outside.join("victim")
+            };
+            std::os::unix::fs::symlink(to, target.join(name)).unwrap();
+        }
+        let root = dir_fd(&target);
+        let file = create_file(root.as_fd(), OsStr::new("f")).unwrap();
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o4755)).unwrap();
+        let d = make_node_dir(root.as_fd(), OsStr::new("d")).unwrap();
+        create_file(d.as_fd(), OsStr::new("child")).unwrap();
+        make_symlink(root.as_fd(), OsStr::new("l"), OsStr::new("elsewhere")).unwrap();
+        make_special(root.as_fd(), OsStr::new("p"), FileType::Fifo, 0).unwrap();
+        let mut node = Node::new("p", NodeType::Fifo);
+        node.mode = go_mode::from_unix(NodeType::Fifo, 0o640);
+        assert!(apply_at_metadata(root.as_fd(), OsStr::new("p"), &node, true).is_empty());
+
+        assert!(std::fs::symlink_metadata(target.join("f"))
+            .unwrap()
+            .is_file());
+        assert!(std::fs::symlink_metadata(target.join("d"))
+            .unwrap()
+            .is_dir());
+        assert_eq!(
+            std::fs::read_link(target.join("l")).unwrap(),
+            OsStr::new("elsewhere")
+        );
+        let p = std::fs::symlink_metadata(target.join("p")).unwrap();
+        assert_eq!(p.mode() & 0o7777, 0o640);
+        let victim = std::fs::metadata(outside.join("victim")).unwrap();
+        assert_eq!(victim.mode(), victim_mode);
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"v");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_directory_in_the_way_of_a_file_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("x")).unwrap();
+        let root = dir_fd(tmp.path());
+        let e = create_file(root.as_fd(), OsStr::new("x")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn paths_beneath_the_target_never_cross_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("t/a/b")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("o")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("o"), tmp.path().join("t/a/l")).unwrap();
+        let root = dir_fd(&tmp.path().join("t"));
+        let comps = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        open_dir_beneath(root.as_fd(), &comps(&["a", "b"])).unwrap();
+        open_dir_beneath(root.as_fd(), &[]).unwrap();
+        assert!(open_dir_beneath(root.as_fd(), &comps(&["a", "l"])).is_err());
+        assert!(open_dir_beneath(root.as_fd(), &comps(&[".."])).is_err());
+        assert!(open_dir_beneath(root.as_fd(), &comps(&["a", "..", ".."])).is_err());
+    }
+
+    #[test]
+    fn a_hard_link_only_shares_the_file_this_restore_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = dir_fd(tmp.path());
+        let file = create_file(root.as_fd(), OsStr::new("first")).unwrap();
+        let source = LinkSource::of(&file, Vec::new(), "first".into()).unwrap();
+        hard_link(root.as_fd(), &source, root.as_fd(), OsStr::new("second")).unwrap();
+        let (a, b) = (
+            std::fs::metadata(tmp.path().join("first")).unwrap(),
+            std::fs::metadata(tmp.path().join("second")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        // Replaced by a link since: refused.
+        std::fs::remove_file(tmp.path().join("first")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("first")).unwrap();
+        assert!(hard_link(root.as_fd(), &source, root.as_fd(), OsStr::new("third")).is_err());
+        assert!(std::fs::symlink_metadata(tmp.path().join("third")).is_err());
+    }
 }

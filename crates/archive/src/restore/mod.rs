@@ -7,6 +7,12 @@
 //! repository; a file whose data cannot be read (damaged or missing blob) is removed, recorded
 //! as failed, and the restore goes on. A file's metadata is applied once its content is
 //! written, and a directory's after everything in it, so their times stick.
+//!
+//! Trees are hostile input: anyone holding the repository key can write one. Every node is
+//! made relative to its parent directory's descriptor and nothing is done through a symlink
+//! (see `fsops`); a node whose name is not a plain name is not restored (listed as failed, as
+//! is every node after the first of a name that a tree repeats), so the restore exits 1 and
+//! names them, the rest is restored.
 
 mod content;
 mod fsops;
