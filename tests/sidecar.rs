@@ -423,6 +423,15 @@ fn bad_schedule_and_url_are_refused_at_start() {
             "http://",
         ),
         (vec!["sidecar"], "nothing to back up"),
+        (
+            vec!["sidecar", "--max-connections", "0", "/data"],
+            "--max-connections",
+        ),
+        (
+            vec!["sidecar", "--api-token-file", "/nonexistent/token", "/data"],
+            "API token file",
+        ),
+        (vec!["sidecar", "--tag", "on-demand", "/data"], "reserved"),
     ] {
         let out = sb.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -578,8 +587,9 @@ fn rapid_requests_cannot_rotate_snapshots_out() {
     restic.run_ok(&["check"]);
 }
 
-/// More connections than --max-connections: the excess is closed at once, memory stays
-/// bounded, and once the idle ones time out the API answers on a fresh connection.
+/// More connections than the cap (--max-connections, default 128): the excess is closed at
+/// once, memory stays bounded, and once the idle ones time out the API answers on a fresh
+/// connection. (On today's main all 2000 stay open until the header timeout.)
 #[test]
 fn connections_beyond_the_cap_are_closed_and_memory_stays_bounded() {
     let tmp = tempfile::tempdir().unwrap();
@@ -590,12 +600,13 @@ fn connections_beyond_the_cap_are_closed_and_memory_stays_bounded() {
     fs::create_dir_all(&data).unwrap();
     let sc = Sidecar::start(
         &sb,
-        &["--max-connections", "16", data.to_str().unwrap()],
+        &[data.to_str().unwrap()],
         false,
         tmp.path().join("sidecar.log"),
     );
     let rss_before = rss_kib(sc.child.id());
     const OPEN: usize = 2000;
+    const CAP: usize = 128;
     let mut conns = Vec::with_capacity(OPEN);
     for _ in 0..OPEN {
         let s = std::net::TcpStream::connect(("127.0.0.1", sc.port)).unwrap();
@@ -621,11 +632,11 @@ fn connections_beyond_the_cap_are_closed_and_memory_stays_bounded() {
         }
     }
     eprintln!(
-        "{OPEN} idle connections, cap 16: {closed} closed at once; RSS {rss_before} KiB -> {rss_during} KiB"
+        "{OPEN} idle connections, cap {CAP}: {closed} closed at once; RSS {rss_before} KiB -> {rss_during} KiB"
     );
     assert!(
-        closed >= OPEN - 16,
-        "only {closed} of {OPEN} connections were closed; the cap is 16"
+        closed >= OPEN - CAP,
+        "only {closed} of {OPEN} connections were closed; the cap is {CAP}"
     );
     assert!(
         rss_during < rss_before + 16 * 1024,
