@@ -525,9 +525,18 @@ impl Backend {
             .map_err(|e| map_err(path, e))?;
             let mut out = Vec::new();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| BackendError::Read {
-                    path: path.to_string(),
-                    source,
+                let chunk = chunk.map_err(|source| {
+                    // The stream reports a missing object only when it is first polled.
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        BackendError::NotFound {
+                            path: path.to_string(),
+                        }
+                    } else {
+                        BackendError::Read {
+                            path: path.to_string(),
+                            source,
+                        }
+                    }
                 })?;
                 if (out.len() + chunk.len()) as u64 > limit {
                     return Err(too_large());

@@ -63,8 +63,10 @@ impl KdfParams {
         match memory.and_then(|m| m.checked_mul(u64::from(self.p))) {
             Some(w) if w <= MAX_KDF_WORK => Ok(()),
             _ => refuse(format!(
-                "p={} makes the derivation {} times as long as N and r alone allow",
-                self.p, self.p
+                "p={} asks for {} of scrypt work (128*r*N*p), more than the limit of {}",
+                self.p,
+                mib(memory.and_then(|m| m.checked_mul(u64::from(self.p)))),
+                mib(Some(MAX_KDF_WORK))
             )),
         }
     }
