@@ -525,17 +525,22 @@ impl Backend {
             .map_err(|e| map_err(path, e))?;
             let mut out = Vec::new();
             while let Some(chunk) = stream.next().await {
+                // The stream reports request failures (a missing object, a refused
+                // connection) only when it is first polled, as opendal errors in an io::Error.
                 let chunk = chunk.map_err(|source| {
-                    // The stream reports a missing object only when it is first polled.
-                    if source.kind() == std::io::ErrorKind::NotFound {
-                        BackendError::NotFound {
-                            path: path.to_string(),
+                    if source.get_ref().is_some_and(|e| e.is::<opendal::Error>()) {
+                        if let Some(Ok(e)) =
+                            source.into_inner().map(|e| e.downcast::<opendal::Error>())
+                        {
+                            return map_err(path, *e);
                         }
-                    } else {
-                        BackendError::Read {
+                        return BackendError::NotFound {
                             path: path.to_string(),
-                            source,
-                        }
+                        };
+                    }
+                    BackendError::Read {
+                        path: path.to_string(),
+                        source,
                     }
                 })?;
                 if (out.len() + chunk.len()) as u64 > limit {
