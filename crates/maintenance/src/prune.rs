@@ -297,7 +297,7 @@ async fn repack(
             open[slot]
                 .add(b.id, b.ty, bytes, b.uncompressed_length)
                 .map_err(|e| Error::Damaged(e.to_string()))?;
-            if open[slot].len() >= pack_size {
+            if open[slot].len() >= pack_size || open[slot].header_full() {
                 let full = std::mem::take(&mut open[slot]);
                 written.push(upload(repo, full).await?);
             }

@@ -112,6 +112,14 @@ async fn wrong_password_is_a_typed_error() {
     assert!(matches!(res, Err(Error::WrongPassword)), "{res:?}");
     let missing = tmp.path().join("nothing").to_str().unwrap().to_string();
     let res = Repository::open(Backend::from_url(&missing).unwrap(), b"x").await;
+    assert!(matches!(res, Err(Error::RepositoryMissing(_))), "{res:?}");
+    assert!(
+        !std::path::Path::new(&missing).exists(),
+        "opening created the directory"
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let res = Repository::open(Backend::from_url(empty.to_str().unwrap()).unwrap(), b"x").await;
     assert!(matches!(res, Err(Error::NotARepository(_))), "{res:?}");
 }
 
