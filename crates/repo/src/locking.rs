@@ -190,6 +190,7 @@ impl Repository {
 
     /// Takes a lock refreshed and judged lost according to `timing`.
     pub async fn lock_with(&self, exclusive: bool, timing: LockTiming) -> Result<RepoLock> {
+        survive_restics_liveness_probe();
         self.check_conflicts(exclusive, None).await?;
         let (id, wall, at) = self.write_lock(exclusive).await?;
         // Someone may have locked between our check and write: check again, ignoring ourselves.
@@ -249,10 +250,17 @@ impl Repository {
     }
 
     async fn judge(&self, id: &Id, here: &Identity) -> Judged {
-        match self.load_json::<LockWithStart>(FileType::Lock, id).await {
+        let mut loaded = self.load_json::<LockWithStart>(FileType::Lock, id).await;
+        if matches!(loaded, Err(ref e) if !is_not_found(e)) {
+            // A store that is not atomic may show a lock file while it is being written
+            // (restic retries too): look once more before calling it unreadable.
+            tokio::time::sleep(UNREADABLE_RETRY).await;
+            loaded = self.load_json::<LockWithStart>(FileType::Lock, id).await;
+        }
+        match loaded {
             Ok(lock) if is_stale(&lock, here) => Judged::Stale,
             Ok(lock) => Judged::Live(lock),
-            Err(Error::Backend(BackendError::NotFound { .. })) => Judged::Gone,
+            Err(e) if is_not_found(&e) => Judged::Gone,
             Err(e) => Judged::Unreadable(e),
         }
     }
@@ -323,6 +331,28 @@ impl Repository {
         }
         Ok(listed.len())
     }
+}
+
+/// Wait before reading an unreadable lock file a second time.
+const UNREADABLE_RETRY: Duration = Duration::from_millis(500);
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Backend(BackendError::NotFound { .. }))
+}
+
+/// restic checks whether the process of a lock on its own host lives by sending it SIGHUP
+/// (`restic unlock`, stale checks), and ignores SIGHUP itself. Without the same, `restic unlock`
+/// on this host would kill a snapback that holds a lock. A handler (not `SIG_IGN`, which
+/// programs we start would inherit) stays installed for the rest of the process.
+fn survive_restics_liveness_probe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(
+        || match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            // Dropping the stream keeps tokio's handler: later SIGHUPs are swallowed.
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot ignore SIGHUP; `restic unlock` on this host would stop us"),
+        },
+    );
 }
 
 /// Refreshes the lock every `timing.refresh_every` until stopped or lost.
