@@ -131,8 +131,15 @@ fn unshare_unavailable() -> Option<String> {
 
 /// `cmd` run in a new PID namespace (with its own /proc), as in another container of a Pod.
 fn unshared(cmd: Command) -> Command {
+    unshared_with(cmd, &[])
+}
+
+/// [`unshared`] with more options for `unshare`.
+fn unshared_with(cmd: Command, options: &[&str]) -> Command {
     let mut u = Command::new("unshare");
-    u.args(["-p", "-f", "--mount-proc"]).arg(cmd.get_program());
+    u.args(["-p", "-f", "--mount-proc"])
+        .args(options)
+        .arg(cmd.get_program());
     u.args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
@@ -142,6 +149,38 @@ fn unshared(cmd: Command) -> Command {
     }
     u.stdin(Stdio::null());
     u
+}
+
+/// Starts `snapback sidecar` in a new PID namespace, waits until it is ready (it has opened
+/// the repository and dealt with stale locks by then) and stops it.
+fn sidecar_starts_in_another_namespace(sb: &Snapback, tmp: &Path) {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = tmp.join("data");
+    fs::create_dir_all(&data).unwrap();
+    let cmd = sb.command(&["sidecar", "--listen", &listen, data.to_str().unwrap()]);
+    let log = tmp.join("sidecar.log");
+    // --kill-child: the sidecar dies with the unshare process we kill below.
+    let mut u = unshared_with(cmd, &["--kill-child"]);
+    u.stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()));
+    let mut child = u.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        match common::http_request(port, "GET", "/readyz", b"") {
+            Ok(r) if r.status == 200 => break true,
+            _ if Instant::now() > deadline => break false,
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "sidecar not ready within 60 s; log:\n{log}");
+    assert!(
+        !log.contains("removed stale"),
+        "the sidecar removed a live lock:\n{log}"
+    );
 }
 
 fn init(tmp: &Path) -> (PathBuf, Snapback, Restic) {
@@ -168,6 +207,15 @@ fn a_lock_from_another_pid_namespace_is_never_taken_for_stale() {
     let ours = Running::start(stream_backup(&sb, "ours.bin"));
     wait_for_locks(&repo_dir, 1);
     let held = lock_files(&repo_dir);
+    // The reported case: a sidecar starting in another container of the Pod removed the
+    // running backup's lock as stale ("removed stale repository locks").
+    sidecar_starts_in_another_namespace(&sb, tmp.path());
+    assert_eq!(
+        lock_files(&repo_dir),
+        held,
+        "the sidecar removed our live lock"
+    );
+
     expect_locked(
         "prune from another PID namespace",
         &unshared(sb.command(&["prune"])).output().unwrap(),
@@ -176,7 +224,6 @@ fn a_lock_from_another_pid_namespace_is_never_taken_for_stale() {
     expect_ok("unlock from another PID namespace", &out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 locks"));
     assert_eq!(lock_files(&repo_dir), held, "our live lock was removed");
-
     // And the other way round: a backup in another namespace holds its lock.
     let theirs = Running::start(unshared(stream_backup(&sb, "theirs.bin")));
     wait_for_locks(&repo_dir, 2);

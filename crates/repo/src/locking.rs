@@ -275,12 +275,12 @@ impl Repository {
                 Judged::Live(lock) => lock,
                 Judged::Stale | Judged::Gone => continue,
                 Judged::Unreadable(e) => {
+                    // The error names the file (`locks/<id>`).
                     return Err(Error::Locked(format!(
-                        "lock {} cannot be read ({e}), so it may be held by anyone; if you are \
+                        "{e}; a lock file that cannot be read may be held by anyone: if you are \
                          sure no other process uses the repository, remove it with `snapback \
-                         unlock --remove-all`",
-                        listed.id
-                    )))
+                         unlock --remove-all`"
+                    )));
                 }
             };
             if exclusive || lock.lock.exclusive {
