@@ -16,6 +16,7 @@ pub mod sidecar;
 pub mod snapshots;
 pub mod stdin;
 pub mod tar;
+pub mod unlock;
 
 use std::process::ExitCode;
 
@@ -86,12 +87,15 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Verify the repository (exit status 1 when it has errors).
     Check(check::CheckArgs),
+    /// Remove stale locks (`--remove-all`: every lock).
+    Unlock(unlock::UnlockArgs),
     /// Run as a Pod's backup daemon: scheduled and requested backups, HTTP API, metrics.
     Sidecar(sidecar::SidecarArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    unlock::apply_test_lock_timing();
     match cli.command {
         Command::Tar(args) => tar::run(&args),
         Command::Backup(args) => runtime()?.block_on(backup::run(&cli.global, &args)),
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Forget(args) => runtime()?.block_on(forget::run(&cli.global, &args)),
         Command::Prune(args) => runtime()?.block_on(prune::run(&cli.global, &args)),
         Command::Check(args) => runtime()?.block_on(check::run(&cli.global, &args)),
+        Command::Unlock(args) => runtime()?.block_on(unlock::run(&cli.global, &args)),
         Command::Sidecar(args) => runtime()?.block_on(sidecar::run(&cli.global, &args)),
     }
 }

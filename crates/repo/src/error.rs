@@ -73,6 +73,10 @@ pub enum Error {
     /// The repository is locked by someone else.
     #[error("repository is locked: {0}")]
     Locked(String),
+    /// Our own lock could not be kept (refresh failed, lock file removed by someone else, not
+    /// refreshed in time): others may take it for stale, so we must not write or delete.
+    #[error("repository lock lost ({0}): stopped before writing a snapshot or deleting anything")]
+    LockLost(String),
 }
 
 impl Error {
