@@ -21,8 +21,8 @@ use snapback_archive::archiver::Progress;
 use snapback_archive::backup::ParentChoice;
 use snapback_archive::sink::SinkOptions;
 use snapback_archive::BackupOptions;
-use snapback_maintenance::{Action, ExpirePolicy, ForgetOptions, SnapshotFilter};
-use snapback_repo::{FileType, Id, Repository};
+use snapback_maintenance::{ExpirePolicy, ForgetOptions, SnapshotFilter};
+use snapback_repo::Repository;
 use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
     ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, JobFuture, Outcome, Report, RunKind,
@@ -309,6 +309,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         filter: SnapshotFilter {
             hosts: vec![host.clone()],
             paths: snapshot_paths.clone(),
+            exclude_tags: vec![ON_DEMAND_TAG.to_string()],
             ..SnapshotFilter::default()
         },
         ..ForgetOptions::default()
@@ -466,53 +467,19 @@ async fn one_backup(config: Arc<JobConfig>, kind: RunKind, cancel: CancellationT
     })
 }
 
-/// Forgets this sidecar's snapshots outside the policy, leaving on-demand snapshots alone. A
-/// failure is logged, not fatal: the new snapshot is saved, and the next success tries again.
-/// Data is freed by `prune`, run elsewhere (it needs an exclusive lock for longer than a
-/// sidecar should hold one).
+/// Forgets this sidecar's snapshots outside the policy; the policy's filter leaves on-demand
+/// snapshots alone. A failure is logged, not fatal: the new snapshot is saved, and the next
+/// success tries again. Data is freed by `prune`, run elsewhere (it needs an exclusive lock for
+/// longer than a sidecar should hold one).
 async fn apply_retention(repo: &Repository, forget: &ForgetOptions) {
-    let lock = match repo.lock(true).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "retention policy not applied");
-            return;
-        }
-    };
-    let result = forget_scheduled(repo, forget).await;
-    if let Err(e) = lock.release().await {
-        tracing::warn!(error = %e, "cannot remove the repository lock");
-    }
-    match result {
-        Ok(removed) => tracing::info!(
-            removed = removed.len(),
-            snapshots = ?removed.iter().map(|id| id.short()).collect::<Vec<_>>(),
+    match snapback_maintenance::forget(repo, forget).await {
+        Ok(report) => tracing::info!(
+            removed = report.removed.len(),
+            snapshots = ?report.removed.iter().map(|id| id.short()).collect::<Vec<_>>(),
             "retention policy applied"
         ),
         Err(e) => tracing::error!(error = %e, "retention policy not applied"),
     }
-}
-
-/// `forget` with the policy, over the selected snapshots that are not on-demand; under the
-/// caller's exclusive lock.
-async fn forget_scheduled(repo: &Repository, forget: &ForgetOptions) -> anyhow::Result<Vec<Id>> {
-    let snapshots: Vec<_> = repo
-        .snapshots()
-        .await?
-        .into_iter()
-        .filter(|(_, s)| !s.tags.iter().any(|t| t == ON_DEMAND_TAG))
-        .collect();
-    let mut removed = Vec::new();
-    for (_, members) in
-        snapback_maintenance::group::group(snapshots, &forget.filter, forget.group_by)
-    {
-        for d in snapback_maintenance::apply_policy(&members, &forget.policy) {
-            if d.action == Action::Remove {
-                repo.backend().remove(FileType::Snapshot, &d.id).await?;
-                removed.push(d.id);
-            }
-        }
-    }
-    Ok(removed)
 }
 
 fn build_source(config: &JobConfig) -> anyhow::Result<Box<dyn EntrySource + Send>> {
