@@ -442,8 +442,38 @@ fn restore_include_and_exclude_match_byte_names() {
         os(b"dir\xff"),
     ]);
     let got = listing(&without.join(f.src.strip_prefix("/").unwrap()).join("d"));
-    assert!(!got.contains(&b"a\xff".to_vec()));
-    assert!(got.contains(&b"a\xfe".to_vec()));
-    assert!(!got.contains(&b"dir\xff".to_vec()));
+    assert!(!got.contains(b"a\xff".as_slice()));
+    assert!(got.contains(b"a\xfe".as_slice()));
+    assert!(!got.contains(b"dir\xff".as_slice()));
     assert_eq!(got.len(), listing(&f.src.join("d")).len() - 3, "{got:?}");
+}
+
+#[test]
+fn backup_excludes_match_byte_names() {
+    if common::skip_without_restic("names") {
+        return;
+    }
+    let f = Fixture::new();
+    // Exclude globs match raw bytes: `?` is one byte here, so `dir?` is `dir\xff` (and its
+    // contents), while `a\xff` and `a\xfe` stay.
+    f.snapback.run_ok(&[
+        OsStr::new("backup"),
+        OsStr::new("-e"),
+        OsStr::new("dir?"),
+        OsStr::new("-e"),
+        OsStr::new("*/d/x?"),
+        f.src.as_os_str(),
+    ]);
+    f.restic.run_ok(&["check"]);
+    let ls = f.restic.run(&["ls", "latest"]).stdout;
+    let names: BTreeSet<&[u8]> = ls
+        .split(|&b| b == b'\n')
+        .filter_map(|l| l.rsplit(|&b| b == b'/').next())
+        .collect();
+    assert!(!names.contains(&b"dir\xff"[..]));
+    assert!(!names.contains(&b"in\xfe"[..]));
+    assert!(!names.contains(&b"x\xff"[..]));
+    // U+FFFD is three bytes: not matched by `x?`.
+    assert!(names.contains("x\u{fffd}".as_bytes()));
+    assert!(names.contains(&b"a\xff"[..]) && names.contains(&b"a\xfe"[..]));
 }
