@@ -146,7 +146,7 @@ async fn verify_latest_snapshot(repo: &Repository) -> (usize, usize) {
                 blobs += 1;
             }
             if node.node_type == snapback_repo::file::NodeType::File {
-                assert_eq!(total, node.size, "{}", node.name);
+                assert_eq!(total, node.size, "{}", String::from_utf8_lossy(&node.name));
             }
         }
     }

@@ -12,7 +12,7 @@ mod content;
 mod patterns;
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -25,7 +25,7 @@ use snapback_repo::file::tree::{go_mode, zero_time};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use crate::tree_walk::{path_components, TreeWalker, WalkItem};
+use crate::tree_walk::{join_path, path_components, TreeWalker, WalkItem};
 use crate::{Error, Result};
 use content::{ContentWriter, Placed};
 pub use patterns::PatternList;
@@ -40,10 +40,11 @@ pub struct RestoreOptions {
     /// `/a/b` is written to `target/a/b`.
     pub target: PathBuf,
     /// Only nodes matching one of these patterns (and, for directories, everything below them)
-    /// are restored; their parent directories are created. Empty: everything.
-    pub include: Vec<String>,
+    /// are restored; their parent directories are created. Empty: everything. Raw bytes, so
+    /// a pattern can name a file whose name is not UTF-8.
+    pub include: Vec<OsString>,
     /// Nodes matching one of these patterns (and everything below them) are skipped.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<OsString>,
     /// Pack ranges read concurrently (each one request on S3).
     pub pack_reads: usize,
     /// Bytes of blobs in memory at once, over all files (a blob counts its encrypted and its
@@ -75,8 +76,8 @@ impl RestoreOptions {
 /// A node that could not be restored (or restored only partly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreProblem {
-    /// Snapshot path of the node (relative to the restored tree's root).
-    pub path: String,
+    /// Snapshot path of the node (relative to the restored tree's root), raw bytes.
+    pub path: PathBuf,
     /// What went wrong.
     pub message: String,
 }
@@ -137,12 +138,12 @@ pub async fn restore(
         (NodeType::Dir, Some(id)) => id,
         (NodeType::Dir, None) => {
             return Err(Error::InvalidTree {
-                tree: start.name.clone(),
+                tree: start.name_lossy().into_owned(),
                 reason: "directory without subtree".into(),
             })
         }
         _ => {
-            let path = format!("/{}", start.name);
+            let path = join_path(Path::new("/"), &start.name);
             let (selected, _) = select(&include, &exclude, &path, start);
             if selected {
                 r.restore_node(&path, start).await;
@@ -152,12 +153,12 @@ pub async fn restore(
         }
     };
 
-    let mut walker = TreeWalker::new(repo.clone(), index, subtree, "/");
+    let mut walker = TreeWalker::new(repo.clone(), index, subtree, Path::new("/"));
     // For each directory descended into: whether it was selected (its metadata is applied
     // at its end).
-    let mut descended: Vec<Option<(String, Node)>> = Vec::new();
+    let mut descended: Vec<Option<(PathBuf, Node)>> = Vec::new();
     let mut first = true;
-    let mut last_dir = String::from("/");
+    let mut last_dir = PathBuf::from("/");
     loop {
         let item = match walker.next().await {
             Ok(Some(item)) => item,
@@ -208,7 +209,7 @@ pub async fn restore(
 }
 
 /// restic's selection: (restore this node, descend into it).
-fn select(include: &PatternList, exclude: &PatternList, path: &str, node: &Node) -> (bool, bool) {
+fn select(include: &PatternList, exclude: &PatternList, path: &Path, node: &Node) -> (bool, bool) {
     let is_dir = node.node_type == NodeType::Dir;
     let (mut selected, mut descend) = if include.is_empty() {
         (true, is_dir)
@@ -245,7 +246,7 @@ struct Restorer {
     /// An earlier part of the file being queued failed (it is removed; skip the rest).
     abandoned: bool,
     /// Directories whose metadata waits for the queued files (applied in order).
-    dirs: Vec<(String, Node)>,
+    dirs: Vec<(PathBuf, Node)>,
     target: PathBuf,
     is_root: bool,
     /// First restored path of each hard-link group, by (device id, inode).
@@ -257,7 +258,7 @@ struct Restorer {
 
 /// A file queued for its content to be written.
 struct Queued {
-    path: String,
+    path: PathBuf,
     dest: PathBuf,
     /// Its node without content; metadata is applied from it when `last`.
     node: Node,
@@ -268,29 +269,29 @@ struct Queued {
 }
 
 impl Restorer {
-    fn dest(&self, path: &str) -> PathBuf {
+    fn dest(&self, path: &Path) -> PathBuf {
         let mut p = self.target.clone();
         p.extend(path_components(path));
         p
     }
 
-    fn fail(&mut self, path: &str, message: String) {
-        tracing::warn!(path, error = %message, "not restored");
+    fn fail(&mut self, path: &Path, message: String) {
+        tracing::warn!(path = %path.display(), error = %message, "not restored");
         self.summary.failed.push(RestoreProblem {
-            path: path.to_string(),
+            path: path.to_path_buf(),
             message,
         });
     }
 
-    fn warn(&mut self, path: &str, message: String) {
-        tracing::warn!(path, warning = %message, "restore warning");
+    fn warn(&mut self, path: &Path, message: String) {
+        tracing::warn!(path = %path.display(), warning = %message, "restore warning");
         self.summary.warnings.push(RestoreProblem {
-            path: path.to_string(),
+            path: path.to_path_buf(),
             message,
         });
     }
 
-    async fn restore_node(&mut self, path: &str, node: &Node) {
+    async fn restore_node(&mut self, path: &Path, node: &Node) {
         let dest = self.dest(path);
         if let Err(NodeFailure(message)) = self.create(path, node, &dest).await {
             self.fail(path, message);
@@ -298,7 +299,7 @@ impl Restorer {
     }
 
     /// Creates one node (a directory only gets its entry; its metadata comes in `finish_dir`).
-    async fn create(&mut self, path: &str, node: &Node, dest: &Path) -> Result<(), NodeFailure> {
+    async fn create(&mut self, path: &Path, node: &Node, dest: &Path) -> Result<(), NodeFailure> {
         if let Some(parent) = dest.parent() {
             // Parents of an included node that were not selected themselves.
             fs::create_dir_all(parent)?;
@@ -345,7 +346,7 @@ impl Restorer {
             }
             NodeType::Symlink => {
                 remove_existing(dest)?;
-                std::os::unix::fs::symlink(&node.linktarget, dest)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&node.linktarget), dest)?;
                 self.summary.others += 1;
             }
             NodeType::Fifo => {
@@ -379,7 +380,7 @@ impl Restorer {
             }
             NodeType::Socket => {
                 // A socket only exists while a process listens on it; restic skips them too.
-                tracing::debug!(path, "socket not restored");
+                tracing::debug!(path = %path.display(), "socket not restored");
                 return Ok(());
             }
             NodeType::Unknown => {
@@ -420,7 +421,7 @@ impl Restorer {
     /// the batch whenever it is full.
     async fn queue(
         &mut self,
-        path: &str,
+        path: &Path,
         dest: &Path,
         node: &Node,
         link: Option<(u64, u64)>,
@@ -444,7 +445,7 @@ impl Restorer {
             let last = rest.peek().is_none();
             self.content.add(dest.to_path_buf(), part);
             self.queued.push(Queued {
-                path: path.to_string(),
+                path: path.to_path_buf(),
                 dest: dest.to_path_buf(),
                 node: node.clone(),
                 link,
@@ -493,7 +494,7 @@ impl Restorer {
     }
 
     /// Warns when a file's content is not the size its node records.
-    fn check_size(&mut self, path: &str, written: u64, recorded: u64) {
+    fn check_size(&mut self, path: &Path, written: u64, recorded: u64) {
         if written != recorded {
             self.warn(
                 path,
@@ -504,7 +505,7 @@ impl Restorer {
 
     /// Applies a directory's metadata once everything inside it is written: now, or after
     /// the queued files (and the directories already waiting, which are inside it).
-    async fn finish_dir(&mut self, path: String, node: Node) {
+    async fn finish_dir(&mut self, path: PathBuf, node: Node) {
         if self.queued.is_empty() && self.dirs.is_empty() {
             self.apply_dir(&path, &node);
             return;
@@ -515,7 +516,7 @@ impl Restorer {
         }
     }
 
-    fn apply_dir(&mut self, path: &str, node: &Node) {
+    fn apply_dir(&mut self, path: &Path, node: &Node) {
         let dest = self.dest(path);
         if !dest.is_dir() {
             return;
@@ -527,9 +528,9 @@ impl Restorer {
 }
 
 /// Removes a file whose content could not be written (never leave it partial).
-fn discard(path: &str, dest: &Path) {
+fn discard(path: &Path, dest: &Path) {
     if let Err(e) = fs::remove_file(dest) {
-        tracing::warn!(path, dest = %dest.display(), error = %e, "cannot remove partial file");
+        tracing::warn!(path = %path.display(), dest = %dest.display(), error = %e, "cannot remove partial file");
     }
 }
 
