@@ -176,7 +176,8 @@ pub fn adjust_global(cli: &mut super::Cli) {
 /// What every backup run needs, prepared once.
 struct JobConfig {
     repo: Repository,
-    paths: Vec<String>,
+    /// Walk roots, exact (the snapshot's path list is JSON text, lossy where not UTF-8).
+    roots: Vec<PathBuf>,
     command: Option<(Vec<String>, StdinMode, String)>,
     walk: WalkOptions,
     template: BackupOptions,
@@ -262,7 +263,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         .host
         .clone()
         .unwrap_or_else(super::backup::default_host);
-    let (command, snapshot_paths, is_path_backup) = if args.stdin_from_command {
+    let (command, snapshot_paths, roots, is_path_backup) = if args.stdin_from_command {
         let mode = match (args.stdin_tar, args.stdin_raw) {
             (true, _) => StdinMode::Tar,
             (_, true) => StdinMode::Raw,
@@ -271,16 +272,20 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         (
             Some((args.paths.clone(), mode, args.stdin_filename.clone())),
             vec![format!("/{}", args.stdin_filename)],
+            Vec::new(),
             false,
         )
     } else {
-        let mut abs = Vec::new();
+        let mut roots = Vec::new();
         for p in &args.paths {
             // Not checked for existence: the application may create its data directory later.
-            let a = std::path::absolute(p).with_context(|| format!("bad path {p}"))?;
-            abs.push(a.to_string_lossy().into_owned());
+            roots.push(std::path::absolute(p).with_context(|| format!("bad path {p}"))?);
         }
-        (None, abs.clone(), true)
+        let paths = roots
+            .iter()
+            .map(|r| r.to_string_lossy().into_owned())
+            .collect();
+        (None, paths, roots, true)
     };
     let mut template = BackupOptions::new(host.clone(), snapshot_paths.clone());
     template.tags = args.tags.clone();
@@ -316,7 +321,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     });
     let config = Arc::new(JobConfig {
         repo,
-        paths: snapshot_paths,
+        roots,
         command,
         walk: WalkOptions {
             one_file_system: args.one_file_system,
@@ -490,10 +495,11 @@ fn build_source(config: &JobConfig) -> anyhow::Result<Box<dyn EntrySource + Send
             Ok(Box::new(CommandGate::new(inner, pipe)))
         }
         None => {
-            for p in &config.paths {
-                std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {p}"))?;
+            for p in &config.roots {
+                std::fs::symlink_metadata(p)
+                    .with_context(|| format!("cannot back up {}", p.display()))?;
             }
-            Ok(Box::new(Walker::new(&config.paths, config.walk.clone())?))
+            Ok(Box::new(Walker::new(&config.roots, config.walk.clone())?))
         }
     }
 }
