@@ -130,7 +130,9 @@ def main():
     key_file = os.path.join(work, "warm.key")
 
     env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
-               AWS_DEFAULT_REGION="us-east-1", POD_UID=POD_UID)
+               AWS_DEFAULT_REGION="us-east-1", POD_UID=POD_UID,
+               # The warm key is sealed to the Pod UID and this (required) key secret.
+               SNAPBACK_KEY_SECRET="startup-bench-key-secret")
     env.pop("RESTIC_PASSWORD", None)
     env.pop("SNAPBACK_KEY_FILE", None)
     with_pw = dict(env, RESTIC_PASSWORD=PASSWORD)

@@ -60,6 +60,14 @@ for path in sys.argv[1:]:
                                ("POD_NAMESPACE", "metadata.namespace")]:
                 got = env.get(var, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
                 check(got == field, f"{name}/{c['name']}: {var} from the downward API ({field})")
+            # The warm key is sealed to the Pod UID *and* a key secret from a mounted Secret.
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            secret_vols = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+            ksf = env.get("SNAPBACK_KEY_SECRET_FILE", {}).get("value", "")
+            check(any(ksf.startswith(p.rstrip("/") + "/") and n in secret_vols for p, n in mounts.items()),
+                  f"{name}/{c['name']}: SNAPBACK_KEY_SECRET_FILE in a volume mounted from a Secret")
+            check("SNAPBACK_KEY_SECRET" not in env,
+                  f"{name}/{c['name']}: the key secret as a file, not a literal env value")
             sc = c.get("securityContext", {})
             check(sc.get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}: allowPrivilegeEscalation false")
             check(sc.get("readOnlyRootFilesystem") is True, f"{name}/{c['name']}: readOnlyRootFilesystem")
@@ -69,6 +77,12 @@ for path in sys.argv[1:]:
             text = yaml.safe_dump(c)
             check("RESTIC_PASSWORD" not in text and "snapback-password" not in text,
                   f"{name}/{c['name']}: the sidecar must not get the repository password")
+            env = {e["name"]: e for e in c.get("env", [])}
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            secret_vols = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+            tf = env.get("SNAPBACK_API_TOKEN_FILE", {}).get("value", "")
+            check(any(tf.startswith(p.rstrip("/") + "/") and n in secret_vols for p, n in mounts.items()),
+                  f"{name}/{c['name']}: SNAPBACK_API_TOKEN_FILE in a volume mounted from a Secret")
             check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz",
                   f"{name}/{c['name']}: liveness on /healthz")
             check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",

@@ -1,8 +1,8 @@
 //! Concurrency and locks: two snapback backups, or snapback and restic, writing one repository
 //! at once both succeed and the real restic checks every byte and restores both snapshots; an
 //! exclusive lock (held in-process through the library, or a restic-format lock from another
-//! host) makes a backup fail clearly; a lock whose process is dead, or whose PID was reused by
-//! another process (different start time), does not block.
+//! host) makes a backup fail clearly; a lock from our own PID namespace whose process is dead,
+//! or whose PID was reused by another process (different start time), does not block.
 
 mod common;
 
@@ -163,13 +163,22 @@ fn start_ticks(pid: u32) -> u64 {
     after.split_whitespace().nth(19).unwrap().parse().unwrap()
 }
 
-/// Writes a lock file as restic (no start time) or snapback (`start_ticks`) would.
+/// How a test lock file describes its process.
+#[derive(Clone, Copy)]
+enum Writer {
+    /// As restic: host and PID only.
+    Restic,
+    /// As snapback: also boot id, PID namespace (ours) and this start time.
+    Snapback(Option<u64>),
+}
+
+/// Writes an exclusive lock file as restic or snapback would.
 fn write_lock(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
     hostname: &str,
     pid: u32,
-    start_ticks: Option<u64>,
+    writer: Writer,
 ) {
     let mut lock = serde_json::json!({
         "time": chrono::Local::now().fixed_offset().to_rfc3339(),
@@ -180,8 +189,16 @@ fn write_lock(
         "uid": 0,
         "gid": 0,
     });
-    if let Some(t) = start_ticks {
-        lock["snapback_start_ticks"] = t.into();
+    if let Writer::Snapback(ticks) = writer {
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let ns = fs::read_link("/proc/self/ns/pid").unwrap();
+        let ns = ns.to_str().unwrap();
+        let ns: u64 = ns["pid:[".len()..ns.len() - 1].parse().unwrap();
+        lock["snapback_boot_id"] = boot.trim().into();
+        lock["snapback_pid_ns"] = ns.into();
+        if let Some(t) = ticks {
+            lock["snapback_start_ticks"] = t.into();
+        }
     }
     rt.block_on(repo.save_json(FileType::Lock, &lock)).unwrap();
 }
@@ -240,35 +257,54 @@ fn exclusive_locks_block_a_backup_and_stale_ones_do_not() {
 
     // 2. A restic-format exclusive lock (no start time) from another host: never stale
     //    while fresh. restic itself refuses to back up too.
-    write_lock(&rt, &repo, "some-other-host", 4242, None);
+    write_lock(&rt, &repo, "some-other-host", 4242, Writer::Restic);
     assert_locked(&backup(&sb, &src), "other host's lock");
     let theirs = restic.run(&["backup", src.to_str().unwrap()]);
     assert!(!theirs.status.success(), "restic ignored the lock");
     clear_locks(&repo_dir);
 
-    // 3. A lock from this host whose process is dead: stale, does not block; restic agrees
-    //    (its `unlock` removes only stale locks).
+    // 3. A lock from this host, boot and PID namespace whose process is dead: stale, does
+    //    not block; restic agrees (its `unlock` removes only stale locks).
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = dead.id();
     dead.wait().unwrap();
-    write_lock(&rt, &repo, &host, dead_pid, None);
+    write_lock(&rt, &repo, &host, dead_pid, Writer::Snapback(None));
     expect_ok("backup beside a dead process's lock", &backup(&sb, &src));
     backups += 1;
+    restic.run_ok(&["unlock"]);
+    assert_eq!(fs::read_dir(repo_dir.join("locks")).unwrap().count(), 0);
+    //    The same lock as restic writes it cannot tell PID namespaces apart (the PID may
+    //    live in another container of the Pod): it blocks until it is 30 minutes old, where
+    //    restic would take it for stale.
+    write_lock(&rt, &repo, &host, dead_pid, Writer::Restic);
+    assert_locked(&backup(&sb, &src), "restic-format lock of a PID not here");
     restic.run_ok(&["unlock"]);
     assert_eq!(fs::read_dir(repo_dir.join("locks")).unwrap().count(), 0);
 
     // 4. This host, a live PID (this test process), recorded start time matching: a live
     //    lock, it blocks ...
     let me = std::process::id();
-    write_lock(&rt, &repo, &host, me, Some(start_ticks(me)));
+    write_lock(
+        &rt,
+        &repo,
+        &host,
+        me,
+        Writer::Snapback(Some(start_ticks(me))),
+    );
     assert_locked(&backup(&sb, &src), "live lock with start time");
     clear_locks(&repo_dir);
     // ... and restic's form of the same lock (no start time) blocks too ...
-    write_lock(&rt, &repo, &host, me, None);
+    write_lock(&rt, &repo, &host, me, Writer::Restic);
     assert_locked(&backup(&sb, &src), "live restic-format lock");
     clear_locks(&repo_dir);
     // ... but with another start time the PID was reused by another process: stale.
-    write_lock(&rt, &repo, &host, me, Some(start_ticks(me) + 12_345));
+    write_lock(
+        &rt,
+        &repo,
+        &host,
+        me,
+        Writer::Snapback(Some(start_ticks(me) + 12_345)),
+    );
     expect_ok("backup beside a reused PID's lock", &backup(&sb, &src));
     backups += 1;
     clear_locks(&repo_dir);
@@ -277,6 +313,7 @@ fn exclusive_locks_block_a_backup_and_stale_ones_do_not() {
     restic.run_ok(&["check", "--read-data"]);
     println!(
         "concurrency/locks: library exclusive lock, other host's lock, live same-host locks \
-         block; dead-PID and reused-PID locks do not; {backups} snapshots"
+         and restic's dead-PID lock block; our namespace's dead-PID and reused-PID locks do \
+         not; {backups} snapshots"
     );
 }

@@ -170,7 +170,9 @@ fn failing_backup(sb: &Snapback, src: &Path) -> (String, Duration) {
         "expected exactly one error line, stderr:\n{stderr}"
     );
     assert!(
-        errors[0].contains("backup failed") || errors[0].contains("storage error"),
+        errors[0].contains("backup failed")
+            || errors[0].contains("storage error")
+            || errors[0].contains("did not answer within"),
         "unclear error: {stderr}"
     );
     (errors[0].to_string(), took)

@@ -88,7 +88,7 @@ async fn verify_every_blob(repo: &Repository) -> usize {
                 blobs += 1;
             }
             if node.node_type == NodeType::File {
-                assert_eq!(size, node.size, "{}", node.name);
+                assert_eq!(size, node.size, "{}", node.name_lossy());
             }
         }
     }

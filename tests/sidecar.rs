@@ -14,6 +14,9 @@ use common::{free_port, http_request, make_tree, pseudo_random_bytes, Restic, S3
 const PW: &str = "sidecar-password-7f3a9c";
 const POD_UID: &str = "4d9b2f6e-1c3a-4e8b-a7d5-0f2e6c8b1a93";
 const HOST: &str = "apps/db-0";
+/// The warm key's secret besides the Pod UID, from a Kubernetes Secret in a Pod.
+const KEY_SECRET: &str = "key-secret-from-a-k8s-secret-5b1e";
+const API_TOKEN: &str = "api-token-from-a-k8s-secret-9d2c7e";
 
 /// A running `snapback sidecar`, its log in a file; killed if the test ends early.
 struct Sidecar {
@@ -140,6 +143,59 @@ fn snapshot_ids(restic: &Restic) -> Vec<String> {
         .collect()
 }
 
+/// The tags of each snapshot, oldest first.
+fn tags_of(restic: &Restic) -> Vec<Vec<String>> {
+    let snaps: Vec<serde_json::Value> = restic.json(&["snapshots"]);
+    snaps
+        .iter()
+        .map(|s| {
+            s["tags"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A POST /backup with `Authorization: {auth}` (none when empty): the status and the head.
+fn post_backup_with(port: u16, auth: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: {auth}\r\n")
+    };
+    let req = format!(
+        "POST /backup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n{auth}Connection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad answer {out:?}"));
+    let head = out.split("\r\n\r\n").next().unwrap_or_default().to_string();
+    (status, head)
+}
+
+/// The resident set size of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
 fn locks(restic: &Restic) -> Vec<String> {
     restic
         .run_ok(&["list", "locks"])
@@ -184,9 +240,15 @@ fn pod_lifecycle_with_warm_key_request_metrics_and_sigterm_cancel() {
     let key = tmp.path().join("run/key");
     fs::create_dir_all(key.parent().unwrap()).unwrap();
 
+    let key_secret = tmp.path().join("secret/key-secret");
+    fs::create_dir_all(key_secret.parent().unwrap()).unwrap();
+    fs::write(&key_secret, format!("{KEY_SECRET}\n")).unwrap();
+
     let mut sb = Snapback::s3(&s3, "pod", PW);
     sb.set_env("POD_UID", POD_UID);
     sb.set_env("SNAPBACK_HOST", HOST);
+    // Mounted from a Secret in both snapback containers; the env var names the file.
+    sb.set_env("SNAPBACK_KEY_SECRET_FILE", key_secret.to_str().unwrap());
     let restic = Restic::s3(&s3, "pod", PW);
     // The init container: creates the repository and the warm key (data dir is not empty).
     sb.run_ok(&[
@@ -311,7 +373,8 @@ fn gate_retention_and_backup_on_shutdown() {
         "post-command ran after a failed pre-command"
     );
 
-    // Gate open: two successes; retention keeps the newest only.
+    // Gate open: two successes on request. They are tagged on-demand and retention does not
+    // follow them, so both stay despite --keep-last 1.
     fs::write(&gate_file, b"").unwrap();
     for n in 1..=2 {
         sc.wait_metric("snapback_backup_in_progress", "idle", |v| v == 0.0);
@@ -324,17 +387,23 @@ fn gate_retention_and_backup_on_shutdown() {
     }
     assert!(post_mark.exists(), "post-command did not run");
     let after_two = snapshot_ids(&restic);
-    assert_eq!(after_two.len(), 1, "--keep-last 1 after two backups");
+    assert_eq!(after_two.len(), 2, "no retention after requested backups");
+    assert_eq!(tags_of(&restic), vec![vec!["on-demand"]; 2]);
 
-    // SIGTERM while idle: one last backup, then exit 0.
+    // SIGTERM while idle: one last backup, then retention (which leaves on-demand snapshots
+    // alone), then exit 0.
     fs::write(data.join("late.txt"), b"written just before shutdown\n").unwrap();
     sc.sigterm();
     let code = sc.wait_exit();
     let text = sc.log_text();
     assert_eq!(code, Some(0), "log:\n{text}");
     let last = snapshot_ids(&restic);
-    assert_eq!(last.len(), 1, "--keep-last 1 after the shutdown backup");
-    assert_ne!(last, after_two, "the shutdown backup saved a new snapshot");
+    assert_eq!(
+        last.len(),
+        3,
+        "the shutdown backup and the two on-demand ones"
+    );
+    assert!(after_two.iter().all(|id| last.contains(id)));
     let out = restic.run_ok(&["ls", "latest"]);
     assert!(out.contains("late.txt"), "{out}");
     assert!(locks(&restic).is_empty());
@@ -354,6 +423,15 @@ fn bad_schedule_and_url_are_refused_at_start() {
             "http://",
         ),
         (vec!["sidecar"], "nothing to back up"),
+        (
+            vec!["sidecar", "--max-connections", "0", "/data"],
+            "--max-connections",
+        ),
+        (
+            vec!["sidecar", "--api-token-file", "/nonexistent/token", "/data"],
+            "API token file",
+        ),
+        (vec!["sidecar", "--tag", "on-demand", "/data"], "reserved"),
     ] {
         let out = sb.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -363,4 +441,299 @@ fn bad_schedule_and_url_are_refused_at_start() {
             "{args:?}: expected {needle:?} in {err}"
         );
     }
+}
+
+/// With --api-token-file, POST /backup needs the bearer token from every peer (loopback too):
+/// none or a wrong one is 401 with `WWW-Authenticate: Bearer` and starts nothing; the right one
+/// starts a backup. The probes and /metrics stay open; the token is in no log line.
+#[test]
+fn backup_requests_need_the_api_token_when_one_is_configured() {
+    require_restic!();
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    let token_file = tmp.path().join("api-token");
+    fs::write(&token_file, format!("{API_TOKEN}\n")).unwrap();
+    let mut sb = Snapback::s3(&s3, "token", PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    let restic = Restic::s3(&s3, "token", PW);
+    sb.run_ok(&["init"]);
+    let mut sb_token = sb.clone();
+    // The env var names the file (as in the manifest); the token itself is never an argument.
+    sb_token.set_env("SNAPBACK_API_TOKEN_FILE", token_file.to_str().unwrap());
+    let sc = Sidecar::start(
+        &sb_token,
+        &[data.to_str().unwrap()],
+        false,
+        tmp.path().join("sidecar.log"),
+    );
+
+    for auth in [
+        String::new(),
+        "Bearer not-the-token-at-all-000000".to_string(),
+        format!("Basic {API_TOKEN}"),
+        format!("Bearer {}", &API_TOKEN[..API_TOKEN.len() - 1]),
+    ] {
+        let (status, head) = post_backup_with(sc.port, &auth);
+        assert_eq!(status, 401, "{auth:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+    }
+    // The harness's request carries another Authorization header: refused as well.
+    assert_eq!(sc.post_backup(), 401);
+    assert_eq!(sc.get("/healthz").0, 200);
+    assert_eq!(sc.get("/readyz").0, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sc.metric("snapback_backup_in_progress"), 0.0);
+    assert_eq!(sc.metric("snapback_backups_total{result=\"success\"}"), 0.0);
+    assert!(
+        snapshot_ids(&restic).is_empty(),
+        "a refused request backed up"
+    );
+
+    let (status, head) = post_backup_with(sc.port, &format!("Bearer {API_TOKEN}"));
+    assert_eq!(status, 202, "{head}");
+    sc.wait_metric(
+        "snapback_backups_total{result=\"success\"}",
+        "a success",
+        |v| v == 1.0,
+    );
+    assert_eq!(snapshot_ids(&restic).len(), 1);
+    let log = sc.log_text();
+    assert!(!log.contains(API_TOKEN), "the token is in the log:\n{log}");
+    assert!(log.contains("no valid bearer token"), "{log}");
+    restic.run_ok(&["check"]);
+}
+
+/// The retention rule: requested backups cannot rotate snapshots out. Three snapshots exist;
+/// three rapid POSTs with --keep-last 2 forget none of them (on today's main the first POST
+/// already forgot one, the third all). The shutdown backup then applies the policy to the
+/// non-on-demand snapshots only: it keeps itself and the newest older one.
+#[test]
+fn rapid_requests_cannot_rotate_snapshots_out() {
+    require_restic!();
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    let mut sb = Snapback::s3(&s3, "rotate", PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    let restic = Restic::s3(&s3, "rotate", PW);
+    sb.run_ok(&["init"]);
+    for n in 0..3 {
+        fs::write(data.join("generation.txt"), format!("{n}\n")).unwrap();
+        sb.run_ok(&["backup", "-q", data.to_str().unwrap()]);
+    }
+    let before = snapshot_ids(&restic);
+    assert_eq!(before.len(), 3);
+
+    let mut sc = Sidecar::start(
+        &sb,
+        &[
+            "--keep-last",
+            "2",
+            "--backup-on-shutdown",
+            "--grace",
+            "60s",
+            data.to_str().unwrap(),
+        ],
+        false,
+        tmp.path().join("sidecar.log"),
+    );
+    for n in 1..=3 {
+        sc.wait_metric("snapback_backup_in_progress", "idle", |v| v == 0.0);
+        assert_eq!(sc.post_backup(), 202);
+        sc.wait_metric(
+            "snapback_backups_total{result=\"success\"}",
+            "a success",
+            |v| v == f64::from(n),
+        );
+    }
+    let after = snapshot_ids(&restic);
+    for id in &before {
+        assert!(
+            after.contains(id),
+            "snapshot {id} existed before the requests and was forgotten; log:\n{}",
+            sc.log_text()
+        );
+    }
+    assert_eq!(after.len(), 6);
+    let on_demand = tags_of(&restic)
+        .iter()
+        .filter(|t| t.iter().any(|t| t == "on-demand"))
+        .count();
+    assert_eq!(on_demand, 3);
+
+    // The shutdown backup is followed by retention over the 3 + 1 scheduled-kind snapshots.
+    sc.sigterm();
+    let code = sc.wait_exit();
+    assert_eq!(code, Some(0), "log:\n{}", sc.log_text());
+    let last = snapshot_ids(&restic);
+    assert_eq!(
+        last.len(),
+        5,
+        "3 on-demand + the shutdown snapshot + the newest older one"
+    );
+    assert!(
+        last.contains(&before[2]),
+        "the newest older snapshot was kept"
+    );
+    assert!(!last.contains(&before[0]) && !last.contains(&before[1]));
+    assert!(locks(&restic).is_empty());
+    restic.run_ok(&["check"]);
+}
+
+/// More connections than the cap (--max-connections, default 128): the excess is closed at
+/// once, memory stays bounded, and once the idle ones time out the API answers on a fresh
+/// connection. (On today's main all 2000 stay open until the header timeout.)
+#[test]
+fn connections_beyond_the_cap_are_closed_and_memory_stays_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let sb = Snapback::new(repo.to_str().unwrap(), PW);
+    sb.run_ok(&["init"]);
+    let data = tmp.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    let sc = Sidecar::start(
+        &sb,
+        &[data.to_str().unwrap()],
+        false,
+        tmp.path().join("sidecar.log"),
+    );
+    let rss_before = rss_kib(sc.child.id());
+    const OPEN: usize = 2000;
+    const CAP: usize = 128;
+    let mut conns = Vec::with_capacity(OPEN);
+    for _ in 0..OPEN {
+        let s = std::net::TcpStream::connect(("127.0.0.1", sc.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_during = rss_kib(sc.child.id());
+    // Count the connections the server closed (EOF or reset) while we held them all.
+    let mut closed = 0;
+    for s in &mut conns {
+        use std::io::Read;
+        let mut buf = [0u8; 8];
+        match s.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                closed += 1
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "{OPEN} idle connections, cap {CAP}: {closed} closed at once; RSS {rss_before} KiB -> {rss_during} KiB"
+    );
+    assert!(
+        closed >= OPEN - CAP,
+        "only {closed} of {OPEN} connections were closed; the cap is {CAP}"
+    );
+    assert!(
+        rss_during < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_during} KiB"
+    );
+    drop(conns);
+    // The held ones time out (5 s at most); then a fresh connection is served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http_request(sc.port, "GET", "/healthz", b"") {
+            if r.status == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz answer after the flood"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Hook and producer commands see none of the secrets nor what the warm key is sealed to.
+#[test]
+fn hooks_and_producers_do_not_see_pod_uid_or_secrets() {
+    require_restic!();
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("run/key");
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let token_file = tmp.path().join("api-token");
+    fs::write(&token_file, API_TOKEN).unwrap();
+    let mut sb = Snapback::s3(&s3, "env", PW);
+    sb.set_env("POD_UID", POD_UID);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    sb.set_env("SNAPBACK_KEY_SECRET", KEY_SECRET);
+    sb.set_env("SNAPBACK_API_TOKEN_FILE", token_file.to_str().unwrap());
+    sb.set_env("HARMLESS_MARKER", "visible-to-hooks");
+    let restic = Restic::s3(&s3, "env", PW);
+    sb.run_ok(&["init", "--key-file", key.to_str().unwrap()]);
+
+    let pre_env = tmp.path().join("pre.env");
+    let post_env = tmp.path().join("post.env");
+    let producer_env = tmp.path().join("producer.env");
+    let pre = format!("env > '{}'", pre_env.display());
+    let post = format!("env > '{}'", post_env.display());
+    let producer = format!("env > '{}'; echo payload", producer_env.display());
+    // The password stays in the environment here, to show that it is removed too.
+    let sc = Sidecar::start(
+        &sb,
+        &[
+            "--key-file",
+            key.to_str().unwrap(),
+            "--pre-command",
+            &pre,
+            "--post-command",
+            &post,
+            "--stdin-from-command",
+            "--stdin-raw",
+            "--",
+            "sh",
+            "-c",
+            &producer,
+        ],
+        false,
+        tmp.path().join("sidecar.log"),
+    );
+    let (status, head) = post_backup_with(sc.port, &format!("Bearer {API_TOKEN}"));
+    assert_eq!(status, 202, "{head}");
+    sc.wait_metric(
+        "snapback_backups_total{result=\"success\"}",
+        "a success",
+        |v| v == 1.0,
+    );
+    for file in [&pre_env, &post_env, &producer_env] {
+        let env = fs::read_to_string(file).unwrap();
+        assert!(env.contains("HARMLESS_MARKER=visible-to-hooks"), "{env}");
+        for secret in [POD_UID, KEY_SECRET, PW, common::TEST_SECRET_KEY] {
+            assert!(
+                !env.contains(secret),
+                "{} shows a secret: {secret}\n{env}",
+                file.display()
+            );
+        }
+        for var in [
+            "POD_UID=",
+            "SNAPBACK_KEY_SECRET=",
+            "SNAPBACK_API_TOKEN_FILE=",
+            "RESTIC_PASSWORD=",
+            "AWS_SECRET_ACCESS_KEY=",
+        ] {
+            assert!(
+                !env.lines().any(|l| l.starts_with(var)),
+                "{} has {var}\n{env}",
+                file.display()
+            );
+        }
+    }
+    assert_eq!(snapshot_ids(&restic).len(), 1);
 }

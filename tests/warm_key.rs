@@ -16,6 +16,8 @@ use snapback_repo::{Backend, Repository};
 const PW: &str = "warm-key-password";
 const POD_UID: &str = "0b5e7c1a-8d2f-4e6b-9c3a-7f1d2e4b6a80";
 const HOST: &str = "apps/db-0";
+/// The key secret besides the Pod UID (from a Kubernetes Secret in a Pod).
+const KEY_SECRET: &str = "warm-key-secret-3c9e1f7a";
 
 fn backend(s3: &S3Server, prefix: &str) -> Backend {
     let creds = S3Credentials {
@@ -42,10 +44,11 @@ fn master_key(s3: &S3Server, prefix: &str) -> Vec<u8> {
     })
 }
 
-/// snapback as a Pod sees it: repository and S3 credentials, Pod UID, host.
+/// snapback as a Pod sees it: repository and S3 credentials, Pod UID, key secret, host.
 fn pod(s3: &S3Server, prefix: &str) -> Snapback {
     let mut sb = Snapback::s3(s3, prefix, PW);
     sb.set_env("POD_UID", POD_UID);
+    sb.set_env("SNAPBACK_KEY_SECRET", KEY_SECRET);
     sb.set_env("SNAPBACK_HOST", HOST);
     sb
 }
@@ -195,7 +198,7 @@ fn wrong_secret_tampering_and_another_repository_are_clear_errors() {
 
     // A key secret the file was not sealed with.
     let mut with_secret = sb.clone();
-    with_secret.set_env("SNAPBACK_KEY_SECRET", "unexpected");
+    with_secret.set_env("SNAPBACK_KEY_SECRET", "another-key-secret-0000");
     let out = run_without_password(&with_secret, &["snapshots", "--key-file", key_arg]);
     assert_one_line_error(&out, "does not open with this Pod's secret");
 
@@ -384,4 +387,63 @@ fn plain_init_still_refuses_an_existing_repository() {
     // The initContainer's form opens it.
     let out = sb.run_ok(&["init", "--if-missing"]);
     assert!(out.contains("opened restic repository"), "{out}");
+}
+
+/// The Pod UID alone is no secret (anyone allowed to read the Pod knows it): `--key-file`
+/// without a key secret is refused before anything is written, and so is a short one; a file
+/// sealed with the secret does not open without it, and opens with it from a file.
+#[test]
+fn the_warm_key_needs_a_key_secret_besides_the_pod_uid() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    let key_arg = key.to_str().unwrap();
+    let sb = pod(&s3, "needsecret");
+    let without_secret = |args: &[&str]| {
+        sb.command(args)
+            .env_remove("SNAPBACK_KEY_SECRET")
+            .output()
+            .unwrap()
+    };
+
+    let out = without_secret(&["init", "--key-file", key_arg]);
+    assert_one_line_error(&out, "needs a key secret");
+    assert!(!key.exists(), "a key file was written without a key secret");
+    assert!(
+        s3.object_keys("needsecret/").is_empty(),
+        "the refused init touched the repository"
+    );
+    let mut short = sb.clone();
+    short.set_env("SNAPBACK_KEY_SECRET", "too-short");
+    let out = short.run(&["init", "--key-file", key_arg]);
+    assert_one_line_error(&out, "at least 16 bytes");
+    assert!(!key.exists());
+
+    sb.run_ok(&["init", "--key-file", key_arg]);
+    let out = sb
+        .command(&["snapshots", "--key-file", key_arg])
+        .env_remove("SNAPBACK_KEY_SECRET")
+        .env_remove("RESTIC_PASSWORD")
+        .env_remove("RESTIC_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "needs a key secret");
+
+    // As in the manifest: the secret from a file of a mounted Secret.
+    let secret_file = tmp.path().join("key-secret");
+    std::fs::write(&secret_file, format!("{KEY_SECRET}\n")).unwrap();
+    let out = sb
+        .command(&[
+            "snapshots",
+            "--key-file",
+            key_arg,
+            "--key-secret-file",
+            secret_file.to_str().unwrap(),
+        ])
+        .env_remove("SNAPBACK_KEY_SECRET")
+        .env_remove("RESTIC_PASSWORD")
+        .env_remove("RESTIC_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -1,7 +1,7 @@
 //! `snapback backup`: paths, or a stream on stdin / from a command.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,8 +23,8 @@ use super::GlobalArgs;
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
     /// Files and directories to back up (or, with --stdin-from-command, the command and its
-    /// arguments).
-    pub paths: Vec<String>,
+    /// arguments). Taken as raw bytes.
+    pub paths: Vec<std::ffi::OsString>,
     /// Read the data from standard input.
     #[arg(long)]
     pub stdin: bool,
@@ -142,21 +142,28 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
             })?;
             (src, vec![format!("/{}", args.stdin_filename)], None)
         } else {
-            let mut paths = Vec::new();
+            let mut roots = Vec::new();
             for p in &args.paths {
-                let abs = std::path::absolute(p).with_context(|| format!("bad path {p}"))?;
+                let abs = std::path::absolute(p)
+                    .with_context(|| format!("bad path {}", Path::new(p).display()))?;
                 std::fs::symlink_metadata(&abs)
                     .with_context(|| format!("cannot back up {}", abs.display()))?;
-                paths.push(abs.to_string_lossy().into_owned());
+                roots.push(abs);
             }
+            // The snapshot's path list is JSON text: lossy for a path that is not UTF-8, as
+            // restic's. The walk itself uses the exact paths.
+            let paths = roots
+                .iter()
+                .map(|r| r.to_string_lossy().into_owned())
+                .collect();
             let walk = WalkOptions {
                 one_file_system: args.one_file_system,
                 excludes: excludes.clone(),
                 mountinfo: args.mountinfo.clone(),
                 ..WalkOptions::default()
             };
-            let scan = Walker::new(&paths, walk.clone())?;
-            (Box::new(Walker::new(&paths, walk)?), paths, Some(scan))
+            let scan = Walker::new(&roots, walk.clone())?;
+            (Box::new(Walker::new(&roots, walk)?), paths, Some(scan))
         };
 
     let is_path_backup = scan.is_some();

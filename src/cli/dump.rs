@@ -1,6 +1,7 @@
 //! `snapback dump`: a file of a snapshot to stdout, or a directory as a tar stream.
 
 use std::io::BufWriter;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use snapback_archive::dump::{dump, DumpOutcome};
@@ -14,8 +15,8 @@ pub struct DumpArgs {
     /// Snapshot: `latest`, an id or a unique id prefix.
     pub snapshot: String,
     /// Absolute path inside the snapshot: a file (its bytes) or a directory (`/` included;
-    /// a tar stream with members named like restic's: `dir/sub/file`).
-    pub path: String,
+    /// a tar stream with members named like restic's: `dir/sub/file`). Taken as raw bytes.
+    pub path: PathBuf,
     /// Take no (non-exclusive) repository lock, e.g. for read-only storage credentials.
     #[arg(long)]
     pub no_lock: bool,

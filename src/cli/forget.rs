@@ -101,6 +101,7 @@ pub async fn run(global: &GlobalArgs, args: &ForgetArgs) -> anyhow::Result<ExitC
             hosts: args.host.clone(),
             tags: parse_tags(&args.tag),
             paths: args.path.clone(),
+            exclude_tags: Vec::new(),
         },
         dry_run: args.dry_run,
     };

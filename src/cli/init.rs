@@ -161,7 +161,7 @@ async fn restore_if_empty(
         )
     })?;
     for w in &summary.warnings {
-        tracing::warn!(path = %w.path, "{}", w.message);
+        tracing::warn!(path = %w.path.display(), "{}", w.message);
     }
     if let Some(first) = summary.failed.first() {
         // The marker stays: the next attempt starts over rather than keep a partial tree.
@@ -170,7 +170,7 @@ async fn restore_if_empty(
             summary.failed.len(),
             id.short(),
             dir.display(),
-            first.path,
+            first.path.display(),
             first.message
         );
     }
@@ -205,7 +205,7 @@ async fn start_node(
     snap: &SnapshotFile,
 ) -> anyhow::Result<Node> {
     if let [path] = snap.paths.as_slice() {
-        match find_node(repo, index, &snap.tree, path).await {
+        match find_node(repo, index, &snap.tree, std::path::Path::new(path)).await {
             Ok(node) => return Ok(node),
             // A tar stream's snapshot path (`/stdin`) is a name, its members sit at the root.
             Err(snapback_archive::Error::PathNotFound(_)) => {}

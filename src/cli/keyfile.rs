@@ -2,9 +2,12 @@
 //! (see `snapback-warmkey`); every other command given `--key-file F` opens the repository with
 //! it, without the password and without the slow key derivation.
 //!
-//! The Pod secret is the Pod UID (`POD_UID`, from the downward API, or `--pod-uid-file`) plus an
-//! optional extra secret (`SNAPBACK_KEY_SECRET` or `--key-secret-file`). Secret values are read
-//! from the environment or files only, never from arguments, and never logged.
+//! The Pod secret is the Pod UID (`POD_UID`, from the downward API, or `--pod-uid-file`) plus a
+//! key secret (`--key-secret-file`, from a Kubernetes Secret, or `SNAPBACK_KEY_SECRET`). The
+//! key secret is required: the UID is no secret (anyone allowed to `get pods` reads it, and it
+//! names the emptyDir's directory on the node), so a file sealed to it alone would open for
+//! whoever can read the file. Secret values are read from the environment or files only,
+//! never from arguments, and never logged.
 
 use std::fs;
 use std::io::{self, Write};
@@ -31,7 +34,9 @@ pub struct WarmKeyArgs {
         value_name = "PATH"
     )]
     pub pod_uid_file: Option<PathBuf>,
-    /// File holding an extra secret the warm key is sealed to (else SNAPBACK_KEY_SECRET, if set).
+    /// File holding the key secret the warm key is sealed to besides the Pod UID (else
+    /// SNAPBACK_KEY_SECRET): required with --key-file, at least 16 bytes, from a Kubernetes
+    /// Secret in a Pod.
     #[arg(
         long,
         env = "SNAPBACK_KEY_SECRET_FILE",
@@ -40,6 +45,10 @@ pub struct WarmKeyArgs {
     )]
     pub key_secret_file: Option<PathBuf>,
 }
+
+/// Shortest key secret accepted: the sealing key is derived with BLAKE3, which is fast, so the
+/// secret must be random bytes, not something guessable.
+pub const MIN_KEY_SECRET_LEN: usize = 16;
 
 /// The Pod secret from the files or the environment.
 pub fn pod_secret(args: &WarmKeyArgs) -> anyhow::Result<PodSecret> {
@@ -64,10 +73,24 @@ pub fn pod_secret(args: &WarmKeyArgs) -> anyhow::Result<PodSecret> {
             .filter(|v| !v.is_empty())
             .map(|v| Zeroizing::new(v.into_encoded_bytes())),
     };
-    if extra.as_ref().is_some_and(|e| e.is_empty()) {
+    let Some(extra) = extra else {
+        bail!(
+            "the warm key needs a key secret besides the Pod UID, which anyone allowed to read \
+             the Pod knows: give --key-secret-file (a file from a Kubernetes Secret) or set \
+             SNAPBACK_KEY_SECRET"
+        );
+    };
+    if extra.is_empty() {
         bail!("the key secret file is empty");
     }
-    Ok(PodSecret::new(uid, extra.as_deref().map(Vec::as_slice))?)
+    if extra.len() < MIN_KEY_SECRET_LEN {
+        bail!(
+            "the key secret must hold at least {MIN_KEY_SECRET_LEN} bytes (it holds {}): use \
+             random bytes, e.g. `head -c 32 /dev/urandom | base64`",
+            extra.len()
+        );
+    }
+    Ok(PodSecret::new(uid, Some(extra.as_slice()))?)
 }
 
 /// Reads a small secret file, without its trailing line break.
@@ -159,6 +182,13 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
     };
     let in_file = || format!("warm key file {}", path.display());
     let header = snapback_warmkey::header(&bytes).with_context(in_file)?;
+    if !header.has_key_secret {
+        bail!(
+            "{}: it is sealed to the Pod UID alone, which is not secret; rerun `snapback init \
+             --key-file` with --key-secret-file (or SNAPBACK_KEY_SECRET) to write a new one",
+            in_file()
+        );
+    }
     let secret = pod_secret(args)?;
     let (key, _) = snapback_warmkey::unseal(&bytes, &secret).with_context(in_file)?;
     let repo = match Repository::open_with_key(backend.clone(), key).await {

@@ -2,6 +2,8 @@
 //! shared by `ls`, `restore` and `dump` (`latest` or an id prefix, narrowed by host and paths).
 
 use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -65,8 +67,8 @@ pub struct LsArgs {
     /// Snapshot: `latest`, an id or a unique id prefix.
     pub snapshot: String,
     /// Only these absolute snapshot paths and their direct children (all below with
-    /// `--recursive`).
-    pub dirs: Vec<String>,
+    /// `--recursive`). Taken as raw bytes.
+    pub dirs: Vec<PathBuf>,
     /// Long listing: mode, uid, gid, size, mtime, path.
     #[arg(short = 'l', long)]
     pub long: bool,
@@ -112,7 +114,11 @@ async fn write_listing(
             "snapshot {} of [{}] filtered by [{}] at {}):",
             opened.id.short(),
             snap.paths.join(" "),
-            args.dirs.join(" "),
+            args.dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
             snap.time.format("%Y-%m-%d %H:%M:%S%.f %z")
         )?;
     }
@@ -121,16 +127,20 @@ async fn write_listing(
         recursive: args.recursive,
     };
     let mut io_error: Option<std::io::Error> = None;
-    let visit = |path: &str, node: &snapback_repo::file::Node| {
-        let res = if args.json {
-            serde_json::to_writer(&mut *out, &JsonNode::new(path, node))
-                .map_err(std::io::Error::other)
-                .and_then(|()| out.write_all(b"\n"))
+    // Paths are printed as their raw bytes, as restic prints them; JSON has to be UTF-8
+    // text, so there they are lossy (as in restic's, U+FFFD for each invalid byte).
+    let visit = |path: &Path, node: &snapback_repo::file::Node| {
+        let line = if args.json {
+            serde_json::to_vec(&JsonNode::new(path, node)).map_err(std::io::Error::other)
         } else if args.long {
-            writeln!(out, "{}", format_long(path, node))
+            Ok(format_long(path, node))
         } else {
-            writeln!(out, "{path}")
+            Ok(path.as_os_str().as_bytes().to_vec())
         };
+        let res = line.and_then(|mut l| {
+            l.push(b'\n');
+            out.write_all(&l)
+        });
         res.map_err(|e| {
             let err = snapback_archive::Error::io(
                 "<stdout>",

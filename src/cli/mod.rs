@@ -16,6 +16,7 @@ pub mod sidecar;
 pub mod snapshots;
 pub mod stdin;
 pub mod tar;
+pub mod unlock;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,10 @@ pub struct GlobalArgs {
     /// More output (repeat for debug logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Seconds one storage request may go unanswered (S3 or local). A request that times out
+    /// is tried once more, then the command fails. Default 60, or SNAPBACK_IO_TIMEOUT_SECS.
+    #[arg(long, value_name = "SECS", global = true)]
+    pub timeout: Option<u64>,
     /// Log as JSON lines (the sidecar's default).
     #[arg(long, global = true)]
     pub log_json: bool,
@@ -82,12 +87,15 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Verify the repository (exit status 1 when it has errors).
     Check(check::CheckArgs),
+    /// Remove stale locks (`--remove-all`: every lock).
+    Unlock(unlock::UnlockArgs),
     /// Run as a Pod's backup daemon: scheduled and requested backups, HTTP API, metrics.
     Sidecar(sidecar::SidecarArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    unlock::apply_test_lock_timing();
     match cli.command {
         Command::Tar(args) => tar::run(&args),
         Command::Backup(args) => runtime()?.block_on(backup::run(&cli.global, &args)),
@@ -99,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Forget(args) => runtime()?.block_on(forget::run(&cli.global, &args)),
         Command::Prune(args) => runtime()?.block_on(prune::run(&cli.global, &args)),
         Command::Check(args) => runtime()?.block_on(check::run(&cli.global, &args)),
+        Command::Unlock(args) => runtime()?.block_on(unlock::run(&cli.global, &args)),
         Command::Sidecar(args) => runtime()?.block_on(sidecar::run(&cli.global, &args)),
     }
 }

@@ -1,6 +1,7 @@
 //! Opening the repository named on the command line with the password from the environment.
 
 use anyhow::{bail, Context};
+use snapback_repo::backend::{Location, RetryPolicy, S3Credentials};
 use snapback_repo::{Backend, Repository};
 use zeroize::Zeroizing;
 
@@ -16,7 +17,15 @@ pub fn location(global: &GlobalArgs) -> anyhow::Result<&str> {
 
 /// The storage backend for the repository.
 pub fn backend(global: &GlobalArgs) -> anyhow::Result<Backend> {
-    Ok(Backend::from_url(location(global)?)?)
+    let mut policy = RetryPolicy::from_env();
+    if let Some(secs) = global.timeout {
+        policy = policy.with_timeout(std::time::Duration::from_secs(secs));
+    }
+    Ok(Backend::new(
+        Location::parse(location(global)?)?,
+        &S3Credentials::from_env(),
+        policy,
+    )?)
 }
 
 /// The password from `--password-file` / `RESTIC_PASSWORD_FILE` or `RESTIC_PASSWORD`. Never

@@ -1,6 +1,8 @@
 //! `snapback restore`: write a snapshot (or one of its subtrees) into a directory.
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use snapback_archive::restore::{restore, RestoreOptions};
@@ -13,18 +15,18 @@ use super::GlobalArgs;
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     /// Snapshot: `latest`, an id or a unique id prefix, optionally `SNAPSHOT:/sub/path` to
-    /// restore only the contents of that directory.
-    pub snapshot: String,
+    /// restore only the contents of that directory (raw bytes).
+    pub snapshot: OsString,
     /// Directory to restore into (created if missing).
     #[arg(short = 't', long)]
     pub target: PathBuf,
     /// Restore only paths matching this pattern (repeatable; restic's syntax, e.g.
     /// `/home/*/docs` or `*.conf`); a matching directory is restored with its contents.
     #[arg(short = 'i', long = "include")]
-    pub include: Vec<String>,
+    pub include: Vec<OsString>,
     /// Do not restore paths matching this pattern (repeatable).
     #[arg(short = 'e', long = "exclude")]
-    pub exclude: Vec<String>,
+    pub exclude: Vec<OsString>,
     /// Pack ranges read concurrently (each pack is read once, in as few ranges as it takes;
     /// one request each on S3).
     #[arg(long, default_value_t = 8)]
@@ -48,11 +50,15 @@ pub struct RestoreArgs {
 
 /// Restores; exits 1 after listing the paths that could not be restored.
 pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    // A snapshot id never contains ':', so the first one separates the sub path.
-    let (spec, subpath) = match args.snapshot.split_once(':') {
-        Some((s, p)) => (s, Some(p)),
-        None => (args.snapshot.as_str(), None),
+    // A snapshot id never contains ':', so the first one separates the sub path (which may
+    // name files whose names are not UTF-8; the snapshot part must be text).
+    let raw = args.snapshot.as_bytes();
+    let (spec, subpath) = match raw.iter().position(|&b| b == b':') {
+        Some(i) => (&raw[..i], Some(Path::new(OsStr::from_bytes(&raw[i + 1..])))),
+        None => (raw, None),
     };
+    let spec = std::str::from_utf8(spec)
+        .map_err(|_| anyhow::anyhow!("snapshot {:?} is not valid UTF-8", args.snapshot))?;
     let opened = open_snapshot(global, spec, &args.filter).await?;
     let lock = if args.no_lock {
         None
@@ -70,7 +76,7 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
             opened.snapshot.paths.join(" "),
             opened.snapshot.time.format("%Y-%m-%d %H:%M:%S%.f %z"),
             subpath
-                .map(|p| format!(" (subtree {p})"))
+                .map(|p| format!(" (subtree {})", p.display()))
                 .unwrap_or_default(),
             args.target.display()
         );
@@ -92,7 +98,7 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
     }
     let summary = result?;
     for w in &summary.warnings {
-        eprintln!("warning: {}: {}", w.path, w.message);
+        eprintln!("warning: {}: {}", w.path.display(), w.message);
     }
     if !global.quiet {
         println!(
@@ -105,7 +111,7 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
     }
     eprintln!("{} paths could not be restored:", summary.failed.len());
     for f in &summary.failed {
-        eprintln!("failed: {}: {}", f.path, f.message);
+        eprintln!("failed: {}: {}", f.path.display(), f.message);
     }
     Ok(ExitCode::from(1))
 }

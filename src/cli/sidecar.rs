@@ -1,7 +1,12 @@
 //! `snapback sidecar`: the long-running daemon of a Pod. It opens the repository once (with the
 //! warm key file when given, so it never needs the password), then backs up the Pod's data on a
 //! schedule or on `POST /backup`, behind an optional consistency gate, applies the retention
-//! policy after each success, and shuts down within a grace period on SIGTERM.
+//! policy after each scheduled success, and shuts down within a grace period on SIGTERM.
+//!
+//! Retention rule: whoever can call `POST /backup` must not be able to rotate good snapshots
+//! out faster than the schedule would. So snapshots taken on request are tagged
+//! [`ON_DEMAND_TAG`], the policy runs only after scheduled (and shutdown) backups, and it
+//! neither counts nor removes on-demand snapshots.
 //!
 //! The scheduling, gate, HTTP API and metrics live in `snapback-sidecar`; this module supplies
 //! the backup job and turns the command line into daemon options.
@@ -19,7 +24,10 @@ use snapback_archive::BackupOptions;
 use snapback_maintenance::{ExpirePolicy, ForgetOptions, SnapshotFilter};
 use snapback_repo::Repository;
 use snapback_sidecar::gate::ReadyUrl;
-use snapback_sidecar::{Daemon, DaemonOptions, Gate, JobFuture, Outcome, Report, Schedule, Shared};
+use snapback_sidecar::{
+    ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, JobFuture, Outcome, Report, RunKind,
+    Schedule, Shared,
+};
 use snapback_stream::entry::EntrySource;
 use snapback_stream::{read_exclude_file, WalkOptions, Walker};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -30,6 +38,11 @@ use super::GlobalArgs;
 
 /// Longest wait between two attempts to reach the repository at startup.
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The tag of snapshots taken on request (`POST /backup`). The retention policy neither counts
+/// nor removes them, so requests cannot rotate scheduled snapshots out; remove them with
+/// `snapback forget --tag on-demand ...` when they are no longer wanted.
+pub const ON_DEMAND_TAG: &str = "on-demand";
 
 fn duration(text: &str) -> Result<Duration, String> {
     snapback_sidecar::parse_duration(text).map_err(|e| e.to_string())
@@ -64,9 +77,18 @@ pub struct SidecarArgs {
     /// Wait up to this much longer, at random, before each scheduled backup (e.g. 5m).
     #[arg(long, value_parser = duration, default_value = "0s", value_name = "DURATION")]
     pub jitter: Duration,
-    /// Address of the HTTP API (/healthz, /readyz, /metrics, POST /backup).
+    /// Address of the HTTP API. /healthz, /readyz and /metrics are open to all (probes and
+    /// Prometheus come from outside the Pod); POST /backup needs the --api-token-file token,
+    /// or, without one, is accepted only from loopback (containers of this Pod).
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
     pub listen: String,
+    /// File holding the bearer token POST /backup requires (`Authorization: Bearer TOKEN`,
+    /// from every peer); at least 16 visible characters, e.g. from a Kubernetes Secret.
+    #[arg(long, env = "SNAPBACK_API_TOKEN_FILE", value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+    /// HTTP connections served at once; further ones are closed at once.
+    #[arg(long, default_value_t = snapback_sidecar::http::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
 
     /// Before each backup, run this with `sh -c`; the backup runs only if it exits 0.
     #[arg(long, value_name = "CMD")]
@@ -81,7 +103,11 @@ pub struct SidecarArgs {
     #[arg(long, value_parser = duration, default_value = "5m", value_name = "DURATION")]
     pub hook_timeout: Duration,
 
-    /// After a successful backup, keep the last N snapshots of this host and paths.
+    /// After a successful scheduled or shutdown backup, keep the last N snapshots of this host
+    /// and paths (the --keep-* options combine as in `forget`). Backups requested with
+    /// POST /backup are tagged "on-demand", are not followed by retention, and are neither
+    /// counted nor removed by it: requests cannot rotate snapshots out faster than the
+    /// schedule would.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub keep_last: u32,
     /// ... and the newest snapshot of each of the last N hours.
@@ -150,7 +176,8 @@ pub fn adjust_global(cli: &mut super::Cli) {
 /// What every backup run needs, prepared once.
 struct JobConfig {
     repo: Repository,
-    paths: Vec<String>,
+    /// Walk roots, exact (the snapshot's path list is JSON text, lossy where not UTF-8).
+    roots: Vec<PathBuf>,
     command: Option<(Vec<String>, StdinMode, String)>,
     walk: WalkOptions,
     template: BackupOptions,
@@ -170,6 +197,16 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         (None, None) => Schedule::Manual,
     };
     let ready_url = args.ready_url.as_deref().map(ReadyUrl::parse).transpose()?;
+    if args.tags.iter().any(|t| t == ON_DEMAND_TAG) {
+        bail!("the tag {ON_DEMAND_TAG:?} is reserved for backups requested with POST /backup");
+    }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let token = match &args.api_token_file {
+        Some(path) => Some(api_token(path)?),
+        None => None,
+    };
     let zstd_level = zstd_level(&args.compression)?;
     super::repo::location(global)?;
     let mut excludes = args.excludes.clone();
@@ -187,12 +224,23 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         .local_addr()
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
     let http_stop = CancellationToken::new();
+    let authenticated = token.is_some();
     let http = tokio::spawn(snapback_sidecar::http::serve(
         listener,
         shared.clone(),
+        HttpOptions {
+            token,
+            max_connections: args.max_connections,
+            ..HttpOptions::default()
+        },
         http_stop.clone(),
     ));
-    tracing::info!(listen = %addr, "HTTP API listening");
+    tracing::info!(
+        listen = %addr,
+        backup_trigger = if authenticated { "bearer token" } else { "loopback peers only" },
+        max_connections = args.max_connections,
+        "HTTP API listening"
+    );
 
     let Some(repo) = open_with_retry(global, &shutdown).await? else {
         tracing::info!("shutdown before the repository was opened");
@@ -215,7 +263,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         .host
         .clone()
         .unwrap_or_else(super::backup::default_host);
-    let (command, snapshot_paths, is_path_backup) = if args.stdin_from_command {
+    let (command, snapshot_paths, roots, is_path_backup) = if args.stdin_from_command {
         let mode = match (args.stdin_tar, args.stdin_raw) {
             (true, _) => StdinMode::Tar,
             (_, true) => StdinMode::Raw,
@@ -224,16 +272,20 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         (
             Some((args.paths.clone(), mode, args.stdin_filename.clone())),
             vec![format!("/{}", args.stdin_filename)],
+            Vec::new(),
             false,
         )
     } else {
-        let mut abs = Vec::new();
+        let mut roots = Vec::new();
         for p in &args.paths {
             // Not checked for existence: the application may create its data directory later.
-            let a = std::path::absolute(p).with_context(|| format!("bad path {p}"))?;
-            abs.push(a.to_string_lossy().into_owned());
+            roots.push(std::path::absolute(p).with_context(|| format!("bad path {p}"))?);
         }
-        (None, abs.clone(), true)
+        let paths = roots
+            .iter()
+            .map(|r| r.to_string_lossy().into_owned())
+            .collect();
+        (None, paths, roots, true)
     };
     let mut template = BackupOptions::new(host.clone(), snapshot_paths.clone());
     template.tags = args.tags.clone();
@@ -262,13 +314,14 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         filter: SnapshotFilter {
             hosts: vec![host.clone()],
             paths: snapshot_paths.clone(),
+            exclude_tags: vec![ON_DEMAND_TAG.to_string()],
             ..SnapshotFilter::default()
         },
         ..ForgetOptions::default()
     });
     let config = Arc::new(JobConfig {
         repo,
-        paths: snapshot_paths,
+        roots,
         command,
         walk: WalkOptions {
             one_file_system: args.one_file_system,
@@ -278,9 +331,9 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         template,
         retention,
     });
-    let job = move |cancel: CancellationToken| -> JobFuture {
+    let job = move |kind: RunKind, cancel: CancellationToken| -> JobFuture {
         let config = config.clone();
-        Box::pin(async move { one_backup(config, cancel).await })
+        Box::pin(async move { one_backup(config, kind, cancel).await })
     };
 
     let gate = Gate {
@@ -359,8 +412,17 @@ async fn open_with_retry(
     }
 }
 
-/// One backup and, after a success, the retention policy.
-async fn one_backup(config: Arc<JobConfig>, cancel: CancellationToken) -> Outcome {
+/// Reads the API token file.
+fn api_token(path: &std::path::Path) -> anyhow::Result<ApiToken> {
+    let contents = zeroize::Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the API token file {}", path.display()))?,
+    );
+    ApiToken::new(&contents).with_context(|| format!("API token file {}", path.display()))
+}
+
+/// One backup and, after a scheduled or shutdown success, the retention policy.
+async fn one_backup(config: Arc<JobConfig>, kind: RunKind, cancel: CancellationToken) -> Outcome {
     let source = {
         let config = config.clone();
         // Walker setup stats the roots and a producer's output is sniffed: blocking work.
@@ -372,6 +434,9 @@ async fn one_backup(config: Arc<JobConfig>, cancel: CancellationToken) -> Outcom
         Err(e) => return Outcome::Failure(format!("preparing the source: {e}")),
     };
     let mut opts = config.template.clone();
+    if kind == RunKind::Requested {
+        opts.tags.push(ON_DEMAND_TAG.to_string());
+    }
     opts.cancel = cancel.clone();
     opts.progress = Arc::new(Progress::default());
     let result = snapback_archive::backup(&config.repo, source, opts).await;
@@ -386,8 +451,14 @@ async fn one_backup(config: Arc<JobConfig>, cancel: CancellationToken) -> Outcom
     for w in &summary.archive.warnings {
         tracing::warn!(warning = %w, "entry not read completely");
     }
-    if let Some(forget) = &config.retention {
-        apply_retention(&config.repo, forget).await;
+    match (&config.retention, kind) {
+        (Some(forget), RunKind::Scheduled | RunKind::Shutdown) => {
+            apply_retention(&config.repo, forget).await;
+        }
+        (Some(_), RunKind::Requested) => {
+            tracing::info!("requested backup: retention runs after scheduled backups only");
+        }
+        (None, _) => {}
     }
     let a = &summary.archive;
     Outcome::Success(Report {
@@ -401,9 +472,10 @@ async fn one_backup(config: Arc<JobConfig>, cancel: CancellationToken) -> Outcom
     })
 }
 
-/// Forgets this sidecar's snapshots outside the policy. A failure is logged, not fatal: the new
-/// snapshot is saved, and the next success tries again. Data is freed by `prune`, run elsewhere
-/// (it needs an exclusive lock for longer than a sidecar should hold one).
+/// Forgets this sidecar's snapshots outside the policy; the policy's filter leaves on-demand
+/// snapshots alone. A failure is logged, not fatal: the new snapshot is saved, and the next
+/// success tries again. Data is freed by `prune`, run elsewhere (it needs an exclusive lock for
+/// longer than a sidecar should hold one).
 async fn apply_retention(repo: &Repository, forget: &ForgetOptions) {
     match snapback_maintenance::forget(repo, forget).await {
         Ok(report) => tracing::info!(
@@ -423,10 +495,11 @@ fn build_source(config: &JobConfig) -> anyhow::Result<Box<dyn EntrySource + Send
             Ok(Box::new(CommandGate::new(inner, pipe)))
         }
         None => {
-            for p in &config.paths {
-                std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {p}"))?;
+            for p in &config.roots {
+                std::fs::symlink_metadata(p)
+                    .with_context(|| format!("cannot back up {}", p.display()))?;
             }
-            Ok(Box::new(Walker::new(&config.paths, config.walk.clone())?))
+            Ok(Box::new(Walker::new(&config.roots, config.walk.clone())?))
         }
     }
 }

@@ -136,11 +136,12 @@ pub struct CommandPipe {
 
 impl CommandPipe {
     /// Starts `argv` with its stdout piped (stdin closed, stderr passed through).
-    pub fn spawn(argv: &[String]) -> anyhow::Result<Self> {
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> anyhow::Result<Self> {
         let (program, args) = argv
             .split_first()
             .context("--stdin-from-command needs a command")?;
-        let mut command = Command::new(program);
+        let program = program.as_ref().to_string_lossy().into_owned();
+        let mut command = Command::new(argv[0].as_ref());
         command
             .args(args)
             .stdin(Stdio::null())
@@ -158,7 +159,7 @@ impl CommandPipe {
         }
         Ok(CommandPipe {
             inner: Arc::new(Mutex::new((child, stdout))),
-            program: program.clone(),
+            program,
         })
     }
 

@@ -12,7 +12,9 @@
 //! directories, never with the size of the data.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -96,8 +98,8 @@ pub struct ArchiveStats {
 }
 
 struct OpenDir {
-    /// Path components from the snapshot root.
-    path: Vec<String>,
+    /// Path components from the snapshot root (raw name bytes).
+    path: Vec<Vec<u8>>,
     /// The directory's own node (without subtree); `None` for the root.
     node: Option<Node>,
     children: Vec<Node>,
@@ -205,11 +207,13 @@ impl Archiver {
     }
 
     fn entry(&mut self, entry: Entry<'_>) -> Result<()> {
-        let comps: Vec<String> = entry
+        // Names are kept as the bytes they are: two names differing in one invalid UTF-8 byte
+        // are two nodes.
+        let comps: Vec<Vec<u8>> = entry
             .path
             .components()
             .filter_map(|c| match c {
-                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                std::path::Component::Normal(s) => Some(s.as_bytes().to_vec()),
                 _ => None,
             })
             .collect();
@@ -314,7 +318,7 @@ impl Archiver {
 
     /// Makes the directory at `parents` the top of the stack, closing finished directories and
     /// opening ones the stream did not describe.
-    fn enter(&mut self, parents: &[String]) -> Result<()> {
+    fn enter(&mut self, parents: &[Vec<u8>]) -> Result<()> {
         while self.stack.len() > 1 && !parents.starts_with(&self.top().path) {
             self.close_top()?;
         }
@@ -337,10 +341,11 @@ impl Archiver {
         Ok(())
     }
 
-    fn implicit_node(&self, comps: &[String]) -> Node {
-        let name = comps.last().map(String::as_str).unwrap_or_default();
+    fn implicit_node(&self, comps: &[Vec<u8>]) -> Node {
+        let name = comps.last().map(Vec::as_slice).unwrap_or_default();
         if self.opts.stat_implicit_dirs {
-            let path = Path::new("/").join(comps.iter().collect::<PathBuf>());
+            let mut path = PathBuf::from("/");
+            path.extend(comps.iter().map(|c| OsStr::from_bytes(c)));
             if let Ok(md) = std::fs::symlink_metadata(&path) {
                 if md.is_dir() {
                     return node_from_entry(name, &EntryKind::Dir, &dir_meta(&md));
@@ -353,7 +358,7 @@ impl Archiver {
     /// If the top directory already holds a finished directory `path`, removes its node and
     /// returns it with its children, so the stream can add to it (a tar stream that returns to
     /// a directory it left). Its first tree blob stays unreferenced; `prune` removes it.
-    fn take_closed(&mut self, path: &[String]) -> Result<Option<(Node, Vec<Node>)>> {
+    fn take_closed(&mut self, path: &[Vec<u8>]) -> Result<Option<(Node, Vec<Node>)>> {
         let Some(name) = path.last() else {
             return Ok(None);
         };
@@ -369,7 +374,7 @@ impl Archiver {
             return Err(Error::Stream(format!(
                 "the stream returns to directory /{} long after leaving it (its listing is no \
                  longer cached); group each directory's members together, as `tar -c` does",
-                path.join("/")
+                String::from_utf8_lossy(&path.join(&b'/'))
             )));
         };
         let mut node = self.top_mut().children.remove(pos);
@@ -377,7 +382,7 @@ impl Archiver {
         Ok(Some((node, children)))
     }
 
-    fn parent_subtree(&self, name: &str) -> Result<Option<Tree>> {
+    fn parent_subtree(&self, name: &[u8]) -> Result<Option<Tree>> {
         let sub = self
             .top()
             .parent
@@ -411,7 +416,9 @@ impl Archiver {
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
         let (id, children, len) = self.write_tree(dir.children)?;
         self.closed.insert(dir.path, children, len);
-        let mut node = dir.node.unwrap_or_else(|| implicit_dir("", self.opts.time));
+        let mut node = dir
+            .node
+            .unwrap_or_else(|| implicit_dir(b"", self.opts.time));
         node.subtree = Some(id);
         node.content = None;
         self.top_mut().children.push(node);
@@ -420,7 +427,8 @@ impl Archiver {
 
     /// Writes a tree blob; returns its id, its (sorted) nodes and its encoded size.
     fn write_tree(&mut self, mut nodes: Vec<Node>) -> Result<(Id, Vec<Node>, usize)> {
-        // Sorted by name, and a name given twice in a stream keeps its last entry.
+        // Sorted by name bytes (as restic, which sorts Go strings), and a name given twice in a
+        // stream keeps its last entry.
         nodes.reverse();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes.dedup_by(|later, earlier| later.name == earlier.name);
@@ -525,8 +533,8 @@ impl Archiver {
 
 /// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.
 struct ClosedDirs {
-    map: HashMap<Vec<String>, (Vec<Node>, usize)>,
-    order: std::collections::VecDeque<Vec<String>>,
+    map: HashMap<Vec<Vec<u8>>, (Vec<Node>, usize)>,
+    order: std::collections::VecDeque<Vec<Vec<u8>>>,
     bytes: usize,
     limit: usize,
 }
@@ -541,7 +549,7 @@ impl ClosedDirs {
         }
     }
 
-    fn insert(&mut self, path: Vec<String>, nodes: Vec<Node>, size: usize) {
+    fn insert(&mut self, path: Vec<Vec<u8>>, nodes: Vec<Node>, size: usize) {
         self.bytes += size;
         if let Some((_, old)) = self.map.insert(path.clone(), (nodes, size)) {
             self.bytes -= old;
@@ -558,7 +566,7 @@ impl ClosedDirs {
         }
     }
 
-    fn take(&mut self, path: &[String]) -> Option<Vec<Node>> {
+    fn take(&mut self, path: &[Vec<u8>]) -> Option<Vec<Node>> {
         let (nodes, size) = self.map.remove(path)?;
         self.bytes -= size;
         Some(nodes)

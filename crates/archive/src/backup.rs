@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Local};
 use snapback_repo::file::SnapshotFile;
+use snapback_repo::locking::RepoLock;
 use snapback_repo::{BlobIndex, FileType, Id, Repository};
 use snapback_stream::entry::EntrySource;
 use tokio_util::sync::CancellationToken;
@@ -103,7 +104,7 @@ pub async fn backup(
     } else {
         Some(repo.lock(false).await?)
     };
-    let result = run(repo, source, &opts).await;
+    let result = run(repo, source, &opts, lock.as_ref()).await;
     if let Some(lock) = lock {
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "could not remove the repository lock");
@@ -112,12 +113,33 @@ pub async fn backup(
     result
 }
 
+/// Aborts the spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn run(
     repo: &Repository,
     mut source: Box<dyn EntrySource + Send>,
     opts: &BackupOptions,
+    lock: Option<&RepoLock>,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
+    // A lost lock stops the pipeline early: others may already take our packs for garbage.
+    let cancel = opts.cancel.child_token();
+    let _watchdog = lock.map(|lock| {
+        let lost = lock.lost();
+        let cancel = cancel.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let e = lost.await;
+            tracing::error!(error = %e, "stopping the backup");
+            cancel.cancel();
+        }))
+    });
     let time = opts.time.unwrap_or_else(|| Local::now().fixed_offset());
     let index = Arc::new(BlobIndex::load(repo).await?);
     let parent = find_parent(repo, opts).await?;
@@ -133,7 +155,7 @@ async fn run(
         reuse_unchanged: opts.reuse_unchanged,
         stat_implicit_dirs: opts.stat_implicit_dirs,
         time,
-        cancel: opts.cancel.clone(),
+        cancel: cancel.clone(),
         progress: opts.progress.clone(),
     };
     let handle = tokio::runtime::Handle::current();
@@ -148,10 +170,12 @@ async fn run(
     let stored = sink
         .await
         .map_err(|e| Error::Pipeline(format!("sink: {e}")))?;
+    // A lost lock explains a cancelled or failed pipeline, so report it first.
+    check_lock(lock)?;
     // A sink failure explains an archiver's "upload stage stopped", so report it first.
     let stored = stored?;
     let (tree, archive) = archived??;
-    if opts.cancel.is_cancelled() {
+    if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
 
@@ -169,6 +193,8 @@ async fn run(
         original: None,
         program_version: Some(format!("snapback {}", env!("CARGO_PKG_VERSION"))),
     };
+    // The last moment to find the lock lost: after this the snapshot is there.
+    check_lock(lock)?;
     let snapshot_id = repo.save_json(FileType::Snapshot, &snapshot).await?;
     Ok(BackupSummary {
         snapshot_id,
@@ -177,6 +203,13 @@ async fn run(
         stored,
         duration: started.elapsed(),
     })
+}
+
+fn check_lock(lock: Option<&RepoLock>) -> Result<()> {
+    match lock {
+        Some(lock) => Ok(lock.check()?),
+        None => Ok(()),
+    }
 }
 
 async fn find_parent(

@@ -8,7 +8,7 @@
 //! empty regular files).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use snapback_repo::file::NodeType;
@@ -16,7 +16,7 @@ use snapback_repo::{BlobIndex, Id, Repository};
 use snapback_stream::tar_write::{write_tar, Summary};
 use tokio::runtime::Handle;
 
-use crate::tree_walk::{find_node, path_components, SnapshotSource, SourceOptions};
+use crate::tree_walk::{clean_path, find_node, SnapshotSource, SourceOptions};
 use crate::{Error, Result};
 
 /// What a dump wrote.
@@ -49,10 +49,10 @@ pub fn dump_blocking<W: Write>(
     repo: &Repository,
     index: Arc<BlobIndex>,
     root_tree: Id,
-    path: &str,
+    path: &Path,
     mut out: W,
 ) -> Result<DumpOutcome> {
-    let clean = format!("/{}", path_components(path).join("/"));
+    let clean = clean_path(path);
     let node = handle.block_on(find_node(repo, &index, &root_tree, &clean))?;
     match node.node_type {
         NodeType::Dir => {
@@ -82,7 +82,7 @@ pub fn dump_blocking<W: Write>(
             Ok(DumpOutcome::File { bytes })
         }
         other => Err(Error::WrongType {
-            path: clean,
+            path: clean.display().to_string(),
             expected: "file",
             found: node_type_name(other),
         }),
@@ -94,7 +94,7 @@ pub async fn dump<W: Write + Send + 'static>(
     repo: Repository,
     index: Arc<BlobIndex>,
     root_tree: Id,
-    path: String,
+    path: PathBuf,
     out: W,
 ) -> Result<DumpOutcome> {
     let handle = Handle::current();

@@ -1,10 +1,14 @@
 //! `ls`: the nodes of a snapshot, formatted as `restic ls` prints them (plain paths, `--long`,
 //! `--json` lines).
 
+use std::borrow::Cow;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, Local};
 use serde::Serialize;
+use snapback_repo::file::quote::go_lossy;
 use snapback_repo::file::tree::go_mode;
 use snapback_repo::file::{Node, NodeType, SnapshotFile};
 use snapback_repo::{BlobIndex, Id, Repository};
@@ -17,13 +21,13 @@ use crate::Result;
 pub struct LsOptions {
     /// Absolute snapshot paths to list, as restic: each such node and its direct children
     /// (everything below with `recursive`). Empty: the whole snapshot.
-    pub paths: Vec<String>,
+    pub paths: Vec<PathBuf>,
     /// With `paths`, list everything below them.
     pub recursive: bool,
 }
 
 /// Whether snapshot path `path` is `prefix` or below it (component-wise).
-fn has_path_prefix(prefix: &str, path: &str) -> bool {
+fn has_path_prefix(prefix: &Path, path: &Path) -> bool {
     let (pre, p) = (path_components(prefix), path_components(path));
     p.len() >= pre.len() && pre.iter().zip(&p).all(|(a, b)| a == b)
 }
@@ -39,9 +43,9 @@ pub async fn list<F>(
     mut visit: F,
 ) -> Result<u64>
 where
-    F: FnMut(&str, &Node) -> Result<()>,
+    F: FnMut(&Path, &Node) -> Result<()>,
 {
-    let mut walker = TreeWalker::new(repo.clone(), index, root_tree, "/");
+    let mut walker = TreeWalker::new(repo.clone(), index, root_tree, Path::new("/"));
     let mut count = 0u64;
     while let Some(item) = walker.next().await? {
         let WalkItem::Node { path, node } = item else {
@@ -115,34 +119,36 @@ pub fn go_time(t: &DateTime<FixedOffset>) -> String {
 }
 
 /// `restic ls --long`: mode, uid, gid, size, local mtime, path (and `-> target` for symlinks).
-pub fn format_long(path: &str, node: &Node) -> String {
-    let target = if node.node_type == NodeType::Symlink {
-        format!(" -> {}", node.linktarget)
-    } else {
-        String::new()
-    };
-    format!(
-        "{} {:5} {:5} {:6} {} {}{}",
+/// Path and target are raw bytes, as restic prints them.
+pub fn format_long(path: &Path, node: &Node) -> Vec<u8> {
+    let mut line = format!(
+        "{} {:5} {:5} {:6} {} ",
         mode_string(node),
         node.uid,
         node.gid,
         node.size,
         node.mtime.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S"),
-        path,
-        target
     )
+    .into_bytes();
+    line.extend_from_slice(path.as_os_str().as_bytes());
+    if node.node_type == NodeType::Symlink {
+        line.extend_from_slice(b" -> ");
+        line.extend_from_slice(&node.linktarget);
+    }
+    line
 }
 
-/// One `restic ls --json` node line, fields in restic's order.
+/// One `restic ls --json` node line, fields in restic's order. JSON text must be UTF-8, so
+/// name and path are lossy here, as restic's (Go's encoder writes U+FFFD per invalid byte).
 #[derive(Debug, Serialize)]
 pub struct JsonNode<'a> {
     /// Node name.
-    pub name: &'a str,
+    pub name: Cow<'a, str>,
     /// Node type (`file`, `dir`, ...).
     #[serde(rename = "type")]
     pub node_type: NodeType,
     /// Absolute snapshot path.
-    pub path: &'a str,
+    pub path: Cow<'a, str>,
     /// Owner uid.
     pub uid: u32,
     /// Owner gid.
@@ -171,11 +177,11 @@ fn is_zero_u32(v: &u32) -> bool {
 
 impl<'a> JsonNode<'a> {
     /// The JSON line content for `node` at `path`.
-    pub fn new(path: &'a str, node: &'a Node) -> Self {
+    pub fn new(path: &'a Path, node: &'a Node) -> Self {
         JsonNode {
-            name: &node.name,
+            name: go_lossy(&node.name),
             node_type: node.node_type,
-            path,
+            path: go_lossy(path.as_os_str().as_bytes()),
             uid: node.uid,
             gid: node.gid,
             size: (node.node_type == NodeType::File).then_some(node.size),
@@ -231,11 +237,12 @@ mod tests {
 
     #[test]
     fn path_prefix_is_component_wise() {
-        assert!(has_path_prefix("/a", "/a"));
-        assert!(has_path_prefix("/a", "/a/b"));
-        assert!(!has_path_prefix("/a", "/ab"));
-        assert!(has_path_prefix("/", "/x"));
-        assert!(!has_path_prefix("/a/b", "/a"));
+        let p = |s: &str| PathBuf::from(s);
+        assert!(has_path_prefix(&p("/a"), &p("/a")));
+        assert!(has_path_prefix(&p("/a"), &p("/a/b")));
+        assert!(!has_path_prefix(&p("/a"), &p("/ab")));
+        assert!(has_path_prefix(&p("/"), &p("/x")));
+        assert!(!has_path_prefix(&p("/a/b"), &p("/a")));
     }
 
     #[test]
@@ -243,17 +250,20 @@ mod tests {
         let mut n = Node::new("f", NodeType::File);
         n.mode = 0o640;
         n.size = 3;
-        let line = serde_json::to_string(&JsonNode::new("/x/f", &n)).unwrap();
+        let line = serde_json::to_string(&JsonNode::new(Path::new("/x/f"), &n)).unwrap();
         assert!(
             line.starts_with(r#"{"name":"f","type":"file","path":"/x/f","uid":0,"gid":0,"size":3,"mode":416,"permissions":"-rw-r-----","mtime":"0001-01-01T00:00:00Z""#),
             "{line}"
         );
         assert!(line.ends_with(r#""struct_type":"node"}"#));
         n.size = 0;
-        let line = serde_json::to_string(&JsonNode::new("/x/f", &n)).unwrap();
+        let line = serde_json::to_string(&JsonNode::new(Path::new("/x/f"), &n)).unwrap();
         assert!(line.contains(r#""size":0,"#), "{line}");
+        let raw = Node::new(&b"a\xff"[..], NodeType::Dir);
+        let line = serde_json::to_string(&JsonNode::new(Path::new("/a"), &raw)).unwrap();
+        assert!(line.starts_with("{\"name\":\"a\u{fffd}\""), "{line}");
         let d = Node::new("d", NodeType::Dir);
-        let line = serde_json::to_string(&JsonNode::new("/d", &d)).unwrap();
+        let line = serde_json::to_string(&JsonNode::new(Path::new("/d"), &d)).unwrap();
         assert!(!line.contains("size"), "{line}");
     }
 }

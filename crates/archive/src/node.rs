@@ -1,5 +1,7 @@
 //! Entry metadata → restic tree nodes.
 
+use std::os::unix::ffi::OsStrExt;
+
 use chrono::{DateTime, FixedOffset};
 use snapback_repo::file::tree::go_mode;
 use snapback_repo::file::{ExtendedAttribute, Node, NodeType};
@@ -26,7 +28,7 @@ pub fn node_type(kind: &EntryKind) -> NodeType {
 }
 
 /// A node for an entry named `name`, without `content`/`subtree` (the archiver fills those).
-pub fn node_from_entry(name: &str, kind: &EntryKind, meta: &Metadata) -> Node {
+pub fn node_from_entry(name: &[u8], kind: &EntryKind, meta: &Metadata) -> Node {
     let ty = node_type(kind);
     let mut node = Node::new(name, ty);
     node.mode = go_mode::from_unix(ty, meta.mode);
@@ -44,7 +46,7 @@ pub fn node_from_entry(name: &str, kind: &EntryKind, meta: &Metadata) -> Node {
         node.size = meta.size;
     }
     match kind {
-        EntryKind::Symlink { target } => node.linktarget = target.to_string_lossy().into_owned(),
+        EntryKind::Symlink { target } => node.linktarget = target.as_os_str().as_bytes().to_vec(),
         EntryKind::CharDevice { rdev } | EntryKind::BlockDevice { rdev } => node.device = *rdev,
         _ => {}
     }
@@ -52,6 +54,7 @@ pub fn node_from_entry(name: &str, kind: &EntryKind, meta: &Metadata) -> Node {
         .xattrs
         .iter()
         .map(|x| ExtendedAttribute {
+            // restic stores attribute names as JSON strings (text), so this one stays lossy.
             name: x.name.to_string_lossy().into_owned(),
             value: x.value.clone(),
         })
@@ -60,7 +63,7 @@ pub fn node_from_entry(name: &str, kind: &EntryKind, meta: &Metadata) -> Node {
 }
 
 /// A directory node the stream never described (a parent of the first member, say).
-pub fn implicit_dir(name: &str, time: DateTime<FixedOffset>) -> Node {
+pub fn implicit_dir(name: &[u8], time: DateTime<FixedOffset>) -> Node {
     let mut node = Node::new(name, NodeType::Dir);
     node.mode = go_mode::from_unix(NodeType::Dir, 0o755);
     node.mtime = time;
@@ -95,7 +98,7 @@ mod tests {
             },
             ..Metadata::default()
         };
-        let n = node_from_entry("a", &EntryKind::File, &meta);
+        let n = node_from_entry(b"a", &EntryKind::File, &meta);
         assert_eq!(n.node_type, NodeType::File);
         assert_eq!(go_mode::to_unix_perm(n.mode), 0o4755);
         assert_eq!(n.mtime.timestamp(), 1_600_000_000);

@@ -232,7 +232,7 @@ impl State {
             BlobType::Tree => self.stats.tree_blobs += 1,
         }
         self.stats.plain_bytes += enc.plain_len as u64;
-        if self.open[slot].len() >= self.opts.pack_size {
+        if self.open[slot].len() >= self.opts.pack_size || self.open[slot].header_full() {
             self.close_pack(enc.ty).await?;
         }
         Ok(())

@@ -6,9 +6,10 @@
 //! (`/home/user/file`).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,25 +42,37 @@ pub async fn load_tree(repo: &Repository, index: &BlobIndex, id: &Id) -> Result<
 }
 
 /// Refuses node names that would escape their directory when joined to a path.
-fn check_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(format!("invalid node name {name:?}"));
+fn check_name(name: &[u8]) -> std::result::Result<(), String> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(format!(
+            "invalid node name \"{}\"",
+            snapback_repo::file::quote::quote(name)
+        ));
     }
     Ok(())
 }
 
-/// The components of a snapshot path, cleaned like Go's `path.Clean` (`.` dropped, `..` pops).
-pub fn path_components(path: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for part in path.split('/') {
+/// The components of a snapshot path (raw bytes, as unix paths are), cleaned like Go's
+/// `path.Clean` (`.` dropped, `..` pops).
+pub fn path_components<P: AsRef<OsStr> + ?Sized>(path: &P) -> Vec<&OsStr> {
+    let mut out: Vec<&OsStr> = Vec::new();
+    for part in path.as_ref().as_bytes().split(|&b| b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => {
+            b"" | b"." => {}
+            b".." => {
                 out.pop();
             }
-            p => out.push(p),
+            p => out.push(OsStr::from_bytes(p)),
         }
     }
+    out
+}
+
+/// The cleaned absolute form of a snapshot path (`/` + its [`path_components`]).
+pub fn clean_path<P: AsRef<OsStr> + ?Sized>(path: &P) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    out.extend(path_components(path));
     out
 }
 
@@ -77,34 +90,36 @@ pub async fn find_node(
     repo: &Repository,
     index: &BlobIndex,
     root_tree: &Id,
-    path: &str,
+    path: &Path,
 ) -> Result<Node> {
     let parts = path_components(path);
     let mut node = root_node(*root_tree);
-    let mut walked = String::new();
+    let mut walked = PathBuf::from("/");
     for part in parts {
+        walked.push(part);
         let Some(subtree) = node.subtree.filter(|_| node.node_type == NodeType::Dir) else {
-            return Err(Error::PathNotFound(format!("{walked}/{part}")));
+            return Err(Error::PathNotFound(walked.display().to_string()));
         };
         let tree = load_tree(repo, index, &subtree).await?;
-        walked.push('/');
-        walked.push_str(part);
         node = tree
             .nodes
             .into_iter()
-            .find(|n| n.name == part)
-            .ok_or_else(|| Error::PathNotFound(walked.clone()))?;
+            .find(|n| n.name == part.as_bytes())
+            .ok_or_else(|| Error::PathNotFound(walked.display().to_string()))?;
     }
     Ok(node)
 }
 
-/// Joins a snapshot directory path and a name (`/` + `a` = `/a`, `/a` + `b` = `/a/b`).
-pub fn join_path(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
+/// Joins a snapshot directory path and a raw name (`/` + `a` = `/a`, `/a` + `b` = `/a/b`).
+pub fn join_path(dir: &Path, name: &[u8]) -> PathBuf {
+    let dir = dir.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(dir.len() + 1 + name.len());
+    out.extend_from_slice(dir);
+    if !dir.ends_with(b"/") {
+        out.push(b'/');
     }
+    out.extend_from_slice(name);
+    PathBuf::from(OsString::from_vec(out))
 }
 
 /// One step of a [`TreeWalker`].
@@ -113,14 +128,14 @@ pub enum WalkItem {
     /// A node, in depth-first name order; a directory comes before its contents.
     Node {
         /// Absolute snapshot path of the node.
-        path: String,
+        path: PathBuf,
         /// The node.
         node: Node,
     },
     /// All contents of a directory that was descended into have been visited.
     DirEnd {
         /// Absolute snapshot path of the directory.
-        path: String,
+        path: PathBuf,
         /// The directory's node.
         node: Node,
     },
@@ -129,8 +144,8 @@ pub enum WalkItem {
 /// A directory being visited: its remaining nodes.
 struct Frame {
     /// `None` for the walk's root (no node, no [`WalkItem::DirEnd`]).
-    dir: Option<(String, Node)>,
-    path: String,
+    dir: Option<(PathBuf, Node)>,
+    path: PathBuf,
     nodes: std::vec::IntoIter<Node>,
 }
 
@@ -140,22 +155,22 @@ pub struct TreeWalker {
     repo: Repository,
     index: Arc<BlobIndex>,
     /// The root tree, until the first call loads it.
-    root: Option<(Id, String)>,
+    root: Option<(Id, PathBuf)>,
     stack: Vec<Frame>,
     /// The directory yielded last, entered on the next call unless [`TreeWalker::skip_subtree`].
-    pending: Option<(String, Node)>,
+    pending: Option<(PathBuf, Node)>,
     /// Nodes left out of the walk so far (see [`TreeWalker::take_skipped`]).
-    skipped: Vec<(String, String)>,
+    skipped: Vec<(PathBuf, String)>,
 }
 
 impl TreeWalker {
     /// A walk of tree `root`; node paths are `base` joined with the names below it (`base` is
     /// `/` for a whole snapshot).
-    pub fn new(repo: Repository, index: Arc<BlobIndex>, root: Id, base: &str) -> Self {
+    pub fn new(repo: Repository, index: Arc<BlobIndex>, root: Id, base: &Path) -> Self {
         TreeWalker {
             repo,
             index,
-            root: Some((root, base.to_string())),
+            root: Some((root, base.to_path_buf())),
             stack: Vec::new(),
             pending: None,
             skipped: Vec::new(),
@@ -170,7 +185,7 @@ impl TreeWalker {
     /// The nodes the walk left out since the last call, as (path, reason): a name that a tree
     /// repeats is walked once, for its first node (two nodes under one path would let the
     /// second, say a symlink, redirect what is done for the first).
-    pub fn take_skipped(&mut self) -> Vec<(String, String)> {
+    pub fn take_skipped(&mut self) -> Vec<(PathBuf, String)> {
         std::mem::take(&mut self.skipped)
     }
 
@@ -187,7 +202,7 @@ impl TreeWalker {
             let loaded = match node.subtree {
                 Some(id) => load_tree(&self.repo, &self.index, &id).await,
                 None => Err(Error::InvalidTree {
-                    tree: path.clone(),
+                    tree: path.display().to_string(),
                     reason: "directory without subtree".into(),
                 }),
             };
@@ -226,10 +241,10 @@ impl TreeWalker {
 }
 
 fn frame(
-    dir: Option<(String, Node)>,
-    path: String,
+    dir: Option<(PathBuf, Node)>,
+    path: PathBuf,
     mut tree: Tree,
-    skipped: &mut Vec<(String, String)>,
+    skipped: &mut Vec<(PathBuf, String)>,
 ) -> Frame {
     // restic writes trees sorted; an unsorted one is tolerated and sorted here (byte order, as
     // Go). The sort is stable, so of nodes repeating a name the tree's first comes first, and
@@ -239,7 +254,7 @@ fn frame(
         let repeat = later.name == first.name;
         if repeat {
             let p = join_path(&path, &later.name);
-            tracing::warn!(path = %p, "tree repeats a name: only its first node is used");
+            tracing::warn!(path = %p.display(), "tree repeats a name: only its first node is used");
             skipped.push((
                 p,
                 "the tree repeats this name: only its first node is used".into(),
@@ -290,6 +305,7 @@ pub fn node_metadata(node: &Node) -> Metadata {
             .extended_attributes
             .iter()
             .map(|x| Xattr {
+                // restic stores attribute names as (UTF-8) strings.
                 name: OsString::from(&x.name),
                 value: x.value.clone(),
             })
@@ -388,14 +404,14 @@ impl SnapshotSource {
         repo: Repository,
         index: Arc<BlobIndex>,
         dir: &Node,
-        dir_path: &str,
+        dir_path: &Path,
         options: SourceOptions,
     ) -> Result<Self> {
         let subtree = match (dir.node_type, dir.subtree) {
             (NodeType::Dir, Some(id)) => id,
             _ => {
                 return Err(Error::InvalidTree {
-                    tree: dir_path.to_string(),
+                    tree: dir_path.display().to_string(),
                     reason: "not a directory".into(),
                 })
             }
@@ -426,7 +442,7 @@ impl EntrySource for SnapshotSource {
             })?;
             for (path, message) in self.walker.take_skipped() {
                 self.warnings.push(Warning {
-                    path: PathBuf::from(path.trim_start_matches('/')),
+                    path: PathBuf::from(OsStr::from_bytes(trim_slashes(&path))),
                     message,
                 });
             }
@@ -435,13 +451,13 @@ impl EntrySource for SnapshotSource {
                 Some(WalkItem::DirEnd { .. }) => continue,
                 Some(WalkItem::Node { path, node }) => (path, node),
             };
-            let member = PathBuf::from(path.trim_start_matches('/'));
+            let member = PathBuf::from(OsStr::from_bytes(trim_slashes(&path)));
             let meta = node_metadata(&node);
             let kind = match node.node_type {
                 NodeType::File => EntryKind::File,
                 NodeType::Dir => EntryKind::Dir,
                 NodeType::Symlink => EntryKind::Symlink {
-                    target: PathBuf::from(&node.linktarget),
+                    target: PathBuf::from(OsStr::from_bytes(&node.linktarget)),
                 },
                 NodeType::Fifo => EntryKind::Fifo,
                 NodeType::Chardev => EntryKind::CharDevice { rdev: node.device },
@@ -502,28 +518,45 @@ impl EntrySource for SnapshotSource {
     }
 }
 
+/// A snapshot path's bytes without its leading `/`s (a tar member name).
+fn trim_slashes(path: &Path) -> &[u8] {
+    let b = path.as_os_str().as_bytes();
+    let start = b.iter().position(|&c| c != b'/').unwrap_or(b.len());
+    &b[start..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn components_are_cleaned_like_go_path_clean() {
-        assert_eq!(path_components("/"), Vec::<&str>::new());
-        assert_eq!(path_components("/data/./x//y/"), vec!["data", "x", "y"]);
-        assert_eq!(path_components("data/x/../z"), vec!["data", "z"]);
-        assert_eq!(path_components("/../a"), vec!["a"]);
+        assert_eq!(path_components("/"), Vec::<&OsStr>::new());
+        assert_eq!(path_components("/data/./x//y/"), ["data", "x", "y"]);
+        assert_eq!(path_components("data/x/../z"), ["data", "z"]);
+        assert_eq!(path_components("/../a"), ["a"]);
+        let raw = OsStr::from_bytes(b"/a\xff/./b\\c");
+        assert_eq!(
+            path_components(raw),
+            [OsStr::from_bytes(b"a\xff"), OsStr::new("b\\c")]
+        );
+        assert_eq!(clean_path("a//b/../c"), Path::new("/a/c"));
     }
 
     #[test]
     fn join_handles_the_root() {
-        assert_eq!(join_path("/", "a"), "/a");
-        assert_eq!(join_path("/a", "b"), "/a/b");
+        assert_eq!(join_path(Path::new("/"), b"a"), Path::new("/a"));
+        assert_eq!(join_path(Path::new("/a"), b"b"), Path::new("/a/b"));
+        assert_eq!(
+            join_path(Path::new("/a"), b"\xff").as_os_str().as_bytes(),
+            b"/a/\xff"
+        );
     }
 
     #[test]
     fn a_repeated_name_is_walked_once_for_its_first_node() {
         let mut link = Node::new("a", NodeType::Symlink);
-        link.linktarget = "/etc/shadow".into();
+        link.linktarget = b"/etc/shadow".to_vec();
         let tree = Tree {
             nodes: vec![
                 Node::new("b", NodeType::File),
@@ -534,21 +567,25 @@ mod tests {
         };
         let mut skipped = Vec::new();
         let f = frame(None, "/d".into(), tree, &mut skipped);
-        let kept: Vec<(String, NodeType)> = f.nodes.map(|n| (n.name, n.node_type)).collect();
+        let kept: Vec<(Vec<u8>, NodeType)> = f.nodes.map(|n| (n.name, n.node_type)).collect();
         assert_eq!(
             kept,
-            vec![("a".into(), NodeType::File), ("b".into(), NodeType::File)]
+            vec![
+                (b"a".to_vec(), NodeType::File),
+                (b"b".to_vec(), NodeType::File)
+            ]
         );
-        let paths: Vec<&str> = skipped.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, vec!["/d/a", "/d/b"]);
+        let paths: Vec<&Path> = skipped.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(paths, vec![Path::new("/d/a"), Path::new("/d/b")]);
     }
 
     #[test]
     fn escaping_names_are_refused() {
         for bad in ["", ".", "..", "a/b", "a\0"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
+            assert!(check_name(bad.as_bytes()).is_err(), "{bad:?}");
         }
-        assert!(check_name("..a").is_ok());
+        assert!(check_name(b"..a").is_ok());
+        assert!(check_name(b"a\xff").is_ok());
     }
 
     #[test]

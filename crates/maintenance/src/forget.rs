@@ -2,6 +2,7 @@
 //! removes (the data stays until `prune`). Removal runs under an exclusive lock, as restic's.
 
 use snapback_repo::file::SnapshotFile;
+use snapback_repo::locking::RepoLock;
 use snapback_repo::{FileType, Id, Repository};
 
 use crate::group::{group, GroupBy, GroupKey, SnapshotFilter};
@@ -48,14 +49,18 @@ pub async fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetRep
     } else {
         Some(repo.lock(true).await?)
     };
-    let result = decide_and_remove(repo, opts).await;
+    let result = decide_and_remove(repo, opts, lock.as_ref()).await;
     if let Some(lock) = lock {
         lock.release().await?;
     }
     result
 }
 
-async fn decide_and_remove(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
+async fn decide_and_remove(
+    repo: &Repository,
+    opts: &ForgetOptions,
+    lock: Option<&RepoLock>,
+) -> Result<ForgetReport> {
     let mut report = ForgetReport::default();
     if opts.policy.is_empty() {
         // restic: "no policy was specified, no snapshots will be removed".
@@ -79,7 +84,7 @@ async fn decide_and_remove(repo: &Repository, opts: &ForgetOptions) -> Result<Fo
         });
     }
     if !opts.dry_run {
-        remove_snapshots(repo, &report.removed).await?;
+        remove_snapshots(repo, &report.removed, lock).await?;
         report.deleted = true;
     }
     Ok(report)
@@ -102,7 +107,7 @@ pub async fn forget_ids(repo: &Repository, specs: &[String], dry_run: bool) -> R
             }
         }
         if !dry_run {
-            remove_snapshots(repo, &ids).await?;
+            remove_snapshots(repo, &ids, lock.as_ref()).await?;
         }
         Ok(ids)
     }
@@ -113,8 +118,12 @@ pub async fn forget_ids(repo: &Repository, specs: &[String], dry_run: bool) -> R
     result
 }
 
-async fn remove_snapshots(repo: &Repository, ids: &[Id]) -> Result<()> {
+async fn remove_snapshots(repo: &Repository, ids: &[Id], lock: Option<&RepoLock>) -> Result<()> {
     for id in ids {
+        // Deleting without our lock could race a prune that took it for stale.
+        if let Some(lock) = lock {
+            lock.check()?;
+        }
         repo.backend().remove(FileType::Snapshot, id).await?;
         tracing::info!(snapshot = %id.short(), "removed snapshot");
     }

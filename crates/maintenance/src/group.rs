@@ -18,6 +18,9 @@ pub struct SnapshotFilter {
     pub tags: Vec<TagList>,
     /// All of these paths (restic's `HasPaths`).
     pub paths: Vec<String>,
+    /// None of these tags: such snapshots are neither counted nor removed (the sidecar's
+    /// on-demand snapshots; restic has no such flag).
+    pub exclude_tags: Vec<String>,
 }
 
 impl SnapshotFilter {
@@ -26,6 +29,7 @@ impl SnapshotFilter {
         (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
             && (self.tags.is_empty() || self.tags.iter().any(|t| t.matches(s)))
             && self.paths.iter().all(|p| s.paths.contains(p))
+            && !s.tags.iter().any(|t| self.exclude_tags.contains(t))
     }
 }
 
@@ -199,7 +203,17 @@ mod tests {
             paths: vec!["/y".into()],
             ..Default::default()
         };
-        assert_eq!(group(snaps, &f, "tags".parse().unwrap()).len(), 1);
+        assert_eq!(group(snaps.clone(), &f, "tags".parse().unwrap()).len(), 1);
+
+        // An excluded tag hides its snapshots whatever else matches.
+        let f = SnapshotFilter {
+            exclude_tags: vec!["t2".into()],
+            ..Default::default()
+        };
+        let groups = group(snaps, &f, by);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].1.len(), 1);
+        assert_eq!(groups[0].1[0].1.tags, vec!["t1".to_string()]);
         assert!("host,colour".parse::<GroupBy>().is_err());
     }
 }

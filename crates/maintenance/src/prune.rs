@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use snapback_repo::file::{IndexBlob, IndexFile, IndexPack};
+use snapback_repo::locking::RepoLock;
 use snapback_repo::pack::{PackBuilder, PackedBlob};
 use snapback_repo::{BlobLocation, BlobType, FileType, Id, IndexWriter, Repository};
 
@@ -89,7 +90,7 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
     } else {
         Some(repo.lock(true).await?)
     };
-    let result = run(repo, opts).await;
+    let result = run(repo, opts, lock.as_ref()).await;
     if let Some(lock) = lock {
         lock.release().await?;
     }
@@ -106,7 +107,20 @@ struct PackUse {
     unused_bytes: u64,
 }
 
-async fn run(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+/// `Err` once the lock is lost: deleting without it could remove what a backup that took our
+/// lock for stale has just written.
+fn check_lock(lock: Option<&RepoLock>) -> Result<()> {
+    match lock {
+        Some(lock) => Ok(lock.check()?),
+        None => Ok(()),
+    }
+}
+
+async fn run(
+    repo: &Repository,
+    opts: &PruneOptions,
+    lock: Option<&RepoLock>,
+) -> Result<PruneReport> {
     let index = IndexSet::load(repo).await?;
     if let Some(p) = index.problems.iter().find_map(|p| match p {
         IndexProblem::Unreadable { index, message } => {
@@ -245,6 +259,7 @@ async fn run(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             .collect();
         report.new_index_files = write_index(repo, &index, &gone, new_packs).await?;
         for id in &index.files {
+            check_lock(lock)?;
             repo.backend().remove(FileType::Index, id).await?;
         }
         report.removed_index_files = index.files.len();
@@ -255,6 +270,7 @@ async fn run(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .chain(&report.repacked_packs)
         .chain(&report.orphaned_packs)
     {
+        check_lock(lock)?;
         repo.backend().remove(FileType::Pack, id).await?;
     }
     report.applied = true;
@@ -297,7 +313,7 @@ async fn repack(
             open[slot]
                 .add(b.id, b.ty, bytes, b.uncompressed_length)
                 .map_err(|e| Error::Damaged(e.to_string()))?;
-            if open[slot].len() >= pack_size {
+            if open[slot].len() >= pack_size || open[slot].header_full() {
                 let full = std::mem::take(&mut open[slot]);
                 written.push(upload(repo, full).await?);
             }

@@ -87,11 +87,11 @@ pub async fn walk(
                             match index.get(blob) {
                                 None => problem(format!(
                                     "file {:?}: data blob {blob} is not in the index",
-                                    node.name
+                                    node.name_lossy()
                                 )),
                                 Some(l) if l.ty != BlobType::Data => problem(format!(
                                     "file {:?}: blob {blob} is a tree, not data",
-                                    node.name
+                                    node.name_lossy()
                                 )),
                                 Some(_) => {}
                             }
@@ -104,7 +104,7 @@ pub async fn walk(
                             queue.push_back((snapshot, sub));
                         }
                     }
-                    None => problem(format!("directory {:?} has no subtree", node.name)),
+                    None => problem(format!("directory {:?} has no subtree", node.name_lossy())),
                 },
                 _ => {}
             }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::layers::{HttpClientLayer, RetryLayer, TimeoutLayer};
 use opendal::{services, EntryMode, ErrorKind, Operator};
 
 use crate::{local_write, Id};
@@ -109,6 +109,27 @@ pub enum BackendError {
         /// What the file system reported.
         #[source]
         source: std::io::Error,
+    },
+    /// A file is larger than any file of its kind can be; it was not read (it is read
+    /// before anything authenticates it).
+    #[error(
+        "{path} is larger than {limit} bytes, more than such a file can be: refusing to read it"
+    )]
+    TooLarge {
+        /// Repository-relative path.
+        path: String,
+        /// The bound.
+        limit: u64,
+    },
+    /// The storage did not answer in time, retries included.
+    #[error("{server} did not answer within {} s ({path})", .secs)]
+    Timeout {
+        /// "S3 server at <endpoint>" or the local directory.
+        server: String,
+        /// Repository-relative path of the operation.
+        path: String,
+        /// Seconds waited.
+        secs: u64,
     },
     /// A streamed read ended before the range it asked for (the file is shorter).
     #[error("{path} ended {missing} bytes before the range read from it")]
@@ -224,6 +245,8 @@ pub struct RetryPolicy {
     pub timeout: Duration,
     /// Timeout of one read/write chunk.
     pub io_timeout: Duration,
+    /// Timeout of opening a TCP connection to an S3 endpoint.
+    pub connect_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -234,6 +257,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
             io_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -245,14 +269,33 @@ impl RetryPolicy {
     pub fn from_env() -> Self {
         let mut policy = RetryPolicy::default();
         if let Some(secs) = env_number("SNAPBACK_IO_TIMEOUT_SECS") {
-            let t = Duration::from_secs(secs.max(1));
-            policy.timeout = t;
-            policy.io_timeout = t;
+            policy = policy.with_timeout(Duration::from_secs(secs));
         }
         if let Some(n) = env_number("SNAPBACK_RETRIES") {
             policy.max_retries = usize::try_from(n).unwrap_or(usize::MAX);
         }
         policy
+    }
+}
+
+impl RetryPolicy {
+    /// Sets the timeout of one request (and of one read/write chunk) to `t` (at least one
+    /// second); the connect timeout is never longer.
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        let t = t.max(Duration::from_secs(1));
+        self.timeout = t;
+        self.io_timeout = t;
+        self.connect_timeout = self.connect_timeout.min(t);
+        self
+    }
+
+    /// Longest one storage operation may take, retries included: a request that timed out is
+    /// tried once more, then the command ends. Without this bound the retry layer would turn
+    /// a server that accepts connections and never answers into `max_retries + 1` timeouts
+    /// plus backoff (over seven minutes with the defaults).
+    pub fn deadline(&self) -> Duration {
+        let attempt = self.timeout.max(self.io_timeout);
+        attempt * 2 + self.max_delay.min(attempt)
     }
 }
 
@@ -274,6 +317,11 @@ pub struct Backend {
     location: Location,
     /// The repository's directory when it is local (streamed reads use it directly).
     local_root: Option<std::path::PathBuf>,
+    /// What to put in front of a repository-relative path for `op`: the local repository's
+    /// directory (without the leading `/`), empty for S3. See [`Backend::new`].
+    op_prefix: String,
+    /// [`RetryPolicy::deadline`].
+    deadline: Duration,
 }
 
 /// Listing entry: id and size of a stored file.
@@ -293,13 +341,23 @@ impl Backend {
         policy: RetryPolicy,
     ) -> Result<Self, BackendError> {
         let mut local_root = None;
+        let mut op_prefix = String::new();
         let op = match &location {
             Location::Local { path } => {
                 let abs =
                     std::path::absolute(path).map_err(|_| BackendError::Location(path.clone()))?;
-                let b = services::Fs::default().root(&abs.to_string_lossy());
+                // opendal's fs service creates its root when it is built; a read-only command
+                // on a mistyped path must not leave directories behind. So the service is
+                // rooted at `/` and every path carries the repository's directory: reads of a
+                // missing repository find nothing, and only writes create directories.
+                let rel = abs.to_string_lossy().trim_matches('/').to_string();
+                if !rel.is_empty() {
+                    op_prefix = format!("{rel}/");
+                }
                 local_root = Some(abs);
-                Operator::new(b).map_err(|e| storage("", e))?.finish()
+                Operator::new(services::Fs::default().root("/"))
+                    .map_err(|e| storage("", e))?
+                    .finish()
             }
             Location::S3 {
                 endpoint,
@@ -319,7 +377,21 @@ impl Backend {
                     (Some(id), Some(secret)) => b = b.access_key_id(id).secret_access_key(secret),
                     _ => b = b.allow_anonymous(),
                 }
-                Operator::new(b).map_err(|e| storage("", e))?.finish()
+                // opendal's default client has no connect timeout: an address that drops
+                // SYNs would hang for the kernel's minutes-long default.
+                let client = reqwest::ClientBuilder::new()
+                    .connect_timeout(policy.connect_timeout)
+                    .build()
+                    .map_err(|e| {
+                        let e =
+                            opendal::Error::new(ErrorKind::Unexpected, "HTTP client").set_source(e);
+                        storage("", e)
+                    })?;
+                let client = opendal::raw::HttpClient::with(client);
+                Operator::new(b)
+                    .map_err(|e| storage("", e))?
+                    .layer(HttpClientLayer::new(client))
+                    .finish()
             }
         };
         let op = op
@@ -339,6 +411,8 @@ impl Backend {
             op,
             location,
             local_root,
+            op_prefix,
+            deadline: policy.deadline(),
         })
     }
 
@@ -357,12 +431,126 @@ impl Backend {
         &self.location
     }
 
+    /// Whether this is a local repository whose directory does not exist.
+    pub fn local_root_missing(&self) -> bool {
+        self.local_root
+            .as_ref()
+            .is_some_and(|root| std::fs::symlink_metadata(root).is_err())
+    }
+
+    /// Runs one storage operation on `path` within [`RetryPolicy::deadline`]; a timeout (ours
+    /// or one the retry layer gave up on) becomes [`BackendError::Timeout`].
+    async fn bounded<T>(
+        &self,
+        path: &str,
+        fut: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let timeout = |secs: u64| BackendError::Timeout {
+            server: self.server(),
+            path: path.to_string(),
+            secs,
+        };
+        match tokio::time::timeout(self.deadline, fut).await {
+            Ok(Err(BackendError::Storage { source, .. })) if is_timeout(&source) => Err(timeout(
+                timeout_secs(&source).unwrap_or(self.deadline.as_secs()),
+            )),
+            Ok(res) => res,
+            Err(_) => Err(timeout(self.deadline.as_secs())),
+        }
+    }
+
+    /// Who did not answer, for [`BackendError::Timeout`].
+    fn server(&self) -> String {
+        match &self.location {
+            Location::S3 { endpoint, .. } => format!("S3 server at {endpoint}"),
+            Location::Local { path } => format!("local storage at {path}"),
+        }
+    }
+
+    /// `path` as `op` names it.
+    fn op_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.op_prefix.is_empty() {
+            path.into()
+        } else {
+            format!("{}{path}", self.op_prefix).into()
+        }
+    }
+
     /// Reads a whole file.
     pub async fn read_path(&self, path: &str) -> Result<Bytes, BackendError> {
-        match self.op.read(path).await {
-            Ok(buf) => Ok(buf.to_bytes()),
-            Err(e) => Err(map_err(path, e)),
+        self.bounded(path, async {
+            match self.op.read(&self.op_path(path)).await {
+                Ok(buf) => Ok(buf.to_bytes()),
+                Err(e) => Err(map_err(path, e)),
+            }
+        })
+        .await
+    }
+
+    /// Reads a whole file that may not be larger than `limit` bytes: fails with
+    /// [`BackendError::TooLarge`] as soon as more arrive, so a file planted in the bucket
+    /// cannot make a command hold more than `limit` bytes of it.
+    pub async fn read_path_limited(&self, path: &str, limit: u64) -> Result<Bytes, BackendError> {
+        use futures::StreamExt;
+        let too_large = || BackendError::TooLarge {
+            path: path.to_string(),
+            limit,
+        };
+        if let Some(root) = &self.local_root {
+            let full = root.join(path);
+            let read = || -> std::io::Result<Option<Vec<u8>>> {
+                use std::io::Read;
+                let file = std::fs::File::open(&full)?;
+                let mut out = Vec::new();
+                file.take(limit + 1).read_to_end(&mut out)?;
+                Ok((out.len() as u64 <= limit).then_some(out))
+            };
+            return match read() {
+                Ok(Some(data)) => Ok(Bytes::from(data)),
+                Ok(None) => Err(too_large()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound {
+                    path: path.to_string(),
+                }),
+                Err(source) => Err(BackendError::Read {
+                    path: path.to_string(),
+                    source,
+                }),
+            };
         }
+        self.bounded(path, async {
+            let mut stream = match self.op.reader(&self.op_path(path)).await {
+                Ok(r) => r.into_bytes_stream(..).await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| map_err(path, e))?;
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                // The stream reports request failures (a missing object, a refused
+                // connection) only when it is first polled, as opendal errors in an io::Error.
+                let chunk = chunk.map_err(|source| {
+                    if source.get_ref().is_some_and(|e| e.is::<opendal::Error>()) {
+                        if let Some(Ok(e)) =
+                            source.into_inner().map(|e| e.downcast::<opendal::Error>())
+                        {
+                            return map_err(path, *e);
+                        }
+                        return BackendError::NotFound {
+                            path: path.to_string(),
+                        };
+                    }
+                    BackendError::Read {
+                        path: path.to_string(),
+                        source,
+                    }
+                })?;
+                if (out.len() + chunk.len()) as u64 > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Bytes::from(out))
+        })
+        .await
     }
 
     /// Reads file `id` of type `ft`.
@@ -379,15 +567,18 @@ impl Backend {
         length: u64,
     ) -> Result<Bytes, BackendError> {
         let path = ft.path(id);
-        match self
-            .op
-            .read_with(&path)
-            .range(offset..offset + length)
-            .await
-        {
-            Ok(buf) => Ok(buf.to_bytes()),
-            Err(e) => Err(map_err(&path, e)),
-        }
+        self.bounded(&path, async {
+            match self
+                .op
+                .read_with(&self.op_path(&path))
+                .range(offset..offset + length)
+                .await
+            {
+                Ok(buf) => Ok(buf.to_bytes()),
+                Err(e) => Err(map_err(&path, e)),
+            }
+        })
+        .await
     }
 
     /// Opens `length` bytes at `offset` of file `id` to be read front to back as they arrive:
@@ -420,11 +611,15 @@ impl Backend {
                 left: length,
             });
         }
-        let stream = match self.op.reader(&path).await {
-            Ok(r) => r.into_bytes_stream(offset..offset + length).await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| map_err(&path, e))?;
+        let stream = self
+            .bounded(&path, async {
+                match self.op.reader(&self.op_path(&path)).await {
+                    Ok(r) => r.into_bytes_stream(offset..offset + length).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(|e| map_err(&path, e))
+            })
+            .await?;
         Ok(RangeReader {
             path,
             source: RangeSource::Stream {
@@ -438,11 +633,14 @@ impl Backend {
     /// Size of file `id`.
     pub async fn size(&self, ft: FileType, id: &Id) -> Result<u64, BackendError> {
         let path = ft.path(id);
-        self.op
-            .stat(&path)
-            .await
-            .map(|m| m.content_length())
-            .map_err(|e| map_err(&path, e))
+        self.bounded(&path, async {
+            self.op
+                .stat(&self.op_path(&path))
+                .await
+                .map(|m| m.content_length())
+                .map_err(|e| map_err(&path, e))
+        })
+        .await
     }
 
     /// Writes a whole file (overwrites; ids are content hashes, so a rewrite is identical).
@@ -459,11 +657,14 @@ impl Backend {
         if let Some(root) = &self.local_root {
             return write_local(root, path, data.collect()).await;
         }
-        self.op
-            .write(path, data)
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(path, e))
+        self.bounded(path, async {
+            self.op
+                .write(path, data)
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err(path, e))
+        })
+        .await
     }
 
     /// Writes file `id` of type `ft`.
@@ -486,17 +687,19 @@ impl Backend {
         }
         let len: usize = parts.iter().map(Bytes::len).sum();
         let buffer = opendal::Buffer::from(parts);
-        let res = if len >= MULTIPART_THRESHOLD && self.op.info().full_capability().write_can_multi
-        {
+        if len >= MULTIPART_THRESHOLD && self.op.info().full_capability().write_can_multi {
+            // Parts are timed one by one (the timeout layer); the whole upload may take as
+            // long as its size needs.
             self.op
                 .write_with(&path, buffer)
                 .chunk(MULTIPART_CHUNK)
                 .concurrent(2)
                 .await
+                .map(|_| ())
+                .map_err(|e| map_timeout(self, &path, map_err(&path, e)))
         } else {
-            return self.write_buffer(&path, buffer).await;
-        };
-        res.map(|_| ()).map_err(|e| map_err(&path, e))
+            self.write_buffer(&path, buffer).await
+        }
     }
 
     /// Writes `path` only if it does not exist yet. Returns false when it existed. Where the
@@ -506,37 +709,80 @@ impl Backend {
             return Ok(false);
         }
         let cap = self.op.info().full_capability();
-        let res = if cap.write_with_if_not_exists {
-            self.op.write_with(path, data).if_not_exists(true).await
-        } else {
-            self.op.write(path, data).await
-        };
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(false),
-            Err(e) => Err(map_err(path, e)),
-        }
+        let op_path = self.op_path(path);
+        self.bounded(path, async {
+            let res = if cap.write_with_if_not_exists {
+                self.op.write_with(&op_path, data).if_not_exists(true).await
+            } else {
+                self.op.write(&op_path, data).await
+            };
+            match res {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(false),
+                Err(e) => Err(map_err(path, e)),
+            }
+        })
+        .await
     }
 
     /// Whether `path` exists.
     pub async fn exists(&self, path: &str) -> Result<bool, BackendError> {
-        self.op.exists(path).await.map_err(|e| map_err(path, e))
+        self.bounded(path, async {
+            self.op
+                .exists(&self.op_path(path))
+                .await
+                .map_err(|e| map_err(path, e))
+        })
+        .await
     }
 
     /// Deletes file `id` (missing files are not an error).
     pub async fn remove(&self, ft: FileType, id: &Id) -> Result<(), BackendError> {
         let path = ft.path(id);
-        self.op.delete(&path).await.map_err(|e| map_err(&path, e))
+        self.bounded(&path, async {
+            self.op
+                .delete(&self.op_path(&path))
+                .await
+                .map_err(|e| map_err(&path, e))
+        })
+        .await
     }
 
     /// Lists all files of type `ft` with their sizes. Names that are not ids are ignored.
     pub async fn list(&self, ft: FileType) -> Result<Vec<Listed>, BackendError> {
         let dir = format!("{}/", ft.dir());
-        let entries = match self.op.list_with(&dir).recursive(true).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(map_err(&dir, e)),
+        // Bounded per page rather than as a whole: a large repository's listing takes many
+        // requests, each of which must answer in time.
+        let mut lister = match self
+            .bounded(&dir, async {
+                self.op
+                    .lister_with(&self.op_path(&dir))
+                    .recursive(true)
+                    .await
+                    .map_err(|e| map_err(&dir, e))
+            })
+            .await
+        {
+            Ok(l) => l,
+            Err(BackendError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
         };
+        let mut entries = Vec::new();
+        loop {
+            let next = self
+                .bounded(&dir, async {
+                    use futures::TryStreamExt;
+                    match lister.try_next().await {
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                        other => other.map_err(|e| map_err(&dir, e)),
+                    }
+                })
+                .await?;
+            match next {
+                Some(entry) => entries.push(entry),
+                None => break,
+            }
+        }
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             if entry.metadata().mode() != EntryMode::FILE {
@@ -549,10 +795,13 @@ impl Backend {
             if size == 0 {
                 // Some services (the local fs) do not report sizes while listing.
                 size = self
-                    .op
-                    .stat(entry.path())
-                    .await
-                    .map_err(|e| map_err(entry.path(), e))?
+                    .bounded(entry.path(), async {
+                        self.op
+                            .stat(entry.path())
+                            .await
+                            .map_err(|e| map_err(entry.path(), e))
+                    })
+                    .await?
                     .content_length();
             }
             out.push(Listed { id, size });
@@ -717,6 +966,34 @@ fn read_at_into(
     }
     out.truncate(start + got);
     Ok(got)
+}
+
+/// Whether opendal's timeout layer raised `e` (after the retry layer gave up on it).
+fn is_timeout(e: &opendal::Error) -> bool {
+    e.kind() == ErrorKind::Unexpected && e.to_string().contains("timeout reached")
+}
+
+/// The per-attempt timeout a timeout error carries, in whole seconds.
+fn timeout_secs(e: &opendal::Error) -> Option<u64> {
+    let text = e.to_string();
+    let at = text.find("timeout: ")? + "timeout: ".len();
+    let num: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse::<f64>().ok().map(|s| s.ceil() as u64)
+}
+
+/// [`BackendError::Timeout`] for a storage error that is a timeout; others unchanged.
+fn map_timeout(backend: &Backend, path: &str, e: BackendError) -> BackendError {
+    match e {
+        BackendError::Storage { source, .. } if is_timeout(&source) => BackendError::Timeout {
+            server: backend.server(),
+            path: path.to_string(),
+            secs: timeout_secs(&source).unwrap_or(backend.deadline.as_secs()),
+        },
+        other => other,
+    }
 }
 
 fn storage(path: &str, source: opendal::Error) -> BackendError {

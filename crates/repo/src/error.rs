@@ -35,6 +35,12 @@ pub enum Error {
         #[source]
         source: KeyError,
     },
+    /// The password opened a key, but the `config` file does not authenticate with it.
+    #[error("the config file of the repository at {0} is damaged: a key opened with the password but the config does not authenticate with it (MAC check failed)")]
+    ConfigDamaged(String),
+    /// A local repository's directory does not exist.
+    #[error("repository does not exist at {0}")]
+    RepositoryMissing(String),
     /// There is no `config` file at the location.
     #[error("there is no repository at {0} (config file not found)")]
     NotARepository(String),
@@ -67,6 +73,10 @@ pub enum Error {
     /// The repository is locked by someone else.
     #[error("repository is locked: {0}")]
     Locked(String),
+    /// Our own lock could not be kept (refresh failed, lock file removed by someone else, not
+    /// refreshed in time): others may take it for stale, so we must not write or delete.
+    #[error("repository lock lost ({0}): stopped before writing a snapshot or deleting anything")]
+    LockLost(String),
 }
 
 impl Error {

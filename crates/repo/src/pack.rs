@@ -149,6 +149,12 @@ impl PackBuilder {
         Ok(())
     }
 
+    /// True when one more blob could take the encrypted header past [`MAX_HEADER_LEN`]: the
+    /// pack must be finished now, whatever its size (packs of tiny blobs).
+    pub fn header_full(&self) -> bool {
+        (self.blobs.len() + 1) * ENTRY_COMPRESSED + OVERHEAD > MAX_HEADER_LEN
+    }
+
     /// Bytes of blob data so far.
     pub fn len(&self) -> usize {
         self.len
@@ -245,6 +251,11 @@ fn encode_header(blobs: &[PackedBlob]) -> Vec<u8> {
     h
 }
 
+/// Largest encrypted pack header read, as restic's `maxHeaderSize`: the length comes from the
+/// pack's last four bytes, before anything is authenticated, and restic refuses larger headers
+/// too. [`PackBuilder::header_full`] keeps the packs written below it.
+pub const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
+
 /// How many bytes from the end of a pack to read to get the header in one request: large enough
 /// for most packs' headers; [`header_length`] tells when more is needed.
 pub const TAIL_GUESS: usize = 16 * 1024;
@@ -256,7 +267,13 @@ pub fn header_length(tail: &[u8]) -> Result<usize, PackError> {
         .get(n.saturating_sub(4)..)
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| PackError::Malformed("pack shorter than 4 bytes".into()))?;
-    Ok(u32::from_le_bytes(last) as usize)
+    let hlen = u32::from_le_bytes(last) as usize;
+    if hlen > MAX_HEADER_LEN {
+        return Err(PackError::Malformed(format!(
+            "header length {hlen} is larger than the limit of {MAX_HEADER_LEN}"
+        )));
+    }
+    Ok(hlen)
 }
 
 /// Parses the header from the pack's tail (which must include the header and its length).
@@ -404,5 +421,37 @@ mod tests {
         let mut huge = f.bytes.clone();
         huge[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_header(&key, &huge, n as u64).is_err());
+    }
+
+    #[test]
+    fn header_length_beyond_the_limit_is_refused_before_reading_it() {
+        let mut tail = vec![0u8; 8];
+        tail[4..].copy_from_slice(&((MAX_HEADER_LEN + 1) as u32).to_le_bytes());
+        let err = header_length(&tail).unwrap_err().to_string();
+        assert!(err.contains("larger than the limit"), "{err}");
+        tail[4..].copy_from_slice(&(MAX_HEADER_LEN as u32).to_le_bytes());
+        assert_eq!(header_length(&tail).unwrap(), MAX_HEADER_LEN);
+    }
+
+    #[test]
+    fn header_full_keeps_a_pack_of_tiny_blobs_below_the_limit() {
+        let key = Key::random();
+        let mut p = PackBuilder::default();
+        let sealed = key.encrypt(b"");
+        let mut n = 0u32;
+        while !p.header_full() {
+            p.add(Id::hash(&n.to_le_bytes()), BlobType::Data, &sealed, Some(0))
+                .unwrap();
+            n += 1;
+        }
+        let f = p.finish(&key).unwrap();
+        let hlen = header_length(&f.bytes).unwrap();
+        assert!(hlen <= MAX_HEADER_LEN && hlen + ENTRY_COMPRESSED > MAX_HEADER_LEN - OVERHEAD);
+        assert_eq!(
+            parse_header(&key, &f.bytes, f.bytes.len() as u64)
+                .unwrap()
+                .len(),
+            n as usize
+        );
     }
 }

@@ -15,6 +15,11 @@ use crate::index::BlobLocation;
 use crate::{Error, Id, Result};
 
 const CONFIG: &str = "config";
+/// Largest key file read: restic's are about 450 bytes. Key files are parsed before anything
+/// authenticates them, so their size is bounded before they are read.
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+/// Largest `config` file read (restic's is about 200 bytes): read before it is authenticated.
+pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
 
 /// zstd level used for repository JSON files and, by default, blobs (restic's "auto").
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -144,15 +149,35 @@ impl Repository {
     }
 
     /// Opens the repository with `password`, trying every key file.
+    ///
+    /// Key files are read before anything authenticates them, so one that is too large or
+    /// asks for scrypt parameters beyond [`crate::file::key::MAX_KDF_MEMORY`] is skipped with
+    /// a warning rather than obeyed; it is the error only when no other key could have opened.
     pub async fn open(backend: Backend, password: &[u8]) -> Result<Self> {
         let config_data = read_config(&backend).await?;
         let keys = backend.list(FileType::Key).await?;
+        // A key the password opened whose master key does not authenticate the config.
+        let mut config_mismatch = false;
+        let mut wrong_password = false;
+        let mut refused: Option<Error> = None;
         for listed in keys {
             let path = FileType::Key.path(&listed.id);
+            if listed.size > MAX_KEY_FILE {
+                tracing::warn!(file = %path, size = listed.size, "skipping a key file larger than any key");
+                refused.get_or_insert(Error::format(
+                    path,
+                    format!(
+                        "{} bytes, larger than a key file can be ({MAX_KEY_FILE})",
+                        listed.size
+                    ),
+                ));
+                continue;
+            }
             let kf = match load_key_file(&backend, &listed.id).await {
                 Ok(kf) => kf,
                 Err(e) => {
                     tracing::warn!(file = %path, error = %e, "skipping unreadable key file");
+                    refused.get_or_insert(e);
                     continue;
                 }
             };
@@ -163,15 +188,26 @@ impl Repository {
             match opened {
                 Ok(master) => match decode_config(&master, &config_data) {
                     Ok(config) => return Self::finish_open(backend, master, config),
-                    // A key of a repository that lost an init race: not ours.
-                    Err(Error::Auth { .. }) => continue,
+                    // A key of a repository that lost an init race (not ours), or the config
+                    // is damaged: which one is known only once every key was tried.
+                    Err(Error::Auth { .. }) => config_mismatch = true,
                     Err(e) => return Err(e),
                 },
-                Err(KeyError::WrongPassword) => continue,
+                Err(KeyError::WrongPassword) => wrong_password = true,
+                Err(source @ (KeyError::Kdf { .. } | KeyError::KdfLimit { .. })) => {
+                    tracing::warn!(file = %path, error = %source, "skipping key file");
+                    refused.get_or_insert(Error::Key { file: path, source });
+                }
                 Err(source) => return Err(Error::Key { file: path, source }),
             }
         }
-        Err(Error::WrongPassword)
+        if config_mismatch {
+            return Err(Error::ConfigDamaged(backend.location().to_string()));
+        }
+        match refused {
+            Some(e) if !wrong_password => Err(e),
+            _ => Err(Error::WrongPassword),
+        }
     }
 
     /// Opens the repository with an already unwrapped master key (no password, no KDF).
@@ -444,8 +480,11 @@ fn sorted(v: &[String]) -> Vec<&String> {
 }
 
 async fn read_config(backend: &Backend) -> Result<Bytes> {
-    match backend.read_path(CONFIG).await {
+    match backend.read_path_limited(CONFIG, MAX_CONFIG_FILE).await {
         Ok(d) => Ok(d),
+        Err(BackendError::NotFound { .. }) if backend.local_root_missing() => {
+            Err(Error::RepositoryMissing(backend.location().to_string()))
+        }
         Err(BackendError::NotFound { .. }) => {
             Err(Error::NotARepository(backend.location().to_string()))
         }
@@ -464,7 +503,9 @@ fn decode_config(master: &Key, data: &[u8]) -> Result<ConfigFile> {
 }
 
 async fn load_key_file(backend: &Backend, id: &Id) -> Result<KeyFile> {
-    let data = backend.read(FileType::Key, id).await?;
+    let data = backend
+        .read_path_limited(&FileType::Key.path(id), MAX_KEY_FILE)
+        .await?;
     serde_json::from_slice(&data)
         .map_err(|e| Error::format(FileType::Key.path(id), format!("invalid JSON: {e}")))
 }

@@ -112,6 +112,14 @@ async fn wrong_password_is_a_typed_error() {
     assert!(matches!(res, Err(Error::WrongPassword)), "{res:?}");
     let missing = tmp.path().join("nothing").to_str().unwrap().to_string();
     let res = Repository::open(Backend::from_url(&missing).unwrap(), b"x").await;
+    assert!(matches!(res, Err(Error::RepositoryMissing(_))), "{res:?}");
+    assert!(
+        !std::path::Path::new(&missing).exists(),
+        "opening created the directory"
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let res = Repository::open(Backend::from_url(empty.to_str().unwrap()).unwrap(), b"x").await;
     assert!(matches!(res, Err(Error::NotARepository(_))), "{res:?}");
 }
 
@@ -138,7 +146,7 @@ async fn verify_latest_snapshot(repo: &Repository) -> (usize, usize) {
                 blobs += 1;
             }
             if node.node_type == snapback_repo::file::NodeType::File {
-                assert_eq!(total, node.size, "{}", node.name);
+                assert_eq!(total, node.size, "{}", String::from_utf8_lossy(&node.name));
             }
         }
     }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::schedule::{jitter, Schedule};
-use crate::{Gate, Job, Metrics, Outcome};
+use crate::{Gate, Job, Metrics, Outcome, RunKind};
 
 /// How long a cancelled backup may take to wind down (remove its lock) before the daemon stops
 /// waiting for it. Cancellation is cooperative and normally takes well under a second.
@@ -163,22 +163,22 @@ impl Daemon {
                 let wait = at.saturating_duration_since(tokio::time::Instant::now());
                 tracing::debug!(in_s = wait.as_secs(), "next scheduled backup");
             }
-            let reason = tokio::select! {
+            let kind = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = self.shared.wake.notified() => {
                     if !self.shared.claim(true) {
                         continue;
                     }
-                    "requested"
+                    RunKind::Requested
                 }
                 _ = sleep_until(due) => {
                     self.shared.claim(false);
-                    "scheduled"
+                    RunKind::Scheduled
                 }
             };
             let cancel = CancellationToken::new();
-            let mut handle = self.spawn_run(reason, cancel.clone());
+            let mut handle = self.spawn_run(kind, cancel.clone());
             tokio::select! {
                 _ = &mut handle => {}
                 _ = shutdown.cancelled() => {
@@ -200,7 +200,7 @@ impl Daemon {
             if Instant::now() < deadline {
                 self.shared.claim(false);
                 let cancel = CancellationToken::new();
-                let handle = self.spawn_run("shutdown", cancel.clone());
+                let handle = self.spawn_run(RunKind::Shutdown, cancel.clone());
                 last = Some(wait_or_cancel(handle, cancel, deadline).await);
             } else {
                 tracing::warn!("no time left in the grace period for the shutdown backup");
@@ -214,16 +214,16 @@ impl Daemon {
     }
 
     /// Starts one backup run in its own task, which records metrics and logs its end.
-    fn spawn_run(&self, reason: &'static str, cancel: CancellationToken) -> JoinHandle<Outcome> {
+    fn spawn_run(&self, kind: RunKind, cancel: CancellationToken) -> JoinHandle<Outcome> {
         let job = self.job.clone();
         let gate = self.opts.gate.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             shared.metrics.started();
-            tracing::info!(reason, "backup started");
+            tracing::info!(reason = kind.as_str(), "backup started");
             // The job runs in a task of its own so that a panic is an outcome, not a lost run.
-            let outcome = match tokio::spawn(run_gated(job, gate, cancel)).await {
+            let outcome = match tokio::spawn(run_gated(job, gate, kind, cancel)).await {
                 Ok(o) => o,
                 Err(e) => Outcome::Failure(format!("backup task failed: {e}")),
             };
@@ -239,14 +239,19 @@ impl Daemon {
 }
 
 /// Gate, job, post-command.
-async fn run_gated(job: Arc<dyn Job>, gate: Gate, cancel: CancellationToken) -> Outcome {
+async fn run_gated(
+    job: Arc<dyn Job>,
+    gate: Gate,
+    kind: RunKind,
+    cancel: CancellationToken,
+) -> Outcome {
     if let Err(why) = gate.enter(&cancel).await {
         if cancel.is_cancelled() {
             return Outcome::Cancelled;
         }
         return Outcome::Failure(format!("consistency gate closed: {why}"));
     }
-    let outcome = job.run(cancel).await;
+    let outcome = job.run(kind, cancel).await;
     if let Err(e) = gate.leave().await {
         tracing::error!(error = %e, "post-command failed");
     }
@@ -328,16 +333,18 @@ mod tests {
 
     /// A job that takes `secs` (or until cancelled) and counts its runs.
     fn slow_job(secs: u64, runs: Arc<AtomicU32>) -> Arc<dyn Job> {
-        Arc::new(move |cancel: CancellationToken| -> JobFuture {
-            let runs = runs.clone();
-            Box::pin(async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(secs)) => Outcome::Success(Report::default()),
-                    _ = cancel.cancelled() => Outcome::Cancelled,
-                }
-            })
-        })
+        Arc::new(
+            move |_kind: RunKind, cancel: CancellationToken| -> JobFuture {
+                let runs = runs.clone();
+                Box::pin(async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(secs)) => Outcome::Success(Report::default()),
+                        _ = cancel.cancelled() => Outcome::Cancelled,
+                    }
+                })
+            },
+        )
     }
 
     fn opts(grace: Duration) -> DaemonOptions {
@@ -440,6 +447,41 @@ mod tests {
             .metrics
             .render()
             .contains("snapback_backups_total{result=\"failure\"} 1"));
+    }
+
+    /// The job is told what started it: retention decisions depend on it.
+    #[tokio::test]
+    async fn the_job_learns_what_started_it() {
+        let kinds = Arc::new(Mutex::new(Vec::new()));
+        let job: Arc<dyn Job> = {
+            let kinds = kinds.clone();
+            Arc::new(
+                move |kind: RunKind, _cancel: CancellationToken| -> JobFuture {
+                    if let Ok(mut k) = kinds.lock() {
+                        k.push(kind);
+                    }
+                    Box::pin(async { Outcome::Success(Report::default()) })
+                },
+            )
+        };
+        let shared = Shared::new();
+        shared.set_ready();
+        let mut o = opts(Duration::from_secs(10));
+        o.schedule = Schedule::every(Duration::from_millis(300)).unwrap();
+        o.backup_on_shutdown = true;
+        let daemon = Daemon::new(o, shared.clone(), job);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { daemon.run(stop).await }
+        });
+        assert_eq!(shared.trigger(), Trigger::Accepted);
+        wait_for(|| kinds.lock().unwrap().contains(&RunKind::Scheduled)).await;
+        stop.cancel();
+        assert!(matches!(task.await.unwrap(), Some(Outcome::Success(_))));
+        let kinds = kinds.lock().unwrap().clone();
+        assert_eq!(kinds.first(), Some(&RunKind::Requested), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&RunKind::Shutdown), "{kinds:?}");
     }
 
     #[tokio::test]

@@ -13,14 +13,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
-/// Environment variables never handed to hook commands: the commands talk to the application,
-/// not to the repository, and must not see its secrets.
-pub const SECRET_VARS: [&str; 5] = [
+/// Environment variables never handed to hook and producer commands: the commands talk to
+/// the application, not to the repository, and must not see its secrets, nor what the warm key
+/// is sealed to (`POD_UID` and the key secret), nor where those and the API token are kept.
+/// (They run as the same user, so a file the sidecar can read they can read too: this keeps
+/// secrets out of what a command prints or passes on by accident, it is no sandbox.)
+pub const SECRET_VARS: [&str; 13] = [
     "RESTIC_PASSWORD",
     "RESTIC_PASSWORD_FILE",
+    "RESTIC_PASSWORD_COMMAND",
+    "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "POD_UID",
+    "SNAPBACK_POD_UID_FILE",
     "SNAPBACK_KEY_SECRET",
+    "SNAPBACK_KEY_SECRET_FILE",
+    "SNAPBACK_KEY_FILE",
+    "SNAPBACK_API_TOKEN",
+    "SNAPBACK_API_TOKEN_FILE",
 ];
 
 /// An `http://` URL to probe (no TLS: the application is expected in the same Pod).

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use daemon::{Daemon, DaemonOptions, Shared, Trigger};
 pub use gate::Gate;
+pub use http::{ApiToken, HttpOptions};
 pub use metrics::Metrics;
 pub use schedule::Schedule;
 
@@ -53,6 +54,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The API token (`--api-token-file`) is not usable.
+    #[error("unusable API token: {0}")]
+    ApiToken(String),
     /// The HTTP listener could not be set up.
     #[error("HTTP listener on {addr}: {source}")]
     Listen {
@@ -119,18 +123,42 @@ impl Outcome {
 /// A boxed job future.
 pub type JobFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
+/// What started a backup run. The job uses it to decide whether retention may follow: a run
+/// anyone with access to the API can start must not be able to rotate snapshots out faster
+/// than the schedule would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// The schedule (`--schedule`, `--every`); a pending request it absorbed counts as this.
+    Scheduled,
+    /// `POST /backup`.
+    Requested,
+    /// The last backup after SIGTERM (`--backup-on-shutdown`).
+    Shutdown,
+}
+
+impl RunKind {
+    /// The `reason` field of the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Scheduled => "scheduled",
+            RunKind::Requested => "requested",
+            RunKind::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// One backup (plus whatever follows a success, such as retention). Called once per run; the
 /// run must stop promptly, without saving a snapshot, once `cancel` fires.
 pub trait Job: Send + Sync + 'static {
-    /// Starts one backup.
-    fn run(&self, cancel: CancellationToken) -> JobFuture;
+    /// Starts one backup, started for `kind`.
+    fn run(&self, kind: RunKind, cancel: CancellationToken) -> JobFuture;
 }
 
 impl<F> Job for F
 where
-    F: Fn(CancellationToken) -> JobFuture + Send + Sync + 'static,
+    F: Fn(RunKind, CancellationToken) -> JobFuture + Send + Sync + 'static,
 {
-    fn run(&self, cancel: CancellationToken) -> JobFuture {
-        self(cancel)
+    fn run(&self, kind: RunKind, cancel: CancellationToken) -> JobFuture {
+        self(kind, cancel)
     }
 }

@@ -3,6 +3,11 @@
 //! Headers are parsed one block at a time from a plain [`Read`] (no seeking), so a stream from
 //! stdin is consumed strictly sequentially and a member's content is lent out as a reader.
 //! A stream that ends early or holds a corrupt header is an [`Error`], never a silent end.
+//!
+//! After the end-of-archive marker, zero blocks (a blocking factor's padding) are skipped.
+//! Another archive appended after the marker (`cat a.tar b.tar`) is read on, as GNU tar's
+//! `--ignore-zeros` does, with a logged warning; any other data there is a [`Warning`] (the
+//! backup ends partial, exit 3), never dropped without a word.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -201,10 +206,61 @@ impl<R: Read> TarSource<R> {
     }
 
     /// Consumes the input after the end-of-archive marker, so a producer writing into a pipe
-    /// does not fail with EPIPE on its final padding.
-    fn drain(&mut self) {
-        if let Err(e) = io::copy(&mut self.body.inner, &mut io::sink()) {
-            tracing::debug!("ignoring error after end of tar stream: {e}");
+    /// does not fail with EPIPE; returns how many bytes there were.
+    fn drain(&mut self) -> u64 {
+        match io::copy(&mut self.body.inner, &mut io::sink()) {
+            Ok(n) => {
+                self.body.pos += n;
+                n
+            }
+            Err(e) => {
+                tracing::debug!("ignoring error after end of tar stream: {e}");
+                0
+            }
+        }
+    }
+
+    /// Reads past an end-of-archive marker (a zero block at `marker`) up to the next data.
+    /// Returns the header block of an archive appended after it, or `None` at the end of the
+    /// input (zero padding only, or data that is no tar, which is then a [`Warning`]).
+    fn after_end(&mut self, marker: u64, block: &mut [u8; BLOCK]) -> Result<bool, Error> {
+        loop {
+            let offset = self.body.pos;
+            let mut filled = 0;
+            while filled < BLOCK {
+                match self.body.inner.read(&mut block[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::ReadTar(e)),
+                }
+            }
+            self.body.pos += filled as u64;
+            if filled == 0 {
+                return Ok(false);
+            }
+            if filled == BLOCK && block.iter().all(|&b| b == 0) {
+                continue;
+            }
+            if filled == BLOCK && looks_like_tar(block) {
+                tracing::warn!(
+                    offset,
+                    "another tar archive follows the end-of-archive marker at byte {marker}; \
+                     reading it too (as tar --ignore-zeros)"
+                );
+                // A new archive: the previous one's global pax records do not carry over.
+                self.global.clear();
+                return Ok(true);
+            }
+            let extra = filled as u64 + self.drain();
+            self.warn(
+                PathBuf::from("<tar stream>"),
+                format!(
+                    "{extra} bytes of data that is not a tar archive follow the \
+                     end-of-archive marker at byte {marker} (from byte {offset}); ignored"
+                ),
+            );
+            return Ok(false);
         }
     }
 
@@ -229,10 +285,12 @@ impl<R: Read> TarSource<R> {
                         reason: "extended header not followed by a member".into(),
                     });
                 }
-                self.done = true;
-                self.drain();
-                return Ok(None);
+                if !self.after_end(offset, &mut block)? {
+                    self.done = true;
+                    return Ok(None);
+                }
             }
+            let offset = self.body.pos - BLOCK as u64;
             if !checksum_ok(&block) {
                 return Err(Error::Malformed {
                     offset,

@@ -5,7 +5,10 @@
 //! with that key, without the password and without running the KDF again.
 //!
 //! Sealing: ChaCha20-Poly1305 under a key derived with BLAKE3's key derivation mode from the
-//! Pod's secret (its UID, plus an optional extra secret). The header (magic, version, flags,
+//! Pod's secret (its UID, plus an extra secret). The UID binds the file to one Pod but is not
+//! secret (anyone allowed to read the Pod object knows it), so the extra secret is what keeps
+//! the file closed to a reader of the node's volume; callers should require it (snapback's
+//! command line does). The header (magic, version, flags,
 //! repository id, location) is authenticated as associated data, so none of it can be altered
 //! without the file failing to open.
 //!
@@ -98,8 +101,9 @@ pub enum WarmKeyError {
     EmptyKeySecret,
 }
 
-/// The per-Pod secret a warm key is sealed to: the Pod UID (unique per Pod, known only inside
-/// it and to the API server) and an optional extra secret. Its bytes are wiped on drop.
+/// The per-Pod secret a warm key is sealed to: the Pod UID (unique per Pod, but readable by
+/// anyone allowed to `get pods`, so it binds rather than protects) and an extra secret (from a
+/// Kubernetes Secret: the part an attacker lacks). Its bytes are wiped on drop.
 pub struct PodSecret {
     /// Unambiguous encoding of the UID and the extra secret: the input of the key derivation.
     material: Zeroizing<Vec<u8>>,

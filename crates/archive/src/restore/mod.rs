@@ -23,14 +23,15 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{FileType, Mode, OFlags};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use crate::tree_walk::{TreeWalker, WalkItem};
+use crate::tree_walk::{join_path, TreeWalker, WalkItem};
 use crate::{Error, Result};
 use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
@@ -47,10 +48,11 @@ pub struct RestoreOptions {
     /// `/a/b` is written to `target/a/b`.
     pub target: PathBuf,
     /// Only nodes matching one of these patterns (and, for directories, everything below them)
-    /// are restored; their parent directories are created. Empty: everything.
-    pub include: Vec<String>,
+    /// are restored; their parent directories are created. Empty: everything. Raw bytes, so
+    /// a pattern can name a file whose name is not UTF-8.
+    pub include: Vec<OsString>,
     /// Nodes matching one of these patterns (and everything below them) are skipped.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<OsString>,
     /// Pack ranges read concurrently (each one request on S3).
     pub pack_reads: usize,
     /// Bytes of blobs in memory at once, over all files (a blob counts its encrypted and its
@@ -82,8 +84,8 @@ impl RestoreOptions {
 /// A node that could not be restored (or restored only partly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreProblem {
-    /// Snapshot path of the node (relative to the restored tree's root).
-    pub path: String,
+    /// Snapshot path of the node (relative to the restored tree's root), raw bytes.
+    pub path: PathBuf,
     /// What went wrong.
     pub message: String,
 }
@@ -161,12 +163,12 @@ pub async fn restore(
         (NodeType::Dir, Some(id)) => id,
         (NodeType::Dir, None) => {
             return Err(Error::InvalidTree {
-                tree: start.name.clone(),
+                tree: start.name_lossy().into_owned(),
                 reason: "directory without subtree".into(),
             })
         }
         _ => {
-            let path = format!("/{}", start.name);
+            let path = join_path(Path::new("/"), &start.name);
             let (selected, _) = select(&include, &exclude, &path, start);
             if selected {
                 match node_name(start) {
@@ -181,9 +183,9 @@ pub async fn restore(
         }
     };
 
-    let mut walker = TreeWalker::new(repo.clone(), index, subtree, "/");
+    let mut walker = TreeWalker::new(repo.clone(), index, subtree, Path::new("/"));
     let mut first = true;
-    let mut last_dir = String::from("/");
+    let mut last_dir = PathBuf::from("/");
     loop {
         let next = walker.next().await;
         for (path, message) in walker.take_skipped() {
@@ -268,17 +270,19 @@ fn fd_share(fds: u64, part: u64) -> usize {
 /// is empty, `.` or `..`, or holds `/` or NUL would leave its directory (or fail half way); the
 /// node is not restored, like restic refuses it.
 fn node_name(node: &Node) -> Result<&OsStr, String> {
-    let name = node.name.as_str();
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+    let name = node.name.as_slice();
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(format!(
-            "invalid node name {name:?}: not a name within its directory"
+            "invalid node name \"{}\": not a name within its directory",
+            snapback_repo::file::quote::quote(name)
         ));
     }
-    Ok(OsStr::new(name))
+    Ok(OsStr::from_bytes(name))
 }
 
 /// restic's selection: (restore this node, descend into it).
-fn select(include: &PatternList, exclude: &PatternList, path: &str, node: &Node) -> (bool, bool) {
+fn select(include: &PatternList, exclude: &PatternList, path: &Path, node: &Node) -> (bool, bool) {
     let is_dir = node.node_type == NodeType::Dir;
     let (mut selected, mut descend) = if include.is_empty() {
         (true, is_dir)
@@ -309,7 +313,7 @@ struct Level {
     /// needs it otherwise (a parent of an included node).
     fd: Option<Arc<OwnedFd>>,
     /// Its path and node when it is restored itself (metadata at its end).
-    restored: Option<(String, Node)>,
+    restored: Option<(PathBuf, Node)>,
 }
 
 struct Restorer {
@@ -327,7 +331,7 @@ struct Restorer {
     /// An earlier part of the file being queued failed (it is removed; skip the rest).
     abandoned: bool,
     /// Directories whose metadata waits for the queued files (applied in order).
-    dirs: Vec<(String, Node, Arc<OwnedFd>)>,
+    dirs: Vec<(PathBuf, Node, Arc<OwnedFd>)>,
     /// The target directory.
     root: Arc<OwnedFd>,
     /// The directories from the target down to the current node's parent.
@@ -342,7 +346,7 @@ struct Restorer {
 
 /// A file queued for its content to be written.
 struct Queued {
-    path: String,
+    path: PathBuf,
     /// Its directory and name (to remove it if its content fails).
     parent: Arc<OwnedFd>,
     name: OsString,
@@ -357,18 +361,18 @@ struct Queued {
 }
 
 impl Restorer {
-    fn fail(&mut self, path: &str, message: String) {
-        tracing::warn!(path, error = %message, "not restored");
+    fn fail(&mut self, path: &Path, message: String) {
+        tracing::warn!(path = %path.display(), error = %message, "not restored");
         self.summary.failed.push(RestoreProblem {
-            path: path.to_string(),
+            path: path.to_path_buf(),
             message,
         });
     }
 
-    fn warn(&mut self, path: &str, message: String) {
-        tracing::warn!(path, warning = %message, "restore warning");
+    fn warn(&mut self, path: &Path, message: String) {
+        tracing::warn!(path = %path.display(), warning = %message, "restore warning");
         self.summary.warnings.push(RestoreProblem {
-            path: path.to_string(),
+            path: path.to_path_buf(),
             message,
         });
     }
@@ -376,7 +380,7 @@ impl Restorer {
     /// Restores one node; a directory's descriptor when it is one and could be made.
     async fn restore_node(
         &mut self,
-        path: &str,
+        path: &Path,
         name: &OsStr,
         node: &Node,
     ) -> Option<Arc<OwnedFd>> {
@@ -415,7 +419,7 @@ impl Restorer {
     /// Creates one node (a directory only gets its entry; its metadata comes in `finish_dir`).
     async fn create(
         &mut self,
-        path: &str,
+        path: &Path,
         name: &OsStr,
         node: &Node,
     ) -> Result<Option<Arc<OwnedFd>>, NodeFailure> {
@@ -464,7 +468,7 @@ impl Restorer {
                 return Ok(None);
             }
             NodeType::Symlink => {
-                fsops::make_symlink(dir, name, OsStr::new(&node.linktarget))?;
+                fsops::make_symlink(dir, name, OsStr::from_bytes(&node.linktarget))?;
                 self.summary.others += 1;
             }
             NodeType::Fifo => {
@@ -488,7 +492,7 @@ impl Restorer {
             }
             NodeType::Socket => {
                 // A socket only exists while a process listens on it; restic skips them too.
-                tracing::debug!(path, "socket not restored");
+                tracing::debug!(path = %path.display(), "socket not restored");
                 return Ok(None);
             }
             NodeType::Unknown => {
@@ -530,7 +534,7 @@ impl Restorer {
     #[allow(clippy::too_many_arguments)]
     async fn queue(
         &mut self,
-        path: &str,
+        path: &Path,
         parent: &Arc<OwnedFd>,
         name: &OsStr,
         file: Arc<fs::File>,
@@ -557,7 +561,7 @@ impl Restorer {
             let last = rest.peek().is_none();
             self.content.add(file.clone(), part);
             self.queued.push(Queued {
-                path: path.to_string(),
+                path: path.to_path_buf(),
                 parent: parent.clone(),
                 name: name.to_owned(),
                 file: file.clone(),
@@ -608,7 +612,7 @@ impl Restorer {
     }
 
     /// Warns when a file's content is not the size its node records.
-    fn check_size(&mut self, path: &str, written: u64, recorded: u64) {
+    fn check_size(&mut self, path: &Path, written: u64, recorded: u64) {
         if written != recorded {
             self.warn(
                 path,
@@ -619,7 +623,7 @@ impl Restorer {
 
     /// Applies a directory's metadata once everything inside it is written: now, or after
     /// the queued files (and the directories already waiting, which are inside it).
-    async fn finish_dir(&mut self, path: String, node: Node, fd: Arc<OwnedFd>) {
+    async fn finish_dir(&mut self, path: PathBuf, node: Node, fd: Arc<OwnedFd>) {
         if self.queued.is_empty() && self.dirs.is_empty() {
             self.apply_dir(&path, &node, &fd);
             return;
@@ -630,7 +634,7 @@ impl Restorer {
         }
     }
 
-    fn apply_dir(&mut self, path: &str, node: &Node, fd: &OwnedFd) {
+    fn apply_dir(&mut self, path: &Path, node: &Node, fd: &OwnedFd) {
         for w in fsops::apply_fd_metadata(fd.as_fd(), node, self.is_root) {
             self.warn(path, w);
         }
@@ -638,8 +642,8 @@ impl Restorer {
 }
 
 /// Removes a file whose content could not be written (never leave it partial).
-fn discard(path: &str, parent: BorrowedFd<'_>, name: &OsStr) {
+fn discard(path: &Path, parent: BorrowedFd<'_>, name: &OsStr) {
     if let Err(e) = fsops::remove_file(parent, name) {
-        tracing::warn!(path, error = %e, "cannot remove partial file");
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove partial file");
     }
 }

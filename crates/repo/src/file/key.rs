@@ -18,6 +18,67 @@ pub struct KdfParams {
     pub p: u32,
 }
 
+/// Most memory scrypt may need for a key file (`128 * r * N` bytes). The parameters come from
+/// a key file nobody has authenticated yet, so anyone who can write to the bucket could
+/// otherwise make every command allocate what N says. restic calibrates within 60 MiB and
+/// rustic defaults to 128 MiB; 1 GiB leaves room for deliberately slow keys.
+pub const MAX_KDF_MEMORY: u64 = 1 << 30;
+/// Most scrypt work a key file may ask for, in bytes of memory touched (`128 * r * N * p`):
+/// time grows with p at constant memory. restic's calibration raises p until a derivation
+/// takes 0.5 s (p of a few at N=2^15, r=8); this allows p up to 128 there, about ten
+/// seconds of CPU.
+pub const MAX_KDF_WORK: u64 = 4 << 30;
+
+impl KdfParams {
+    /// Refuses parameters scrypt cannot use or that exceed [`MAX_KDF_MEMORY`] or
+    /// [`MAX_KDF_WORK`], before anything is allocated.
+    pub fn check(&self) -> Result<(), KeyError> {
+        let refuse = |reason: String| {
+            Err(KeyError::KdfLimit {
+                n: self.n,
+                r: self.r,
+                p: self.p,
+                reason,
+            })
+        };
+        if self.n < 2 || !self.n.is_power_of_two() {
+            return refuse("N must be a power of two of at least 2".into());
+        }
+        if self.r == 0 || self.p == 0 {
+            return refuse("r and p must be at least 1".into());
+        }
+        let memory = 128u64
+            .checked_mul(u64::from(self.r))
+            .and_then(|m| m.checked_mul(self.n));
+        match memory {
+            Some(m) if m <= MAX_KDF_MEMORY => {}
+            _ => {
+                return refuse(format!(
+                    "they need {} of memory, more than the limit of {}",
+                    mib(memory),
+                    mib(Some(MAX_KDF_MEMORY))
+                ))
+            }
+        }
+        match memory.and_then(|m| m.checked_mul(u64::from(self.p))) {
+            Some(w) if w <= MAX_KDF_WORK => Ok(()),
+            _ => refuse(format!(
+                "p={} asks for {} of scrypt work (128*r*N*p), more than the limit of {}",
+                self.p,
+                mib(memory.and_then(|m| m.checked_mul(u64::from(self.p)))),
+                mib(Some(MAX_KDF_WORK))
+            )),
+        }
+    }
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{} MiB", b >> 20),
+        None => "more than 2^64 bytes".into(),
+    }
+}
+
 impl Default for KdfParams {
     fn default() -> Self {
         KdfParams {
@@ -93,6 +154,18 @@ pub enum KeyError {
         /// p
         p: u32,
     },
+    /// scrypt parameters out of bounds (see [`KdfParams::check`]).
+    #[error("refusing scrypt parameters N={n}, r={r}, p={p}: {reason}")]
+    KdfLimit {
+        /// N
+        n: u64,
+        /// r
+        r: u32,
+        /// p
+        p: u32,
+        /// Which bound is exceeded.
+        reason: String,
+    },
     /// The password does not open this key file.
     #[error("wrong password for this key file")]
     WrongPassword,
@@ -114,14 +187,16 @@ impl KeyFile {
             r: self.r,
             p: self.p,
         };
-        if self.kdf != "scrypt" || !self.n.is_power_of_two() || self.n < 2 {
+        if self.kdf != "scrypt" {
             return Err(bad());
         }
-        Ok(KdfParams {
+        let params = KdfParams {
             n: self.n,
             r: self.r,
             p: self.p,
-        })
+        };
+        params.check()?;
+        Ok(params)
     }
 
     /// Opens the master key with `password` (slow: runs scrypt).
@@ -185,6 +260,7 @@ impl KeyFile {
 }
 
 fn derive(password: &[u8], salt: &[u8], params: KdfParams) -> Result<Key, KeyError> {
+    params.check()?;
     let bad = || KeyError::Kdf {
         kdf: "scrypt".into(),
         n: params.n,
@@ -234,5 +310,64 @@ mod tests {
         let opened = kf.open(b"secret").unwrap();
         assert_eq!(opened.as_bytes(), master.as_bytes());
         assert!(matches!(kf.open(b"wrong"), Err(KeyError::WrongPassword)));
+    }
+
+    #[test]
+    fn absurd_scrypt_parameters_are_refused_before_any_work() {
+        let master = Key::random();
+        let good = KeyFile::create(&master, b"secret", FAST, "u", "h").unwrap();
+        let started = std::time::Instant::now();
+        for (n, r, p) in [
+            (1u64 << 40, 8, 1),    // 128 TiB
+            (1 << 20, 8, 1),       // 1 GiB: the limit itself is fine, 2^21 is not
+            (1 << 15, 1 << 20, 1), // r blows memory up
+            (1 << 15, 8, 1 << 20), // p blows the time up
+            (1 << 15, u32::MAX, u32::MAX),
+            (u64::MAX, 8, 1), // not a power of two
+            (0, 8, 1),
+            (1 << 15, 0, 1),
+            (1 << 15, 8, 0),
+        ] {
+            let mut kf = good.clone();
+            (kf.n, kf.r, kf.p) = (n, r, p);
+            if n == 1 << 20 {
+                kf.n = 1 << 21;
+            }
+            match kf.open(b"secret") {
+                Err(e @ KeyError::KdfLimit { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("refusing scrypt parameters"), "{msg}");
+                }
+                other => panic!("N={n} r={r} p={p}: {other:?}"),
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "refusing took {:?}",
+            started.elapsed()
+        );
+        // What restic and rustic write is accepted.
+        for (n, r, p) in [
+            (1u64 << 15, 8, 1),
+            (1 << 17, 8, 1),
+            (1 << 15, 8, 9),
+            (1 << 20, 8, 1),
+        ] {
+            KdfParams { n, r, p }.check().unwrap();
+        }
+        assert!(KdfParams {
+            n: 1 << 15,
+            r: 8,
+            p: 128
+        }
+        .check()
+        .is_ok());
+        assert!(KdfParams {
+            n: 1 << 15,
+            r: 8,
+            p: 129
+        }
+        .check()
+        .is_err());
     }
 }

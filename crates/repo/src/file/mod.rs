@@ -7,6 +7,7 @@ pub mod config;
 pub mod index;
 pub mod key;
 pub mod lock;
+pub mod quote;
 pub mod snapshot;
 pub mod tree;
 

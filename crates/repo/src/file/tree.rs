@@ -15,10 +15,75 @@ pub struct Tree {
 impl Tree {
     /// Serialises as restic does (JSON plus a trailing newline); the blob id is the SHA-256 of
     /// exactly these bytes.
+    ///
+    /// Strings are escaped as Go's `encoding/json` escapes them (`<`, `>`, `&`, U+2028, U+2029
+    /// and every control character but `\n \r \t` as `\u00XX`), so a tree with the same
+    /// nodes as restic's has the same bytes and the same id, and deduplicates with it.
     pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let mut out = serde_json::to_vec(self)?;
+        let mut out = Vec::with_capacity(256 * self.nodes.len() + 16);
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, GoJsonFormatter);
+        self.serialize(&mut ser)?;
         out.push(b'\n');
         Ok(out)
+    }
+}
+
+/// A compact JSON formatter escaping strings like Go's `json.Marshal`.
+struct GoJsonFormatter;
+
+impl serde_json::ser::Formatter for GoJsonFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let esc: &[u8] = match c {
+                '<' => b"\\u003c",
+                '>' => b"\\u003e",
+                '&' => b"\\u0026",
+                '\u{2028}' => b"\\u2028",
+                '\u{2029}' => b"\\u2029",
+                _ => continue,
+            };
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(esc)?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+
+    fn write_char_escape<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        escape: serde_json::ser::CharEscape,
+    ) -> std::io::Result<()> {
+        use serde_json::ser::CharEscape;
+        // Go has short forms only for these; \b and \f are written as \u0008 and \u000c.
+        let s: &[u8] = match escape {
+            CharEscape::Quote => b"\\\"",
+            CharEscape::ReverseSolidus => b"\\\\",
+            CharEscape::Solidus => b"/",
+            CharEscape::LineFeed => b"\\n",
+            CharEscape::CarriageReturn => b"\\r",
+            CharEscape::Tab => b"\\t",
+            CharEscape::Backspace => b"\\u0008",
+            CharEscape::FormFeed => b"\\u000c",
+            CharEscape::AsciiControl(b) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let buf = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ];
+                return writer.write_all(&buf);
+            }
+        };
+        writer.write_all(s)
     }
 }
 
@@ -54,73 +119,223 @@ pub fn zero_time() -> DateTime<FixedOffset> {
 }
 
 /// One entry of a tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `name` and `linktarget` are raw bytes, as unix stores them. In JSON the name is Go's
+/// `strconv.Quote` of the bytes without the quotes (see [`super::quote`]), as restic writes it;
+/// a link target that is not valid UTF-8 is written as restic does: `linktarget` with each
+/// invalid byte replaced by U+FFFD (all restic 0.14 can read) plus `linktarget_raw`, the exact
+/// bytes in base64 (newer restic), which wins on reading.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "NodeIn")]
 pub struct Node {
-    /// File name (one path component).
-    pub name: String,
+    /// File name (one path component), raw bytes.
+    pub name: Vec<u8>,
     /// Node type.
-    #[serde(rename = "type")]
     pub node_type: NodeType,
     /// Go `os.FileMode`: permission bits plus Go's type and special bits (see [`go_mode`]).
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub mode: u32,
     /// Modification time.
-    #[serde(default = "zero_time")]
     pub mtime: DateTime<FixedOffset>,
     /// Access time.
-    #[serde(default = "zero_time")]
     pub atime: DateTime<FixedOffset>,
     /// Status change time.
-    #[serde(default = "zero_time")]
     pub ctime: DateTime<FixedOffset>,
     /// Owner uid.
-    #[serde(default)]
     pub uid: u32,
     /// Owner gid.
-    #[serde(default)]
     pub gid: u32,
     /// Owner name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
     /// Group name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub group: String,
     /// Inode number.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub inode: u64,
     /// `st_dev` of the containing filesystem.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub device_id: u64,
     /// File size in bytes.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub size: u64,
     /// Hard link count.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub links: u64,
-    /// Symlink target.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub linktarget: String,
+    /// Symlink target, raw bytes.
+    pub linktarget: Vec<u8>,
     /// Extended attributes.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_vec"
-    )]
     pub extended_attributes: Vec<ExtendedAttribute>,
     /// `st_rdev` of a device node.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub device: u64,
     /// Data blobs of a file, in order (`null` for other types, `[]` for an empty file).
-    #[serde(default)]
     pub content: Option<Vec<Id>>,
     /// Tree blob of a directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtree: Option<Id>,
+}
+
+/// A node as restic's JSON has it, for writing (borrows the node; field order is restic's).
+#[derive(Serialize)]
+struct NodeOut<'a> {
+    #[serde(with = "super::quote::serde_quoted")]
+    name: &'a [u8],
+    #[serde(rename = "type")]
+    node_type: NodeType,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    mode: u32,
+    mtime: &'a DateTime<FixedOffset>,
+    atime: &'a DateTime<FixedOffset>,
+    ctime: &'a DateTime<FixedOffset>,
+    uid: u32,
+    gid: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    user: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    group: &'a str,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    inode: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    device_id: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    size: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    links: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    linktarget: std::borrow::Cow<'a, str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_b64"
+    )]
+    linktarget_raw: Option<&'a [u8]>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    extended_attributes: &'a [ExtendedAttribute],
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    device: u64,
+    content: &'a Option<Vec<Id>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subtree: Option<&'a Id>,
+}
+
+/// A node as restic's JSON has it, for reading.
+#[derive(Deserialize)]
+struct NodeIn {
+    #[serde(with = "super::quote::serde_quoted")]
+    name: Vec<u8>,
+    #[serde(rename = "type")]
+    node_type: NodeType,
+    #[serde(default)]
+    mode: u32,
+    #[serde(default = "zero_time")]
+    mtime: DateTime<FixedOffset>,
+    #[serde(default = "zero_time")]
+    atime: DateTime<FixedOffset>,
+    #[serde(default = "zero_time")]
+    ctime: DateTime<FixedOffset>,
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    inode: u64,
+    #[serde(default)]
+    device_id: u64,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    links: u64,
+    #[serde(default)]
+    linktarget: String,
+    #[serde(default, deserialize_with = "de_opt_b64")]
+    linktarget_raw: Option<Vec<u8>>,
+    #[serde(default, deserialize_with = "null_vec")]
+    extended_attributes: Vec<ExtendedAttribute>,
+    #[serde(default)]
+    device: u64,
+    #[serde(default)]
+    content: Option<Vec<Id>>,
+    #[serde(default)]
+    subtree: Option<Id>,
+}
+
+impl From<NodeIn> for Node {
+    fn from(n: NodeIn) -> Self {
+        Node {
+            name: n.name,
+            node_type: n.node_type,
+            mode: n.mode,
+            mtime: n.mtime,
+            atime: n.atime,
+            ctime: n.ctime,
+            uid: n.uid,
+            gid: n.gid,
+            user: n.user,
+            group: n.group,
+            inode: n.inode,
+            device_id: n.device_id,
+            size: n.size,
+            links: n.links,
+            // The exact bytes when newer restic (or we) stored them; 0.14's string otherwise.
+            linktarget: n
+                .linktarget_raw
+                .unwrap_or_else(|| n.linktarget.into_bytes()),
+            extended_attributes: n.extended_attributes,
+            device: n.device,
+            content: n.content,
+            subtree: n.subtree,
+        }
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw = std::str::from_utf8(&self.linktarget).is_err();
+        NodeOut {
+            name: &self.name,
+            node_type: self.node_type,
+            mode: self.mode,
+            mtime: &self.mtime,
+            atime: &self.atime,
+            ctime: &self.ctime,
+            uid: self.uid,
+            gid: self.gid,
+            user: &self.user,
+            group: &self.group,
+            inode: self.inode,
+            device_id: self.device_id,
+            size: self.size,
+            links: self.links,
+            linktarget: super::quote::go_lossy(&self.linktarget),
+            linktarget_raw: raw.then_some(self.linktarget.as_slice()),
+            extended_attributes: &self.extended_attributes,
+            device: self.device,
+            content: &self.content,
+            subtree: self.subtree.as_ref(),
+        }
+        .serialize(s)
+    }
+}
+
+fn ser_opt_b64<S: serde::Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(b) => super::key::b64::serialize(b, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn de_opt_b64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(s.as_bytes())
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        }
+    }
 }
 
 impl Node {
     /// A node of `node_type` named `name` with every other field empty.
-    pub fn new(name: impl Into<String>, node_type: NodeType) -> Self {
+    pub fn new(name: impl Into<Vec<u8>>, node_type: NodeType) -> Self {
         Node {
             name: name.into(),
             node_type,
@@ -136,12 +351,17 @@ impl Node {
             device_id: 0,
             size: 0,
             links: 0,
-            linktarget: String::new(),
+            linktarget: Vec::new(),
             extended_attributes: Vec::new(),
             device: 0,
             content: None,
             subtree: None,
         }
+    }
+
+    /// The name for messages and text output (lossy: invalid UTF-8 shows as U+FFFD).
+    pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
     }
 }
 
@@ -258,6 +478,83 @@ mod tests {
             .unwrap()
             .contains("\"content\":[]"));
         assert!(zero_time().to_rfc3339().starts_with("0001-01-01T00:00:00"));
+    }
+
+    #[test]
+    fn names_are_go_quoted_and_read_back_as_raw_bytes() {
+        let mut tree = Tree::default();
+        for name in [
+            &b"a\xfe"[..],
+            b"a\xff",
+            b"quo\"te",
+            b"new\nline",
+            b"back\\slash",
+        ] {
+            tree.nodes.push(Node::new(name, NodeType::File));
+        }
+        tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let bytes = tree.to_bytes().unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        for enc in [
+            r#""name":"a\\xfe""#,
+            r#""name":"a\\xff""#,
+            r#""name":"quo\\\"te""#,
+            r#""name":"new\\nline""#,
+            r#""name":"back\\\\slash""#,
+        ] {
+            assert!(text.contains(enc), "{enc} in {text}");
+        }
+        let back: Tree = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            back, tree,
+            "two names that differ in one invalid byte stay two"
+        );
+        // restic refuses a name Go cannot unquote; so do we, with an error, not a panic.
+        let bad = r#"{"nodes":[{"name":"a\\q","type":"file","content":[]}]}"#;
+        let err = serde_json::from_str::<Tree>(bad).unwrap_err();
+        assert!(err.to_string().contains("invalid quoted name"), "{err}");
+        let bad = r#"{"nodes":[{"name":"a\"b","type":"file","content":[]}]}"#;
+        assert!(serde_json::from_str::<Tree>(bad).is_err());
+    }
+
+    #[test]
+    fn invalid_utf8_link_targets_keep_their_bytes_in_linktarget_raw() {
+        let mut n = Node::new("l", NodeType::Symlink);
+        n.linktarget = b"to\xff\xfex".to_vec();
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(
+            json.contains("\"linktarget\":\"to\u{fffd}\u{fffd}x\",\"linktarget_raw\":\"dG///ng=\""),
+            "{json}"
+        );
+        let back: Node = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.linktarget, b"to\xff\xfex");
+        // A valid target has no raw field; restic 0.14's plain string reads as it is.
+        n.linktarget = "ok/é".into();
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(!json.contains("linktarget_raw"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Node>(&json).unwrap().linktarget,
+            "ok/é".as_bytes()
+        );
+    }
+
+    #[test]
+    fn tree_strings_are_escaped_like_go_json() {
+        let mut n = Node::new("<a&b>\u{2028}", NodeType::Dir);
+        n.user = "x\u{8}\u{c}\u{1}\t\u{2029}".into();
+        let tree = Tree { nodes: vec![n] };
+        let text = String::from_utf8(tree.to_bytes().unwrap()).unwrap();
+        assert!(
+            text.starts_with(r#"{"nodes":[{"name":"\u003ca\u0026b\u003e\\u2028","type":"dir""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""user":"x\u0008\u000c\u0001\t\u2029""#),
+            "{text}"
+        );
+        assert!(text.ends_with("}]}\n"));
+        let back: Tree = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, tree);
     }
 
     #[test]
