@@ -52,8 +52,9 @@ pub struct GlobalArgs {
     /// More output (repeat for debug logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Seconds one storage request may go unanswered (S3 or local). A request that times out
-    /// is tried once more, then the command fails. Default 60, or SNAPBACK_IO_TIMEOUT_SECS.
+    /// Seconds one storage request may go unanswered (S3 or local). An operation gets two
+    /// timed-out attempts plus the retry backoff, then the command fails. Default 60, or
+    /// SNAPBACK_IO_TIMEOUT_SECS.
     #[arg(long, value_name = "SECS", global = true)]
     pub timeout: Option<u64>,
     /// Log as JSON lines (the sidecar's default).

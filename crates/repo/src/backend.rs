@@ -289,13 +289,21 @@ impl RetryPolicy {
         self
     }
 
-    /// Longest one storage operation may take, retries included: a request that timed out is
-    /// tried once more, then the command ends. Without this bound the retry layer would turn
-    /// a server that accepts connections and never answers into `max_retries + 1` timeouts
-    /// plus backoff (over seven minutes with the defaults).
+    /// Longest one storage operation may take, retries included: two timed-out attempts plus
+    /// the whole backoff schedule, so that a request that timed out once still has every retry
+    /// for the quick transient faults (503, a dropped connection) that may follow it. Without
+    /// this bound the retry layer would turn a server that accepts connections and never
+    /// answers into `max_retries + 1` timeouts plus backoff (over seven minutes with the
+    /// defaults; about two with it).
     pub fn deadline(&self) -> Duration {
         let attempt = self.timeout.max(self.io_timeout);
-        attempt * 2 + self.max_delay.min(attempt)
+        let mut backoff = Duration::ZERO;
+        let mut delay = self.min_delay;
+        for _ in 0..self.max_retries {
+            backoff += delay.min(self.max_delay);
+            delay = delay.saturating_mul(2);
+        }
+        attempt * 2 + backoff
     }
 }
 
@@ -1016,6 +1024,20 @@ fn map_err(path: &str, e: opendal::Error) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operation_gets_two_timeouts_and_the_backoff_schedule() {
+        let p = RetryPolicy::default();
+        // 6 retries: 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 6.4 s of backoff.
+        assert_eq!(p.deadline(), Duration::from_millis(120_000 + 12_600));
+        let short = p.with_timeout(Duration::from_secs(2));
+        assert_eq!(short.deadline(), Duration::from_millis(4_000 + 12_600));
+        let none = RetryPolicy {
+            max_retries: 0,
+            ..short
+        };
+        assert_eq!(none.deadline(), Duration::from_secs(4));
+    }
 
     #[test]
     fn parses_restic_location_forms() {
