@@ -136,8 +136,8 @@ impl Repo {
                 .expect("every index file the killed backup left must load");
             [BlobType::Data, BlobType::Tree]
                 .into_iter()
-                .flat_map(|ty| index.ids(ty).collect::<Vec<_>>())
-                .map(|id| index.get(&id).unwrap().plain_length())
+                .flat_map(|ty| index.locations(ty).collect::<Vec<_>>())
+                .map(|loc| loc.plain_length())
                 .sum()
         })
     }

@@ -333,7 +333,11 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     });
     let job = move |kind: RunKind, cancel: CancellationToken| -> JobFuture {
         let config = config.clone();
-        Box::pin(async move { one_backup(config, kind, cancel).await })
+        Box::pin(async move {
+            let outcome = one_backup(config, kind, cancel).await;
+            release_memory();
+            outcome
+        })
     };
 
     let gate = Gate {
@@ -470,6 +474,19 @@ async fn one_backup(config: Arc<JobConfig>, kind: RunKind, cancel: CancellationT
         bytes_added: a.bytes_new,
         warnings: a.warnings.len() as u64,
     })
+}
+
+/// After a run: the index, buffers and pools of the backup are dropped by now; free the
+/// process-wide caches too and hand the allocator's free memory back to the OS, so that the
+/// sidecar waits for its next backup at its start-up size.
+fn release_memory() {
+    snapback_archive::sink::release_idle_contexts();
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only returns free pages of glibc's arenas; safe from any thread.
+        let released = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(released = released != 0, "returned free memory to the OS");
+    }
 }
 
 /// Forgets this sidecar's snapshots outside the policy; the policy's filter leaves on-demand

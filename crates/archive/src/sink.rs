@@ -373,6 +373,13 @@ fn take_context(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
     }
 }
 
+/// Frees the idle zstd contexts (a few MiB): a long-running process calls this between
+/// backups, so that it holds no compression state while it waits.
+pub fn release_idle_contexts() {
+    let idle = std::mem::take(&mut *IDLE_CONTEXTS.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(idle);
+}
+
 fn return_context(level: i32, ctx: zstd::bulk::Compressor<'static>) {
     let mut idle = IDLE_CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
     idle.push((level, ctx));

@@ -258,16 +258,31 @@ impl Repository {
 
     /// Loads an encrypted file and returns its plaintext (decompressed in version 2).
     pub async fn load_unpacked(&self, ft: FileType, id: &Id) -> Result<Vec<u8>> {
-        let path = ft.path(id);
         let data = self.backend.read(ft, id).await?;
-        let plain = self.key.decrypt(&data).map_err(|source| Error::Auth {
-            file: path.clone(),
-            source,
-        })?;
-        if Id::hash(&data) != *id {
+        self.open_unpacked(ft, id, data)
+    }
+
+    /// The second half of [`Repository::load_unpacked`], for a file already read: checks its
+    /// name and MAC and decrypts it in place (no copy when `data` is not shared), then
+    /// decompresses it. Lets a caller read several files at once but open them one by one.
+    pub fn open_unpacked(&self, ft: FileType, id: &Id, data: Bytes) -> Result<Vec<u8>> {
+        let path = ft.path(id);
+        // Hashed before decrypting overwrites the ciphertext; reported after the MAC check,
+        // which names the more likely cause (damage, a wrong key).
+        let named_right = Id::hash(&data) == *id;
+        let mut buf = data
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        self.key
+            .open_in_place(&mut buf)
+            .map_err(|source| Error::Auth {
+                file: path.clone(),
+                source,
+            })?;
+        if !named_right {
             return Err(Error::format(path, "content does not match its name"));
         }
-        self.decompress_unpacked(&path, plain)
+        self.decompress_unpacked(&path, Vec::from(buf))
     }
 
     fn decompress_unpacked(&self, path: &str, plain: Vec<u8>) -> Result<Vec<u8>> {

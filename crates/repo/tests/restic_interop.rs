@@ -186,12 +186,8 @@ async fn every_blob_of_a_restic_backup_with_auto_compression_verifies() {
     let (_tmp, _url, repo) = open_restic_made("auto").await;
     let index = BlobIndex::load(&repo).await.unwrap();
     let compressed = index
-        .ids(snapback_repo::BlobType::Data)
-        .filter(|id| {
-            index
-                .get(id)
-                .is_some_and(|l| l.uncompressed_length.is_some())
-        })
+        .locations(snapback_repo::BlobType::Data)
+        .filter(|l| l.uncompressed_length.is_some())
         .count();
     assert!(
         compressed > 0,
