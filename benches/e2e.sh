@@ -5,6 +5,7 @@
 #   RUNS=3 S3=1 benches/e2e.sh           (S3=1 adds a moto S3 server on 127.0.0.1)
 #   SNAPBACK_BIN=path benches/e2e.sh     (skip `cargo build --release`)
 #   WRITE_DOC=0 ...                      (do not update the generated section of BENCHMARKS.md)
+#   SHAPES=many,real,repo benches/e2e.sh (issue 13's data shapes instead: benches/shapes.sh)
 #
 # Generates the data set once (../shared/bench/gen_data.py), builds the release binary and copies
 # it aside (so a rebuild by someone else cannot swap it mid-run), then for every run and every
@@ -30,6 +31,9 @@ set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 here="$top/benches"
 cd "$top"
+if [[ -n "${SHAPES:-}" ]]; then
+    exec "$here/shapes.sh" "$@"
+fi
 out=${1:-bench-out/data-set}
 runs=${RUNS:-3}
 s3=${S3:-0}
