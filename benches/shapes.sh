@@ -15,7 +15,9 @@
 #          the Rust sources if installed), ~800 MB in a sorted walk; changed = 1% + 1%.
 #   repo   a first backup of a small many-files set (20,000 files) into a repository that already
 #          indexes REPO_BLOBS blobs (crates/repo/benches/index.rs gen: real sealed index files, but
-#          the packs they name do not exist), against the same backup into an empty repository.
+#          the packs they name do not exist), against the same backup into an empty repository
+#          made by the same generator (same cheap scrypt parameters, so that scrypt's working
+#          memory does not mask the index's).
 #          The new data never dedups against the phantom blobs, so both tools write a correct
 #          snapshot; `check` would fail on either (missing packs), so it is not run. The RSS
 #          difference is the end-to-end cost of holding the index, per blob.
@@ -183,6 +185,9 @@ repo_shape() {
         mkdir -p "$dir"
         echo "generating repo: $repo_blobs blobs of index, and a 20,000-file data set ..." >&2
         cargo bench -p snapback-repo --bench index -- gen "$dir/big" "$repo_blobs" 16 >&2
+        # The empty repository from the same generator: same (cheap) key derivation, so the peak
+        # RSS difference is the index's alone, not scrypt's working memory.
+        cargo bench -p snapback-repo --bench index -- gen "$dir/empty" 0 16 >&2
         python3 "$here/gen_many_files.py" "$dir/small" 20000 >&2
         touch "$dir/.generated"
     fi
@@ -193,7 +198,7 @@ repo_shape() {
         mkdir -p "$bench/repos"
         for tool in snapback restic; do
             cp -a "$dir/big/repo" "$bench/repos/$tool-big"
-            RESTIC_PASSWORD=bench init_repo "$tool" "$bench/repos/$tool-empty"
+            cp -a "$dir/empty/repo" "$bench/repos/$tool-empty"
         done
         for tool in "${order[@]}"; do
             RESTIC_PASSWORD=bench run repo "$tool" empty-repo "$r" $c -- $(backup_cmd "$tool" "$bench/repos/$tool-empty") "$dir/small/data"
