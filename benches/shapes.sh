@@ -61,7 +61,7 @@ restic=$(command -v restic)
 export RESTIC_PASSWORD=e2e-bench-password
 
 cleanup() {
-    rm -rf "$bench/repos" "$bench/restore"
+    rm -rf "$bench/repos" "$bench/restore" "$bench/snapback"
     if [[ "${KEEP:-0}" != 1 ]]; then
         for s in many real repo; do rm -rf "${out:?}/$s"; done
     fi
@@ -184,10 +184,10 @@ repo_shape() {
         rm -rf "$dir"
         mkdir -p "$dir"
         echo "generating repo: $repo_blobs blobs of index, and a 20,000-file data set ..." >&2
-        cargo bench -p snapback-repo --bench index -- gen "$dir/big" "$repo_blobs" 16 >&2
+        cargo bench --locked -p snapback-repo --bench index -- gen "$dir/big" "$repo_blobs" 16 >&2
         # The empty repository from the same generator: same (cheap) key derivation, so the peak
         # RSS difference is the index's alone, not scrypt's working memory.
-        cargo bench -p snapback-repo --bench index -- gen "$dir/empty" 0 16 >&2
+        cargo bench --locked -p snapback-repo --bench index -- gen "$dir/empty" 0 16 >&2
         python3 "$here/gen_many_files.py" "$dir/small" 20000 >&2
         touch "$dir/.generated"
     fi
