@@ -21,8 +21,15 @@ use crate::pax::{parse_records, parse_time};
 use crate::{Entry, EntryKind, EntrySource, Error, Metadata, Timestamp, Warning, Xattr};
 
 const BLOCK: usize = 512;
-/// Extended headers and GNU long names larger than this are treated as corrupt.
-const MAX_EXTENDED: u64 = 64 << 20;
+/// PAX extended headers (one member's, or one global header) larger than this are refused:
+/// real ones hold a few names and times, and each is held in memory whole.
+const MAX_EXTENDED: u64 = 1 << 20;
+/// GNU long names and link targets longer than this are refused (Linux paths end at 4 KiB).
+const MAX_LONG_NAME: u64 = 64 << 10;
+/// Global PAX records in force at once (they apply to every later member, so are held for
+/// the whole stream): more distinct keys than this, or more bytes than [`MAX_EXTENDED`], are
+/// refused.
+const MAX_GLOBAL_RECORDS: usize = 1024;
 /// Read buffer in front of the input; file content larger than it bypasses it.
 const READ_BUF: usize = 256 * 1024;
 
@@ -104,11 +111,18 @@ impl<R: Read> Body<R> {
     }
 
     /// Reads the `size` bytes of a metadata member (extended header, long name) and its padding.
-    fn read_small(&mut self, size: u64, offset: u64) -> Result<Vec<u8>, Error> {
-        if size > MAX_EXTENDED {
+    /// `what` names it in the error when it is over `limit` bytes.
+    fn read_small(
+        &mut self,
+        size: u64,
+        offset: u64,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, Error> {
+        if size > limit {
             return Err(Error::Malformed {
                 offset,
-                reason: format!("extended header of {size} bytes"),
+                reason: format!("{what} of {size} bytes (at most {limit} are accepted)"),
             });
         }
         let mut data = Vec::new();
@@ -304,23 +318,57 @@ impl<R: Read> TarSource<R> {
             })?;
             match header.entry_type() {
                 EntryType::XHeader | EntryType::XGlobalHeader => {
-                    let data = self.body.read_small(size, offset)?;
+                    let data =
+                        self.body
+                            .read_small(size, offset, MAX_EXTENDED, "PAX extended header")?;
                     let records = parse_records(&data)
                         .map_err(|reason| Error::Malformed { offset, reason })?;
-                    let target = if header.entry_type() == EntryType::XGlobalHeader {
-                        &mut self.global
+                    if header.entry_type() == EntryType::XGlobalHeader {
+                        self.global.extend(records);
+                        let bytes: usize = self.global.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        if self.global.len() > MAX_GLOBAL_RECORDS || bytes as u64 > MAX_EXTENDED {
+                            return Err(Error::Malformed {
+                                offset,
+                                reason: format!(
+                                    "{} global PAX records of {bytes} bytes in force (at most \
+                                     {MAX_GLOBAL_RECORDS} records and {MAX_EXTENDED} bytes are \
+                                     accepted)",
+                                    self.global.len()
+                                ),
+                            });
+                        }
                     } else {
-                        &mut local
-                    };
-                    target.extend(records);
+                        local.extend(records);
+                        // Several local headers before one member add up.
+                        let bytes: usize = local.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        if bytes as u64 > MAX_EXTENDED {
+                            return Err(Error::Malformed {
+                                offset,
+                                reason: format!(
+                                    "PAX extended headers of {bytes} bytes for one member (at \
+                                     most {MAX_EXTENDED} are accepted)"
+                                ),
+                            });
+                        }
+                    }
                     continue;
                 }
                 EntryType::GNULongName => {
-                    long_name = Some(trim_nul(self.body.read_small(size, offset)?));
+                    long_name = Some(trim_nul(self.body.read_small(
+                        size,
+                        offset,
+                        MAX_LONG_NAME,
+                        "GNU long name",
+                    )?));
                     continue;
                 }
                 EntryType::GNULongLink => {
-                    long_link = Some(trim_nul(self.body.read_small(size, offset)?));
+                    long_link = Some(trim_nul(self.body.read_small(
+                        size,
+                        offset,
+                        MAX_LONG_NAME,
+                        "GNU long link name",
+                    )?));
                     continue;
                 }
                 EntryType::GNUSparse => {
@@ -638,5 +686,84 @@ mod tests {
         assert!(!looks_like_tar(&[0u8; 512]));
         assert!(!looks_like_tar(&h.as_bytes()[..100]));
         assert!(!looks_like_tar(&[b'a'; 512]));
+    }
+
+    /// One metadata member (`ty`) of `data`, then a file, as a tar stream.
+    fn with_meta_member(ty: EntryType, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut h = Header::new_gnu();
+        h.set_path("././@LongLink").unwrap();
+        h.set_entry_type(ty);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len() + pad(data.len() as u64) as usize, 0);
+        let mut f = Header::new_gnu();
+        f.set_path("f").unwrap();
+        f.set_size(0);
+        f.set_mode(0o644);
+        f.set_uid(0);
+        f.set_gid(0);
+        f.set_mtime(0);
+        f.set_cksum();
+        out.extend_from_slice(f.as_bytes());
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    fn first_error(stream: Vec<u8>) -> String {
+        let mut src = TarSource::new(io::Cursor::new(stream));
+        loop {
+            match src.next_entry() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("stream accepted"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_long_names_and_pax_headers_are_refused() {
+        let long = vec![b'a'; (MAX_LONG_NAME + 1) as usize];
+        let err = first_error(with_meta_member(EntryType::GNULongName, &long));
+        assert!(err.contains("GNU long name"), "{err}");
+        let err = first_error(with_meta_member(EntryType::GNULongLink, &long));
+        assert!(err.contains("GNU long link name"), "{err}");
+
+        let record = |key: &str, value: &str| {
+            let body = format!("{key}={value}\n");
+            // The length prefix counts itself.
+            let mut n = body.len() + 2;
+            while format!("{n} {body}").len() != n {
+                n += 1;
+            }
+            format!("{n} {body}")
+        };
+        let big = record("comment", &"x".repeat(MAX_EXTENDED as usize));
+        let big = big.as_bytes();
+        let err = first_error(with_meta_member(EntryType::XHeader, big));
+        assert!(err.contains("PAX extended header"), "{err}");
+
+        // Many global headers, each small, adding up to too many records.
+        let mut stream = Vec::new();
+        for i in 0..=MAX_GLOBAL_RECORDS {
+            let rec = record(&format!("k{i}"), "v");
+            let mut one = with_meta_member(EntryType::XGlobalHeader, rec.as_bytes());
+            one.truncate(one.len() - 1024 - BLOCK); // keep the global header only
+            stream.extend_from_slice(&one);
+        }
+        stream.extend_from_slice(&with_meta_member(EntryType::XHeader, b"")[..]);
+        let err = first_error(stream);
+        assert!(err.contains("global PAX records"), "{err}");
+
+        // Under the limits, the same shapes are read.
+        let ok = vec![b'a'; 200];
+        let mut src = TarSource::new(io::Cursor::new(with_meta_member(
+            EntryType::GNULongName,
+            &ok,
+        )));
+        let e = src.next_entry().unwrap().unwrap();
+        assert_eq!(e.path.as_os_str().len(), 200);
     }
 }

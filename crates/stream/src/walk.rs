@@ -90,8 +90,10 @@ pub struct Walker {
     root_dev: u64,
     one_file_system: bool,
     rules: SkipRules,
-    /// First path seen for each (dev, inode) with nlink > 1.
-    links: HashMap<(u64, u64), PathBuf>,
+    /// First path seen for each (dev, inode) with nlink > 1, and how many of its links are
+    /// still to come: an entry is dropped at its last link, so this holds only files whose
+    /// links are not all seen yet.
+    links: HashMap<(u64, u64), (PathBuf, u64)>,
     names: NameCache,
     warnings: Vec<Warning>,
     file: Option<FileReader>,
@@ -199,8 +201,13 @@ impl Walker {
             (EntryKind::Dir, st)
         } else if ft.is_file() {
             if st.nlink() > 1 {
-                if let Some(target) = self.links.get(&(st.dev(), st.ino())) {
+                let key = (st.dev(), st.ino());
+                if let Some((target, remaining)) = self.links.get_mut(&key) {
                     let target = target.clone();
+                    *remaining = remaining.saturating_sub(1);
+                    if *remaining == 0 {
+                        self.links.remove(&key);
+                    }
                     let mut meta = self.metadata(abs, &rel, &st);
                     meta.size = 0;
                     return Ok(Some(Prepared {
@@ -213,7 +220,8 @@ impl Walker {
             match self.open_file(abs, &rel, is_root)? {
                 Some((file, st)) => {
                     if st.nlink() > 1 {
-                        self.links.insert((st.dev(), st.ino()), rel.clone());
+                        self.links
+                            .insert((st.dev(), st.ino()), (rel.clone(), st.nlink() - 1));
                     }
                     self.file = Some(FileReader::new(file, rel.clone(), st.len()));
                     (EntryKind::File, st)
