@@ -115,8 +115,11 @@ pub struct Archiver {
     dedup: Dedup,
     tables: Arc<Tables>,
     stack: Vec<OpenDir>,
-    /// Content of files that later hard links may point at, by path.
-    links: HashMap<PathBuf, (Vec<Id>, u64)>,
+    /// Content of files that later hard links may point at, by path. A path backup knows
+    /// link counts: a file is kept while links to it are still to come. A tar stream does not
+    /// (`nlink == 0`), so every member is kept (see issue 13: to be resolved from the saved
+    /// trees instead).
+    links: HashMap<PathBuf, LinkTarget>,
     /// Listings of recently finished directories, for streams that return to them.
     closed: ClosedDirs,
     opts: ArchiveOptions,
@@ -287,17 +290,23 @@ impl Archiver {
                     }
                 };
                 if meta.nlink != 1 {
-                    self.links
-                        .insert(path.clone(), (content.clone(), node.size));
+                    self.links.insert(
+                        path.clone(),
+                        LinkTarget {
+                            content: content.clone(),
+                            size: node.size,
+                            remaining: meta.nlink.saturating_sub(1),
+                        },
+                    );
                 }
                 node.content = Some(content);
             }
             EntryKind::HardLink { target } => {
                 self.stats.files_new += 1;
-                match self.links.get(&normalize(target)) {
+                match self.link_target(&normalize(target)) {
                     Some((ids, size)) => {
-                        node.content = Some(ids.clone());
-                        node.size = *size;
+                        node.content = Some(ids);
+                        node.size = size;
                     }
                     None => {
                         self.stats.warnings.push(format!(
@@ -339,6 +348,20 @@ impl Archiver {
             });
         }
         Ok(())
+    }
+
+    /// Content ids and size of the earlier regular file `target`, for a hard link to it. A
+    /// file with a known link count is forgotten after its last link.
+    fn link_target(&mut self, target: &Path) -> Option<(Vec<Id>, u64)> {
+        let link = self.links.get_mut(target)?;
+        let found = (link.content.clone(), link.size);
+        // 0: the count is unknown (tar), so more links may come.
+        if link.remaining == 1 {
+            self.links.remove(target);
+        } else {
+            link.remaining = link.remaining.saturating_sub(1);
+        }
+        Some(found)
     }
 
     fn implicit_node(&self, comps: &[Vec<u8>]) -> Node {
@@ -529,6 +552,14 @@ impl Archiver {
         let n = self.stack.len() - 1;
         &mut self.stack[n]
     }
+}
+
+/// A file that later hard links may point at.
+struct LinkTarget {
+    content: Vec<Id>,
+    size: u64,
+    /// Links still to come; 0 when unknown (a tar member), which is never counted down.
+    remaining: u64,
 }
 
 /// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.

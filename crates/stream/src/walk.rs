@@ -629,6 +629,11 @@ mod tests {
             );
             assert!(got[i].2.is_empty());
         }
+        // All three links seen: the walker holds nothing for the inode any more.
+        assert!(
+            w.links.is_empty(),
+            "a fully linked inode is still remembered"
+        );
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! Hard links in a long tar stream resolve to their target's content even when the target's
+//! directory finished long before (the guard for any change to how tar members are remembered,
+//! issue 13).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use common::{Restic, Snapback};
+
+const PW: &str = "tar-memory-password";
+
+/// A ustar header block (names under 100 bytes).
+fn header(name: &str, kind: u8, size: u64, link: &str) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let mode: &[u8] = if kind == b'5' {
+        b"0000755\0"
+    } else {
+        b"0000644\0"
+    };
+    h[100..108].copy_from_slice(mode);
+    h[108..116].copy_from_slice(b"0001750\0");
+    h[116..124].copy_from_slice(b"0001750\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"14000000000\0");
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// Writes one member (content padded to whole blocks).
+fn member(out: &mut impl Write, name: &str, kind: u8, data: &[u8], link: &str) {
+    out.write_all(&header(name, kind, data.len() as u64, link))
+        .unwrap();
+    out.write_all(data).unwrap();
+    let pad = (512 - data.len() % 512) % 512;
+    out.write_all(&vec![0; pad]).unwrap();
+}
+
+/// A tar stream of `files` tiny files, 1,000 per directory, all with the same content (so the
+/// repository index stays one data blob: what grows is the archiver's own memory).
+/// `links` adds, at the end, hard links to the first file, to one in a directory finished long
+/// ago and to one in the last directory.
+fn stream(out: &mut impl Write, files: usize, links: bool) {
+    member(out, "early/", b'5', b"", "");
+    member(out, "early/first", b'0', b"the very first member\n", "");
+    for i in 0..files {
+        if i % 1000 == 0 {
+            member(out, &format!("d{:04}/", i / 1000), b'5', b"", "");
+            if links && i == 0 {
+                member(out, "d0000/unique", b'0', b"in an early directory\n", "");
+            }
+        }
+        member(out, &format!("d{:04}/f{i:07}", i / 1000), b'0', b"x\n", "");
+    }
+    if links {
+        let last = format!("d{:04}", (files - 1) / 1000);
+        member(
+            out,
+            &format!("{last}/unique"),
+            b'0',
+            b"in the last one\n",
+            "",
+        );
+        member(out, "links/", b'5', b"", "");
+        member(out, "links/to-first", b'1', b"", "early/first");
+        member(out, "links/to-early-dir", b'1', b"", "d0000/unique");
+        member(
+            out,
+            "links/to-last-dir",
+            b'1',
+            b"",
+            &format!("{last}/unique"),
+        );
+    }
+    out.write_all(&[0; 1024]).unwrap();
+}
+
+/// Peak RSS (KiB) of a finished child, from `wait4`'s resource usage.
+fn wait_peak_kib(child: Child) -> (std::process::ExitStatus, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unwaited child; `status` and `usage` are valid out-pointers.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child); // already reaped
+    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)
+}
+
+/// Backs up a generated stream of `files` members into `sb`'s repository; returns peak RSS.
+fn backup_peak(sb: &Snapback, files: usize, links: bool) -> i64 {
+    let mut child = sb
+        .command(&["backup", "--stdin", "--stdin-filename", "gen.tar"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdin);
+        stream(&mut out, files, links);
+        out.flush().unwrap();
+    });
+    let (status, peak) = wait_peak_kib(child);
+    writer.join().unwrap();
+    assert!(status.success(), "backup of {files} members: {status}");
+    peak
+}
+
+fn init(dir: &Path) -> Snapback {
+    let sb = Snapback::new(dir.to_str().unwrap(), PW);
+    sb.run_ok(&["init"]);
+    sb
+}
+
+#[test]
+fn hard_links_to_members_of_long_finished_directories_restore_with_their_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let sb = init(&repo);
+    // 60,000 files: their listings (~15 MiB encoded) pass the 8 MiB cache of finished ones.
+    backup_peak(&sb, 60_000, true);
+    let expect = [
+        ("links/to-first", "the very first member\n"),
+        ("links/to-early-dir", "in an early directory\n"),
+        ("links/to-last-dir", "in the last one\n"),
+    ];
+    let out = sb.run_ok(&["dump", "latest", "links/to-first"]);
+    assert_eq!(out, expect[0].1);
+    let target = tmp.path().join("sb-restore");
+    sb.run_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        "/links",
+    ]);
+    for (path, content) in expect {
+        assert_eq!(
+            std::fs::read_to_string(target.join(path)).unwrap(),
+            content,
+            "snapback restore of {path}"
+        );
+    }
+    if common::skip_without_restic("hard_links_to_members_of_long_finished_directories") {
+        return;
+    }
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    restic.run_ok(&["check"]);
+    let target = tmp.path().join("restic-restore");
+    restic.run_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        "/links",
+    ]);
+    for (path, content) in expect {
+        assert_eq!(
+            std::fs::read_to_string(target.join(path)).unwrap(),
+            content,
+            "restic restore of {path}"
+        );
+    }
+}
