@@ -137,29 +137,23 @@ fn hard_links_to_members_of_long_finished_directories_restore_with_their_content
     ];
     let out = sb.run_ok(&["dump", "latest", "links/to-first"]);
     assert_eq!(out, expect[0].1);
-    let target = tmp.path().join("sb-restore");
-    sb.run_ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--include",
-        "/links",
-    ]);
-    for (path, content) in expect {
-        assert_eq!(
-            std::fs::read_to_string(target.join(path)).unwrap(),
-            content,
-            "snapback restore of {path}"
-        );
-    }
+    restore_links(&sb, &tmp.path().join("sb-restore"), &expect, "snapback");
     if common::skip_without_restic("hard_links_to_members_of_long_finished_directories") {
         return;
     }
     let restic = Restic::new(repo.to_str().unwrap(), PW);
     restic.run_ok(&["check"]);
-    let target = tmp.path().join("restic-restore");
-    restic.run_ok(&[
+    restore_links(
+        &restic,
+        &tmp.path().join("restic-restore"),
+        &expect,
+        "restic",
+    );
+}
+
+/// Restores `/links` of the latest snapshot with `tool` into `target` and checks each file.
+fn restore_links(tool: &common::Tool, target: &Path, expect: &[(&str, &str)], who: &str) {
+    tool.run_ok(&[
         "restore",
         "latest",
         "--target",
@@ -169,9 +163,9 @@ fn hard_links_to_members_of_long_finished_directories_restore_with_their_content
     ]);
     for (path, content) in expect {
         assert_eq!(
-            std::fs::read_to_string(target.join(path)).unwrap(),
+            &std::fs::read_to_string(target.join(path)).unwrap(),
             content,
-            "restic restore of {path}"
+            "{who} restore of {path}"
         );
     }
 }
