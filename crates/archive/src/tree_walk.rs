@@ -42,7 +42,7 @@ pub async fn load_tree(repo: &Repository, index: &BlobIndex, id: &Id) -> Result<
 }
 
 /// Refuses node names that would escape their directory when joined to a path.
-fn check_name(name: &[u8]) -> std::result::Result<(), String> {
+pub(crate) fn check_name(name: &[u8]) -> std::result::Result<(), String> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
     {
         return Err(format!(

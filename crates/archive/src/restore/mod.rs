@@ -270,15 +270,8 @@ fn fd_share(fds: u64, part: u64) -> usize {
 /// is empty, `.` or `..`, or holds `/` or NUL would leave its directory (or fail half way); the
 /// node is not restored, like restic refuses it.
 fn node_name(node: &Node) -> Result<&OsStr, String> {
-    let name = node.name.as_slice();
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
-        return Err(format!(
-            "invalid node name \"{}\": not a name within its directory",
-            snapback_repo::file::quote::quote(name)
-        ));
-    }
-    Ok(OsStr::from_bytes(name))
+    crate::tree_walk::check_name(&node.name)?;
+    Ok(OsStr::from_bytes(&node.name))
 }
 
 /// restic's selection: (restore this node, descend into it).
