@@ -77,23 +77,29 @@ struct Body<R: Read> {
 impl<R: Read> Body<R> {
     /// Reads a full block; `Ok(false)` on a clean end of input before its first byte.
     fn read_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool, Error> {
+        match self.fill_block(block)? {
+            0 => Ok(false),
+            BLOCK => Ok(true),
+            _ => Err(Error::Truncated {
+                offset: self.pos,
+                what: "header block".into(),
+            }),
+        }
+    }
+
+    /// Reads up to a block, short only at the end of input; returns how many bytes it read.
+    fn fill_block(&mut self, block: &mut [u8; BLOCK]) -> Result<usize, Error> {
         let mut filled = 0;
         while filled < BLOCK {
             match self.inner.read(&mut block[filled..]) {
-                Ok(0) if filled == 0 => return Ok(false),
-                Ok(0) => {
-                    return Err(Error::Truncated {
-                        offset: self.pos + filled as u64,
-                        what: "header block".into(),
-                    })
-                }
+                Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::ReadTar(e)),
             }
         }
-        self.pos += BLOCK as u64;
-        Ok(true)
+        self.pos += filled as u64;
+        Ok(filled)
     }
 
     /// Discards `n` bytes of input.
@@ -240,16 +246,7 @@ impl<R: Read> TarSource<R> {
     fn after_end(&mut self, marker: u64, block: &mut [u8; BLOCK]) -> Result<bool, Error> {
         loop {
             let offset = self.body.pos;
-            let mut filled = 0;
-            while filled < BLOCK {
-                match self.body.inner.read(&mut block[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::ReadTar(e)),
-                }
-            }
-            self.body.pos += filled as u64;
+            let filled = self.body.fill_block(block)?;
             if filled == 0 {
                 return Ok(false);
             }
