@@ -190,7 +190,7 @@ enum Judged {
 
 impl Repository {
     /// Takes a lock with [`default_timing`], failing with [`Error::Locked`] when a conflicting
-    /// live (or unreadable) lock exists.
+    /// live (or unreadable) lock exists (still, after [`Repository::lock_retry`]).
     pub async fn lock(&self, exclusive: bool) -> Result<RepoLock> {
         self.lock_with(exclusive, default_timing()).await
     }
@@ -210,7 +210,8 @@ impl Repository {
                         return Err(Error::Locked(why));
                     }
                     if !waiting {
-                        tracing::info!(
+                        // Shown without -v: the command seems to hang otherwise.
+                        tracing::warn!(
                             reason = %why,
                             wait = ?self.lock_retry(),
                             "the repository is locked, waiting for the lock"
