@@ -35,10 +35,40 @@ def check(cond, msg):
     if not cond:
         errors.append(msg)
 
+def check_cronjob(path, d):
+    """Maintenance Jobs: never two at once, wait for the lock, password only as a file."""
+    name = f"{path}: cronjob/{d['metadata']['name']}"
+    check(d["spec"].get("concurrencyPolicy") == "Forbid", f"{name}: concurrencyPolicy Forbid")
+    pod = d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True, f"{name}: runAsNonRoot")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: seccomp RuntimeDefault")
+    secret_vols = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+    for c in pod.get("initContainers", []) + pod.get("containers", []):
+        cname = f"{name}/{c['name']}"
+        a = c.get("args", [])
+        check("--retry-lock" in a, f"{cname}: --retry-lock, to wait for a sidecar's lock")
+        env = {e["name"]: e for e in c.get("env", [])}
+        check("RESTIC_PASSWORD" not in env, f"{cname}: the password as a file, not a literal env value")
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        pf = env.get("RESTIC_PASSWORD_FILE", {}).get("value", "")
+        check(any(pf.startswith(p.rstrip("/") + "/") and n in secret_vols for p, n in mounts.items()),
+              f"{cname}: RESTIC_PASSWORD_FILE in a volume mounted from a Secret")
+        check(any(e.get("secretRef", {}).get("name") == "snapback-s3" for e in c.get("envFrom", [])),
+              f"{cname}: the repository from the snapback-s3 Secret, as the sidecar")
+        sc = c.get("securityContext", {})
+        check(sc.get("allowPrivilegeEscalation") is False, f"{cname}: allowPrivilegeEscalation false")
+        check(sc.get("readOnlyRootFilesystem") is True, f"{cname}: readOnlyRootFilesystem")
+        check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cname}: drop ALL capabilities")
+        check("memory" in c.get("resources", {}).get("limits", {}), f"{cname}: memory limit")
+
 for path in sys.argv[1:]:
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     for d in docs:
+        if d.get("kind") == "CronJob":
+            check_cronjob(path, d)
+            continue
         if d.get("kind") != "StatefulSet":
             continue
         name = f"{path}: statefulset/{d['metadata']['name']}"
@@ -55,6 +85,7 @@ for path in sys.argv[1:]:
         for c in init + sidecars:
             a = c.get("args", [])
             check("--key-file" in a, f"{name}/{c['name']}: --key-file")
+            check("--retry-lock" in a, f"{name}/{c['name']}: --retry-lock, to wait for a prune")
             env = {e["name"]: e for e in c.get("env", [])}
             for var, field in [("POD_UID", "metadata.uid"), ("POD_NAME", "metadata.name"),
                                ("POD_NAMESPACE", "metadata.namespace")]:

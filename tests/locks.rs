@@ -458,3 +458,103 @@ fn unlock_removes_an_aged_lock_and_keeps_a_live_one() {
     expect_ok("prune", &sb.run(&["prune"]));
     restic.run_ok(&["check"]);
 }
+
+/// `--retry-lock`: a prune started beside restic's running backup waits for it and then runs;
+/// a backup started beside an exclusive lock (another host's prune) waits until that lock is
+/// removed. With too short a wait both fail with the usual lock error, after the wait.
+#[test]
+fn retry_lock_waits_for_the_holder_and_gives_up_after_the_duration() {
+    require_restic!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo_dir, sb, restic) = init(tmp.path());
+
+    // Too short a wait: fails after it, not before.
+    let theirs =
+        Running::start(restic.command(&["backup", "--stdin", "--stdin-filename", "r1.bin"]));
+    wait_for_locks(&repo_dir, 1);
+    let started = Instant::now();
+    let out = sb.run(&["--retry-lock", "2s", "prune"]);
+    let waited = started.elapsed();
+    expect_locked("prune --retry-lock 2s beside restic's backup", &out);
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(20),
+        "gave up after {waited:?}"
+    );
+    // Long enough: runs once restic's backup is done.
+    let mut prune = sb.command(&["--retry-lock", "30s", "prune"]).output_async();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        prune.still_running(),
+        "prune did not wait for restic's lock"
+    );
+    expect_ok("restic backup", &theirs.finish());
+    expect_ok("prune --retry-lock 30s", &prune.wait());
+
+    // An exclusive lock of another host: a backup waits until it is removed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let repo = rt
+        .block_on(Repository::open(
+            Backend::from_url(repo_dir.to_str().unwrap()).unwrap(),
+            PW.as_bytes(),
+        ))
+        .unwrap();
+    let json = serde_json::json!({
+        "time": chrono::Local::now().fixed_offset().to_rfc3339(),
+        "exclusive": true,
+        "hostname": "another-host",
+        "username": "someone",
+        "pid": 4242,
+        "uid": 0,
+        "gid": 0,
+    });
+    let held = rt.block_on(repo.save_json(FileType::Lock, &json)).unwrap();
+    let out = sb.run_with_stdin(&["--retry-lock", "1s", "backup", "--stdin"], b"data");
+    expect_locked("backup --retry-lock 1s beside an exclusive lock", &out);
+    assert_eq!(snapshot_count(&repo_dir), 1, "a snapshot was saved");
+    let mut backup = sb.command(&["--retry-lock", "1m", "backup", "--stdin"]);
+    backup.stdin(Stdio::piped());
+    let backup = Running::start(backup);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        snapshot_count(&repo_dir),
+        1,
+        "backup ran beside an exclusive lock"
+    );
+    fs::remove_file(repo_dir.join("locks").join(held.to_string())).unwrap();
+    expect_ok("backup --retry-lock 1m", &backup.finish());
+    assert_eq!(snapshot_count(&repo_dir), 2);
+    assert!(lock_files(&repo_dir).is_empty(), "locks left behind");
+    restic.run_ok(&["check", "--read-data"]);
+}
+
+/// A child process the test polls and then waits for.
+struct Background(Child);
+
+impl Background {
+    fn still_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    fn wait(self) -> Output {
+        self.0.wait_with_output().expect("wait")
+    }
+}
+
+trait SpawnBackground {
+    fn output_async(self) -> Background;
+}
+
+impl SpawnBackground for Command {
+    fn output_async(mut self) -> Background {
+        Background(
+            self.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+}

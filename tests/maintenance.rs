@@ -489,3 +489,110 @@ fn corrupted_index_and_snapshot_files_are_named_and_restic_agrees() {
     let out = sb.run(&["prune"]);
     assert!(!out.status.success());
 }
+
+/// How many packs a check read in full: snapback's summary ("...: N packs, B bytes") and
+/// restic 0.14's verbose line ("read group #n of N data packs ...").
+fn packs_read(sb_out: &str, restic_out: &str) -> (usize, usize) {
+    let ours = sb_out
+        .split(": ")
+        .last()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pack count in {sb_out:?}"));
+    let theirs = restic_out
+        .lines()
+        .find_map(|l| l.strip_prefix("read group #"))
+        .and_then(|t| t.split(' ').nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pack count in {restic_out:?}"));
+    (ours, theirs)
+}
+
+#[test]
+fn read_data_subset_reads_restics_groups_and_finds_the_corrupted_pack_in_its_group() {
+    require_restic!();
+    let (s3, sb, restic) = setup("subset");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        let data = pseudo_random_bytes(100 + i, 3_000_000);
+        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+    }
+    sb.run_ok(&["backup", src.to_str().unwrap()]);
+    let packs = pack_keys(&s3, "subset");
+    assert!(packs.len() >= 4, "want several packs, got {packs:?}");
+    const GROUPS: usize = 4;
+
+    // Clean: every group passes, and each group holds as many packs for us as for restic.
+    let mut total = 0;
+    for n in 1..=GROUPS {
+        let arg = format!("--read-data-subset={n}/{GROUPS}");
+        let ours = sb.run_ok(&["check", &arg]);
+        let theirs = restic.run_ok(&["check", &arg]);
+        let (a, b) = packs_read(ours.lines().next().unwrap(), &theirs);
+        assert_eq!(a, b, "group {n}/{GROUPS}: we read {a} packs, restic {b}");
+        total += a;
+    }
+    assert_eq!(
+        total,
+        packs.len(),
+        "the groups do not cover every pack once"
+    );
+
+    // Corrupt one data pack: exactly the group its id's first byte falls in fails, for both.
+    let key = packs
+        .iter()
+        .max_by_key(|k| s3.get_object(k).unwrap().len())
+        .unwrap();
+    let pack_id = key.rsplit('/').next().unwrap().to_string();
+    flip_byte(&s3, key);
+    let first_byte = usize::from_str_radix(&pack_id[..2], 16).unwrap();
+    let bad_group = first_byte % GROUPS + 1;
+    for n in 1..=GROUPS {
+        let arg = format!("--read-data-subset={n}/{GROUPS}");
+        let ours = sb.run(&["check", &arg]);
+        let theirs = restic.run(&["check", &arg]);
+        let stderr = String::from_utf8_lossy(&ours.stderr);
+        if n == bad_group {
+            assert_eq!(ours.status.code(), Some(1), "group {n} passed:\n{stderr}");
+            assert!(stderr.contains(&pack_id), "{pack_id} not named:\n{stderr}");
+            assert!(!theirs.status.success(), "restic passed group {n}");
+        } else {
+            assert!(ours.status.success(), "group {n} failed:\n{stderr}");
+            assert!(
+                theirs.status.success(),
+                "restic failed group {n}: {}",
+                String::from_utf8_lossy(&theirs.stderr)
+            );
+        }
+    }
+    // A share or a size that covers everything reads the damaged pack too.
+    for arg in ["--read-data-subset=100%", "--read-data-subset=1T"] {
+        let ours = sb.run(&["check", arg]);
+        assert_eq!(ours.status.code(), Some(1), "{arg} passed");
+        assert!(String::from_utf8_lossy(&ours.stderr).contains(&pack_id));
+        assert!(
+            !restic.run(&["check", arg]).status.success(),
+            "restic {arg}"
+        );
+    }
+
+    // Bad arguments: one clear error and exit 1 (restic refuses them too), before any
+    // storage is touched.
+    for bad in ["0/3", "4/3", "1/257", "150%", "0%", "abc", "1.5/3", "0"] {
+        let arg = format!("--read-data-subset={bad}");
+        let ours = sb.run(&["check", &arg]);
+        let stderr = String::from_utf8_lossy(&ours.stderr);
+        assert_eq!(ours.status.code(), Some(1), "{bad}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{bad}: not one line:\n{stderr}");
+        assert!(
+            stderr.contains("--read-data-subset") && stderr.contains(bad),
+            "{stderr}"
+        );
+        assert!(
+            !restic.run(&["check", &arg]).status.success(),
+            "restic took {bad}"
+        );
+    }
+}

@@ -567,3 +567,114 @@ fn snapback_made_snapshot_reads_back() {
     let out = snapback.run(&["dump", "latest", p.to_str().unwrap()]);
     assert_eq!(out.stdout, fs::read(&p).unwrap());
 }
+
+/// "verified N files" (snapback) and "finished verifying N files" (restic 0.14).
+fn verified_count(text: &str, prefix: &str) -> usize {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
+}
+
+#[test]
+fn restore_verify_reads_back_what_restic_verifies() {
+    require_restic!();
+    let f = Fixture::new();
+    for (name, extra) in [("all", vec![]), ("some", vec!["--include", "/**/nested"])] {
+        let ours = f.root.join(format!("verify-ours-{name}"));
+        let theirs = f.root.join(format!("verify-restic-{name}"));
+        let mut args = vec!["restore", "latest", "--verify", "--target"];
+        args.push(ours.to_str().unwrap());
+        args.extend(&extra);
+        let out = f.snapback.run(&args);
+        f.snapback.expect_success(&args, &out);
+        let mut args = vec!["restore", "latest", "--verify", "--target"];
+        args.push(theirs.to_str().unwrap());
+        args.extend(&extra);
+        let restic_out = f.restic.run_ok(&args);
+        let n = verified_count(&stdout(&out), "verified ");
+        assert!(n > 0, "{name}: nothing verified");
+        assert_eq!(
+            n,
+            verified_count(&restic_out, "finished verifying "),
+            "{name}: we verified another number of files than restic"
+        );
+    }
+}
+
+/// The verifier that `restore --verify` runs, on a restored tree changed afterwards: a flipped
+/// byte, a truncated file, a file grown by a byte (also an empty one), a file replaced by a
+/// symlink. Each is named, nothing else is.
+#[test]
+fn restore_verify_names_every_restored_file_that_differs() {
+    require_restic!();
+    let f = Fixture::new();
+    let target = f.root.join("restored");
+    f.snapback
+        .run_ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo_url = f.root.join("repo");
+    let (repo, index, tree) = rt.block_on(async {
+        let repo = snapback_repo::Repository::open(
+            snapback_repo::Backend::from_url(repo_url.to_str().unwrap()).unwrap(),
+            PASSWORD.as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (_, snap) = repo.find_snapshot("latest", None, &[]).await.unwrap();
+        let index = std::sync::Arc::new(snapback_repo::BlobIndex::load(&repo).await.unwrap());
+        (repo, index, snap.tree)
+    });
+    let start = snapback_archive::tree_walk::root_node(tree);
+    let opts = snapback_archive::restore::RestoreOptions::new(&target);
+    let run = || {
+        rt.block_on(snapback_archive::restore::verify(
+            &repo,
+            index.clone(),
+            &start,
+            &opts,
+            &Default::default(),
+        ))
+        .unwrap()
+    };
+    let clean = run();
+    assert!(clean.mismatches.is_empty(), "{:?}", clean.mismatches);
+    assert!(clean.files >= 9, "{clean:?}");
+
+    let local = |name: &str| f.restored(&target, &f.src.join(name));
+    let mut random = fs::read(local("random.bin")).unwrap();
+    let mid = random.len() / 2;
+    random[mid] ^= 0x20;
+    fs::write(local("random.bin"), &random).unwrap();
+    let lines = fs::read(local("nested/lines.txt")).unwrap();
+    fs::write(local("nested/lines.txt"), &lines[..lines.len() - 1]).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(local("hello.txt"))
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    fs::write(local("empty"), b"x").unwrap();
+    fs::remove_file(local("run.sh")).unwrap();
+    std::os::unix::fs::symlink("hello.txt", local("run.sh")).unwrap();
+
+    let found = run();
+    let named: BTreeSet<PathBuf> = found.mismatches.iter().map(|m| m.path.clone()).collect();
+    let want: BTreeSet<PathBuf> = [
+        "random.bin",
+        "nested/lines.txt",
+        "hello.txt",
+        "empty",
+        "run.sh",
+    ]
+    .iter()
+    .map(|n| f.src.join(n))
+    .collect();
+    assert_eq!(named, want, "{:#?}", found.mismatches);
+    assert_eq!(found.files, clean.files - 5);
+    for m in &found.mismatches {
+        eprintln!("{}: {}", m.path.display(), m.message);
+    }
+}

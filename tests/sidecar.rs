@@ -737,3 +737,93 @@ fn hooks_and_producers_do_not_see_pod_uid_or_secrets() {
     }
     assert_eq!(snapshot_ids(&restic).len(), 1);
 }
+
+/// `--retry-lock` reaches the sidecar's backups: a requested backup that finds another host's
+/// exclusive lock (a prune CronJob) waits for it instead of failing, and runs once it is gone.
+#[test]
+fn a_backup_waits_for_a_prune_lock_with_retry_lock() {
+    require_restic!();
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    let mut sb = Snapback::s3(&s3, "retrylock", PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    let restic = Restic::s3(&s3, "retrylock", PW);
+    sb.run_ok(&["init"]);
+
+    // The exclusive lock of a prune running elsewhere, written as restic writes one.
+    let lock_id = {
+        use snapback_repo::backend::{Location, RetryPolicy, S3Credentials};
+        use snapback_repo::{Backend, FileType, Repository};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let creds = S3Credentials {
+                access_key_id: Some(common::TEST_ACCESS_KEY.into()),
+                secret_access_key: Some(common::TEST_SECRET_KEY.into()),
+                region: Some("us-east-1".into()),
+            };
+            let backend = Backend::new(
+                Location::parse(&s3.repo_url("retrylock")).unwrap(),
+                &creds,
+                RetryPolicy::default(),
+            )
+            .unwrap();
+            let repo = Repository::open(backend, PW.as_bytes()).await.unwrap();
+            let lock = serde_json::json!({
+                "time": chrono::Local::now().fixed_offset().to_rfc3339(),
+                "exclusive": true,
+                "hostname": "prune-cronjob-pod",
+                "username": "snapback",
+                "pid": 1,
+                "uid": 65532,
+                "gid": 65532,
+            });
+            repo.save_json(FileType::Lock, &lock).await.unwrap()
+        })
+    };
+    let snapshots = || s3.object_keys("retrylock/snapshots/").len();
+
+    let log = tmp.path().join("sidecar.log");
+    let mut sc = Sidecar::start(
+        &sb,
+        &["--retry-lock", "2m", data.to_str().unwrap()],
+        false,
+        log,
+    );
+    assert_eq!(sc.post_backup(), 202);
+    sc.wait_metric("snapback_backup_in_progress", "running", |v| v == 1.0);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        sc.metric("snapback_backup_in_progress"),
+        1.0,
+        "the backup did not wait for the lock; log:\n{}",
+        sc.log_text()
+    );
+    assert_eq!(snapshots(), 0, "a backup ran beside an exclusive lock");
+    assert!(
+        sc.log_text().contains("waiting for the lock"),
+        "{}",
+        sc.log_text()
+    );
+
+    // The prune is done: its lock goes, the waiting backup runs.
+    let resp = http_request(
+        s3.port(),
+        "DELETE",
+        &format!("/{}/retrylock/locks/{lock_id}", s3.bucket()),
+        b"",
+    )
+    .unwrap();
+    assert!(resp.status == 204 || resp.status == 200, "{}", resp.status);
+    sc.wait_metric(
+        "snapback_backups_total{result=\"success\"}",
+        "a success",
+        |v| v == 1.0,
+    );
+    assert_eq!(snapshots(), 1);
+    sc.sigterm();
+    assert_eq!(sc.wait_exit(), Some(0), "log:\n{}", sc.log_text());
+    assert!(locks(&restic).is_empty());
+    restic.run_ok(&["check"]);
+}

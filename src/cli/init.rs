@@ -65,6 +65,7 @@ pub async fn run(global: &GlobalArgs, args: &InitArgs) -> anyhow::Result<ExitCod
         )
     };
     drop(pw);
+    let repo = repo.with_lock_retry(global.retry_lock.unwrap_or_default());
     let verb = match outcome {
         InitOutcome::Created => "created",
         InitOutcome::Opened => "opened",

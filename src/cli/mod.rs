@@ -57,6 +57,12 @@ pub struct GlobalArgs {
     /// SNAPBACK_IO_TIMEOUT_SECS.
     #[arg(long, value_name = "SECS", global = true)]
     pub timeout: Option<u64>,
+    /// When the repository is locked by someone else, keep trying to take the lock for this
+    /// long (`30s`, `5m`, `1h30m`), pausing 1 s and then twice as long each time (at most
+    /// 30 s), instead of failing at once (restic's `--retry-lock`). Applies to every command
+    /// that locks, and in the sidecar to its backups and retention.
+    #[arg(long, value_name = "DURATION", global = true, value_parser = parse_retry_lock)]
+    pub retry_lock: Option<std::time::Duration>,
     /// Log as JSON lines (the sidecar's default).
     #[arg(long, global = true)]
     pub log_json: bool,
@@ -111,6 +117,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unlock(args) => runtime()?.block_on(unlock::run(&cli.global, &args)),
         Command::Sidecar(args) => runtime()?.block_on(sidecar::run(&cli.global, &args)),
     }
+}
+
+fn parse_retry_lock(text: &str) -> Result<std::time::Duration, String> {
+    snapback_sidecar::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -50,12 +50,12 @@ pub fn password(global: &GlobalArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Opens the repository with the warm key file (`--key-file`) when it exists, else with the
-/// password.
+/// password; its locks wait `--retry-lock` for a conflicting lock.
 pub async fn open(global: &GlobalArgs) -> anyhow::Result<Repository> {
     let backend = backend(global)?;
-    if let Some(repo) = super::keyfile::open(&global.warm, &backend).await? {
-        return Ok(repo);
-    }
-    let pw = password(global)?;
-    Ok(Repository::open(backend, &pw).await?)
+    let repo = match super::keyfile::open(&global.warm, &backend).await? {
+        Some(repo) => repo,
+        None => Repository::open(backend, &password(global)?).await?,
+    };
+    Ok(repo.with_lock_retry(global.retry_lock.unwrap_or_default()))
 }

@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use snapback_archive::restore::{restore, RestoreOptions};
+use snapback_archive::restore::{restore, verify, RestoreOptions};
 use snapback_archive::tree_walk::{find_node, root_node};
 
 use super::ls::{open_snapshot, SnapshotFilter};
@@ -40,6 +40,10 @@ pub struct RestoreArgs {
     /// Blob references written per batch (tuning and tests).
     #[arg(long, default_value_t = 16384, hide = true)]
     pub batch_blobs: usize,
+    /// After restoring, read every restored file back and check its content against the
+    /// snapshot (restic's `--verify`); files that differ are listed and the exit status is 1.
+    #[arg(long)]
+    pub verify: bool,
     /// Take no (non-exclusive) repository lock, e.g. for read-only storage credentials.
     #[arg(long)]
     pub no_lock: bool,
@@ -90,13 +94,31 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
         batch_files: args.batch_files,
         batch_blobs: args.batch_blobs,
     };
-    let result = restore(&opened.repo, opened.index.clone(), &start, &opts).await;
+    let mut result = restore(&opened.repo, opened.index.clone(), &start, &opts)
+        .await
+        .map(|summary| (summary, None));
+    if args.verify {
+        // Still under the lock, which is released below whatever the outcome.
+        result = match result {
+            Ok((summary, _)) => {
+                if !global.quiet {
+                    println!("verifying files in {}", args.target.display());
+                }
+                // Files the restore reported as failed were not written: not read back.
+                let failed = summary.failed.iter().map(|f| f.path.clone()).collect();
+                verify(&opened.repo, opened.index.clone(), &start, &opts, &failed)
+                    .await
+                    .map(|checked| (summary, Some(checked)))
+            }
+            Err(e) => Err(e),
+        };
+    }
     if let Some(lock) = lock {
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "cannot remove the repository lock");
         }
     }
-    let summary = result?;
+    let (summary, checked) = result?;
     for w in &summary.warnings {
         eprintln!("warning: {}: {}", w.path.display(), w.message);
     }
@@ -106,12 +128,31 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
             summary.files, summary.dirs, summary.others, summary.bytes
         );
     }
-    if summary.failed.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    let mut ok = summary.failed.is_empty();
+    if !ok {
+        eprintln!("{} paths could not be restored:", summary.failed.len());
+        for f in &summary.failed {
+            eprintln!("failed: {}: {}", f.path.display(), f.message);
+        }
     }
-    eprintln!("{} paths could not be restored:", summary.failed.len());
-    for f in &summary.failed {
-        eprintln!("failed: {}: {}", f.path.display(), f.message);
+    if let Some(checked) = checked {
+        if !global.quiet {
+            println!("verified {} files, {} bytes", checked.files, checked.bytes);
+        }
+        if !checked.mismatches.is_empty() {
+            ok = false;
+            eprintln!(
+                "{} restored files do not match the snapshot:",
+                checked.mismatches.len()
+            );
+            for m in &checked.mismatches {
+                eprintln!("verify: {}: {}", m.path.display(), m.message);
+            }
+        }
     }
-    Ok(ExitCode::from(1))
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

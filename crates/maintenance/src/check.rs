@@ -7,8 +7,10 @@
 //! 3. Every pack's header matches the index (one ranged read per pack).
 //! 4. Every snapshot loads and every tree it reaches loads and parses, and every referenced blob
 //!    is in the index.
-//! 5. With `read_data`, every pack is downloaded whole: its SHA-256 must equal its name and
-//!    every blob must authenticate, decompress and hash to its id.
+//! 5. With [`ReadData::All`], every pack is downloaded whole: its SHA-256 must equal its name
+//!    and every blob must authenticate, decompress and hash to its id. A [`ReadData`] subset
+//!    reads some packs so (chosen as restic's `--read-data-subset` chooses them) and checks
+//!    the header of the others.
 //!
 //! A few packs are checked at a time, one pack in memory per worker; blobs are decrypted where
 //! they lie in it. Each worker's buffers (the pack, a decompressed blob) are kept for its next
@@ -16,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::str::FromStr;
 
 use futures::StreamExt;
 use snapback_repo::file::SnapshotFile;
@@ -24,7 +27,7 @@ use snapback_repo::{BlobLocation, FileType, Id, Repository};
 
 use crate::index_set::{IndexProblem, IndexSet, IndexedPack};
 use crate::walk::walk;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Packs checked at once.
 pub const WORKERS: usize = 3;
@@ -65,6 +68,8 @@ pub struct CheckReport {
     pub data_blobs: usize,
     /// Packs downloaded and verified in full (`read_data`).
     pub packs_read: usize,
+    /// Bytes of the packs downloaded and verified in full.
+    pub bytes_read: u64,
 }
 
 impl CheckReport {
@@ -81,16 +86,154 @@ impl CheckReport {
     }
 }
 
-/// Checks the repository under a shared lock; `read_data` also reads and verifies all data.
-/// Fails only when the check itself cannot run (storage unreachable, repository locked).
-pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+/// Which packs a check downloads and verifies in full; the others get their header checked.
+/// The subsets are restic's `check --read-data-subset` (0.14 and later, unchanged since).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ReadData {
+    /// No pack is read in full.
+    #[default]
+    None,
+    /// Every pack (`--read-data`).
+    All,
+    /// Group `n` of `m` (`n/m`, 1 <= n <= m <= 256): the packs whose id's first byte modulo
+    /// `m` is `n - 1`. The groups are fixed by the ids, so running `1/m` to `m/m` (say one a
+    /// day) reads every pack once, and restic given the same `n/m` reads the same packs.
+    Group {
+        /// Which group, from 1.
+        n: u16,
+        /// How many groups.
+        m: u16,
+    },
+    /// `x%` (0 < x <= 100): that share of the packs, rounded down but at least one, chosen
+    /// at random on every run.
+    Percent(f64),
+    /// A size (`500M`): random packs, as many as the size's share of all pack bytes (the
+    /// size capped at the total) is of the pack count, as restic counts it.
+    Bytes(u64),
+}
+
+/// Groups at most: the group is taken from the first byte of the pack id.
+pub const MAX_GROUPS: u16 = 256;
+
+impl FromStr for ReadData {
+    type Err = Error;
+
+    /// Parses restic's `--read-data-subset` argument: `n/m`, `x%` or a size with an optional
+    /// `K`, `M`, `G` or `T` suffix (powers of 1024).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::InvalidOption {
+            what: "--read-data-subset",
+            value: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if let Some((n, m)) = s.split_once('/') {
+            if !digits(n) || !digits(m) {
+                return Err(bad("n/m takes two whole numbers, e.g. 1/5"));
+            }
+            let (n, m) = match (n.parse::<u64>(), m.parse::<u64>()) {
+                (Ok(n), Ok(m)) => (n, m),
+                _ => return Err(bad("n/m takes two whole numbers, e.g. 1/5")),
+            };
+            if m > u64::from(MAX_GROUPS) {
+                return Err(bad(&format!(
+                    "at most {MAX_GROUPS} groups (m), one per first byte of a pack id"
+                )));
+            }
+            if n == 0 || m == 0 || n > m {
+                return Err(bad("n/m selects group n of m, so 1 <= n <= m, e.g. 1/5"));
+            }
+            // Both at most 256 here.
+            return Ok(ReadData::Group {
+                n: n as u16,
+                m: m as u16,
+            });
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let valid = !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            return match p.parse::<f64>() {
+                Ok(x) if valid && x > 0.0 && x <= 100.0 => Ok(ReadData::Percent(x)),
+                Ok(_) if valid => Err(bad("x% needs 0 < x <= 100")),
+                _ => Err(bad("x% takes a number, e.g. 10%")),
+            };
+        }
+        let (number, unit) = match s.as_bytes().last() {
+            Some(b'k' | b'K') => (&s[..s.len() - 1], 1u64 << 10),
+            Some(b'm' | b'M') => (&s[..s.len() - 1], 1 << 20),
+            Some(b'g' | b'G') => (&s[..s.len() - 1], 1 << 30),
+            Some(b't' | b'T') => (&s[..s.len() - 1], 1 << 40),
+            _ => (s, 1),
+        };
+        if !digits(number) {
+            return Err(bad(
+                "expected n/m (a group, e.g. 1/5), x% (a share, e.g. 10%) or a size (e.g. 500M)",
+            ));
+        }
+        match number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)) {
+            Some(0) => Err(bad("the size must be above zero")),
+            Some(bytes) => Ok(ReadData::Bytes(bytes)),
+            None => Err(bad("the size is too large")),
+        }
+    }
+}
+
+impl fmt::Display for ReadData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadData::None => write!(f, "no data"),
+            ReadData::All => write!(f, "all data"),
+            ReadData::Group { n, m } => write!(f, "group {n} of {m}"),
+            ReadData::Percent(x) => write!(f, "{x}% of the packs"),
+            ReadData::Bytes(b) => write!(f, "{b} bytes of packs"),
+        }
+    }
+}
+
+impl ReadData {
+    /// The packs to read in full out of `packs` (id and size), in their given order.
+    pub fn select(&self, packs: &[(Id, u64)]) -> Vec<Id> {
+        let share = match *self {
+            ReadData::None => return Vec::new(),
+            ReadData::All => return packs.iter().map(|(id, _)| *id).collect(),
+            ReadData::Group { n, m } => {
+                return packs
+                    .iter()
+                    .filter(|(id, _)| n >= 1 && u16::from(id.0[0]) % m.max(1) == n - 1)
+                    .map(|(id, _)| *id)
+                    .collect();
+            }
+            ReadData::Percent(x) => x / 100.0,
+            ReadData::Bytes(b) => {
+                let total: u64 = packs.iter().map(|(_, size)| size).sum();
+                if total == 0 {
+                    return Vec::new();
+                }
+                b.min(total) as f64 / total as f64
+            }
+        };
+        // restic rounds the count down and reads at least one pack.
+        let count = ((packs.len() as f64 * share) as usize).clamp(1, packs.len().max(1));
+        let mut chosen: Vec<Id> = packs.iter().map(|(id, _)| *id).collect();
+        let (picked, _) = rand::seq::SliceRandom::partial_shuffle(
+            &mut chosen[..],
+            &mut rand::thread_rng(),
+            count,
+        );
+        picked.to_vec()
+    }
+}
+
+/// Checks the repository under a shared lock; `read` says which packs are also read and
+/// verified in full. Fails only when the check itself cannot run (storage unreachable,
+/// repository locked).
+pub async fn check(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     let lock = repo.lock(false).await?;
-    let result = run(repo, read_data).await;
+    let result = run(repo, read).await;
     lock.release().await?;
     result
 }
 
-async fn run(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+async fn run(repo: &Repository, read: ReadData) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let index = IndexSet::load(repo).await?;
     report.index_files = index.files.len();
@@ -157,11 +300,13 @@ async fn run(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     }
     report.orphaned_packs = orphans;
 
+    let selected: std::collections::HashSet<Id> = read.select(&to_check).into_iter().collect();
     let workspaces = std::sync::Mutex::new(Vec::<Workspace>::new());
     let mut checks = futures::stream::iter(to_check)
         .map(|(id, size)| {
             let pack = &index.packs[&id];
             let workspaces = &workspaces;
+            let read_data = selected.contains(&id);
             async move {
                 let problems = if read_data {
                     let lock = || workspaces.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,13 +317,14 @@ async fn run(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 } else {
                     check_header(repo, &id, size, pack).await
                 };
-                (id, problems)
+                (id, size, read_data, problems)
             }
         })
         .buffer_unordered(WORKERS);
-    while let Some((id, problems)) = checks.next().await {
+    while let Some((id, size, read_data, problems)) = checks.next().await {
         if read_data {
             report.packs_read += 1;
+            report.bytes_read += size;
         }
         for message in problems {
             report.error(FileType::Pack.path(&id), message);
@@ -377,4 +523,69 @@ fn compare_with_index(header: &[PackedBlob], pack: &IndexedPack) -> Option<Strin
         header.len(),
         from_index.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_as_restic_reads_them() {
+        let ok = |s: &str| s.parse::<ReadData>().unwrap();
+        assert_eq!(ok("1/5"), ReadData::Group { n: 1, m: 5 });
+        assert_eq!(ok("256/256"), ReadData::Group { n: 256, m: 256 });
+        assert_eq!(ok("2.5%"), ReadData::Percent(2.5));
+        assert_eq!(ok("100%"), ReadData::Percent(100.0));
+        assert_eq!(ok("500M"), ReadData::Bytes(500 << 20));
+        assert_eq!(ok("2g"), ReadData::Bytes(2 << 30));
+        assert_eq!(ok("4096"), ReadData::Bytes(4096));
+        for bad in [
+            "0/3",
+            "4/3",
+            "1/0",
+            "1/257",
+            "-1/3",
+            "1/3/4",
+            "1.5/3",
+            "/3",
+            "0%",
+            "150%",
+            "-5%",
+            "%",
+            "x%",
+            "abc",
+            "0",
+            "10MB",
+            "",
+            "99999999999T",
+        ] {
+            assert!(bad.parse::<ReadData>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn groups_split_by_the_first_byte_and_shares_read_at_least_one_pack() {
+        let packs: Vec<(Id, u64)> = (0..=255u8)
+            .map(|b| {
+                let mut id = [0u8; 32];
+                id[0] = b;
+                id[31] = 7;
+                (Id(id), 10)
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for n in 1..=3 {
+            for id in (ReadData::Group { n, m: 3 }).select(&packs) {
+                assert_eq!(u16::from(id.0[0]) % 3, n - 1);
+                assert!(seen.insert(id));
+            }
+        }
+        assert_eq!(seen.len(), packs.len());
+        assert_eq!(ReadData::Percent(10.0).select(&packs).len(), 25);
+        assert_eq!(ReadData::Percent(0.01).select(&packs).len(), 1);
+        assert_eq!(ReadData::Bytes(100).select(&packs).len(), 10);
+        assert_eq!(ReadData::Bytes(1 << 40).select(&packs).len(), 256);
+        assert!(ReadData::Percent(50.0).select(&[]).is_empty());
+        assert!(ReadData::Bytes(5).select(&[]).is_empty());
+    }
 }

@@ -19,7 +19,7 @@ pub mod policy;
 pub mod prune;
 pub mod walk;
 
-pub use check::{check, CheckError, CheckReport};
+pub use check::{check, CheckError, CheckReport, ReadData};
 pub use error::{Error, Result};
 pub use forget::{forget, forget_ids, ForgetOptions, ForgetReport};
 pub use group::{GroupBy, GroupKey, SnapshotFilter};

@@ -20,6 +20,13 @@
 //! held lock of unknown kind: it conflicts with every lock until someone removes it
 //! (`snapback unlock --remove-all`).
 //!
+//! # Waiting for a lock
+//!
+//! With [`Repository::with_lock_retry`] (restic's `--retry-lock`) a conflicting lock does not
+//! fail at once: the attempt is repeated after [`RETRY_FIRST_PAUSE`], doubling up to
+//! [`RETRY_MAX_PAUSE`], until the time is up; the last attempt's "locked" error is returned.
+//! Only [`Error::Locked`] is retried: storage errors have their own retries in the backend.
+//!
 //! # Holding a lock
 //!
 //! A held lock is refreshed every [`REFRESH_EVERY`] by writing a new lock file and removing the
@@ -183,14 +190,45 @@ enum Judged {
 
 impl Repository {
     /// Takes a lock with [`default_timing`], failing with [`Error::Locked`] when a conflicting
-    /// live (or unreadable) lock exists.
+    /// live (or unreadable) lock exists (still, after [`Repository::lock_retry`]).
     pub async fn lock(&self, exclusive: bool) -> Result<RepoLock> {
         self.lock_with(exclusive, default_timing()).await
     }
 
-    /// Takes a lock refreshed and judged lost according to `timing`.
+    /// Takes a lock refreshed and judged lost according to `timing`, waiting up to
+    /// [`Repository::lock_retry`] for conflicting locks to go away.
     pub async fn lock_with(&self, exclusive: bool, timing: LockTiming) -> Result<RepoLock> {
         survive_restics_liveness_probe();
+        let deadline = Instant::now() + self.lock_retry();
+        let mut pause = RETRY_FIRST_PAUSE;
+        let mut waiting = false;
+        loop {
+            match self.try_lock(exclusive, timing).await {
+                Err(Error::Locked(why)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Locked(why));
+                    }
+                    if !waiting {
+                        // Shown without -v: the command seems to hang otherwise.
+                        tracing::warn!(
+                            reason = %why,
+                            wait = ?self.lock_retry(),
+                            "the repository is locked, waiting for the lock"
+                        );
+                        waiting = true;
+                    }
+                    // The last attempt falls on the deadline, so the full time is used.
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(RETRY_MAX_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt at taking the lock.
+    async fn try_lock(&self, exclusive: bool, timing: LockTiming) -> Result<RepoLock> {
         self.check_conflicts(exclusive, None).await?;
         let (id, wall, at) = self.write_lock(exclusive).await?;
         // Someone may have locked between our check and write: check again, ignoring ourselves.
@@ -332,6 +370,11 @@ impl Repository {
         Ok(listed.len())
     }
 }
+
+/// First pause before taking a conflicting lock again (with a lock retry time).
+pub const RETRY_FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The pause between attempts doubles up to this.
+pub const RETRY_MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// Wait before reading an unreadable lock file a second time.
 const UNREADABLE_RETRY: Duration = Duration::from_millis(500);

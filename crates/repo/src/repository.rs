@@ -57,6 +57,9 @@ pub struct Repository {
     backend: Backend,
     key: Arc<Key>,
     config: ConfigFile,
+    /// How long taking a lock keeps retrying while someone else holds a conflicting one
+    /// (restic's `--retry-lock`); zero fails at once.
+    lock_retry: std::time::Duration,
 }
 
 /// Outcome of [`Repository::init_or_open`].
@@ -143,6 +146,7 @@ impl Repository {
                 backend,
                 key: Arc::new(master),
                 config,
+                lock_retry: std::time::Duration::ZERO,
             },
             InitOutcome::Created,
         ))
@@ -225,7 +229,21 @@ impl Repository {
             backend,
             key: Arc::new(master),
             config,
+            lock_retry: std::time::Duration::ZERO,
         })
+    }
+
+    /// Lets [`Repository::lock`] (on this handle and its clones made afterwards) wait up to
+    /// `wait` for a conflicting lock to go away, retrying with a growing pause, instead of
+    /// failing at once (restic's `--retry-lock`).
+    pub fn with_lock_retry(mut self, wait: std::time::Duration) -> Self {
+        self.lock_retry = wait;
+        self
+    }
+
+    /// How long taking a lock waits for a conflicting one (see [`Repository::with_lock_retry`]).
+    pub fn lock_retry(&self) -> std::time::Duration {
+        self.lock_retry
     }
 
     /// The storage.

@@ -17,6 +17,7 @@
 mod content;
 mod fsops;
 mod patterns;
+mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -37,6 +38,7 @@ use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
 use fsops::LinkSource;
 pub use patterns::PatternList;
+pub use verify::{verify, VerifySummary};
 
 /// Directories whose metadata waits for a batch.
 const BATCH_DIRS: usize = 4096;
