@@ -737,3 +737,214 @@ fn hooks_and_producers_do_not_see_pod_uid_or_secrets() {
     }
     assert_eq!(snapshot_ids(&restic).len(), 1);
 }
+
+/// The first (largest) pack file of the local repository `repo`, and how many there are.
+fn largest_pack(repo: &Path) -> (PathBuf, usize) {
+    let mut packs = Vec::new();
+    for sub in fs::read_dir(repo.join("data")).unwrap() {
+        for f in fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            packs.push((fs::metadata(&p).unwrap().len(), p));
+        }
+    }
+    packs.sort();
+    let n = packs.len();
+    (packs.pop().expect("no packs").1, n)
+}
+
+/// Flips one byte in the middle of `file` (repository files are read-only).
+fn flip_byte(file: &Path) {
+    let mut perms = fs::metadata(file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(file, perms).unwrap();
+    let mut bytes = fs::read(file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    fs::write(file, bytes).unwrap();
+}
+
+/// Drills over a path snapshot: a healthy repository verifies clean; a live file whose content
+/// differs from the snapshot although size, mtime, ctime and inode match is reported with its
+/// path; a corrupted pack is found within as many one-pack drills as there are packs (the
+/// cursor rotates over all of them). The snapshots are written by restic: the drill reads any
+/// restic-compatible snapshot of its host and paths, and the latest snapshot's time comes from
+/// the repository, not from this process.
+#[test]
+fn drills_verify_packs_and_compare_live_files() {
+    require_restic!();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    for i in 0..3u64 {
+        fs::write(
+            data.join(format!("blob-{i}.bin")),
+            pseudo_random_bytes(70 + i, 3_000_000),
+        )
+        .unwrap();
+    }
+    let mut sb = Snapback::new(repo.to_str().unwrap(), PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    sb.run_ok(&["init"]);
+    restic.run_ok(&["backup", "--host", HOST, data.to_str().unwrap()]);
+    let drill_args = |read: &'static str| {
+        vec![
+            "--verify-every",
+            "300ms",
+            "--verify-read",
+            read,
+            "--verify-files",
+            "1000",
+            data.to_str().unwrap(),
+        ]
+    };
+
+    // Healthy: drills succeed, read every pack (100%) and compare every file.
+    let sc = Sidecar::start(&sb, &drill_args("100%"), false, tmp.path().join("a.log"));
+    assert!(sc.metric("snapback_latest_snapshot_timestamp_seconds") > 1.6e9);
+    assert_eq!(sc.metric("snapback_repository_up"), 1.0);
+    sc.wait_metric(
+        "snapback_verify_runs_total{result=\"success\"}",
+        "a successful drill",
+        |v| v >= 1.0,
+    );
+    assert!(sc.metric("snapback_verify_bytes_total") > 9_000_000.0);
+    assert!(sc.metric("snapback_verify_last_success_timestamp_seconds") > 1.6e9);
+    for kind in ["pack", "tree", "stream", "live", "error"] {
+        let name = format!("snapback_verify_failures_total{{kind=\"{kind}\"}}");
+        assert_eq!(sc.metric(&name), 0.0, "{kind}; log:\n{}", sc.log_text());
+    }
+    drop(sc);
+
+    // Silent corruption on the volume: new content of the same size, the old mtime put back.
+    // restic --ignore-ctime then takes the file as unchanged and records the old content with
+    // the file's current metadata: a snapshot and a live file that agree on size, mtime,
+    // ctime and inode and differ in content, as after bit rot under the filesystem.
+    let victim = data.join("blob-1.bin");
+    let old = fs::metadata(&victim).unwrap();
+    let mut content = fs::read(&victim).unwrap();
+    content[1_234_567] ^= 1;
+    fs::write(&victim, &content).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        common::set_mtime(&victim, old.mtime() as u64, old.mtime_nsec() as u32);
+    }
+    restic.run_ok(&[
+        "backup",
+        "--host",
+        HOST,
+        "--ignore-ctime",
+        data.to_str().unwrap(),
+    ]);
+    let sc = Sidecar::start(&sb, &drill_args("100%"), false, tmp.path().join("b.log"));
+    sc.wait_metric(
+        "snapback_verify_failures_total{kind=\"live\"}",
+        "a live mismatch",
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        sc.metric("snapback_verify_failures_total{kind=\"pack\"}"),
+        0.0
+    );
+    let log = sc.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blob-1.bin") && l.contains("silent corruption")),
+        "no report naming the file:\n{log}"
+    );
+    drop(sc);
+
+    // Corruption in the repository, one pack per drill: found within as many drills as there
+    // are packs, wherever the cursor starts.
+    fs::write(&victim, fs::read(data.join("blob-0.bin")).unwrap()).unwrap();
+    restic.run_ok(&["backup", "--host", HOST, data.to_str().unwrap()]);
+    let (pack, packs) = largest_pack(&repo);
+    flip_byte(&pack);
+    let sc = Sidecar::start(&sb, &drill_args("1"), false, tmp.path().join("c.log"));
+    sc.wait_metric(
+        "snapback_verify_failures_total{kind=\"pack\"}",
+        "a corrupted pack",
+        |v| v >= 1.0,
+    );
+    let drills = sc.metric("snapback_verify_runs_total{result=\"success\"}")
+        + sc.metric("snapback_verify_runs_total{result=\"failure\"}");
+    assert!(
+        drills <= packs as f64 + 1.0,
+        "{drills} drills to find 1 of {packs} packs"
+    );
+    let log = sc.log_text();
+    let name = pack.file_name().unwrap().to_str().unwrap();
+    assert!(log.contains(name), "the pack is not named:\n{log}");
+    drop(sc);
+    // The oracle agrees that the pack is damaged.
+    assert!(!restic.run(&["check", "--read-data"]).status.success());
+}
+
+/// Drills over a stream snapshot read every member back: clean after a backup
+/// (--verify-after-backup), and a corrupted pack makes the member unreadable.
+#[test]
+fn drills_read_stream_snapshots_back() {
+    require_restic!();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    let mut sb = Snapback::new(repo.to_str().unwrap(), PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    sb.run_ok(&["init"]);
+    let dir = data.to_str().unwrap();
+    let sc = Sidecar::start(
+        &sb,
+        &[
+            "--stdin-from-command",
+            "--stdin-tar",
+            "--verify-after-backup",
+            "--verify-read",
+            "100%",
+            "--",
+            "tar",
+            "-cf",
+            "-",
+            "-C",
+            dir,
+            ".",
+        ],
+        false,
+        tmp.path().join("a.log"),
+    );
+    assert_eq!(sc.metric("snapback_latest_snapshot_timestamp_seconds"), 0.0);
+    assert_eq!(sc.post_backup(), 202);
+    sc.wait_metric(
+        "snapback_verify_runs_total{result=\"success\"}",
+        "a successful drill",
+        |v| v >= 1.0,
+    );
+    assert!(sc.metric("snapback_latest_snapshot_timestamp_seconds") > 1.6e9);
+    // Every member's content read back, and the packs read once more.
+    let content = common::MAKE_TREE_RANDOM_LEN as f64;
+    assert!(sc.metric("snapback_verify_bytes_total") > 2.0 * content);
+    drop(sc);
+
+    let (pack, _) = largest_pack(&repo);
+    flip_byte(&pack);
+    let sc = Sidecar::start(
+        &sb,
+        &[
+            "--stdin-from-command",
+            "--verify-every",
+            "300ms",
+            "--",
+            "true",
+        ],
+        false,
+        tmp.path().join("b.log"),
+    );
+    sc.wait_metric(
+        "snapback_verify_failures_total{kind=\"stream\"}",
+        "an unreadable member",
+        |v| v >= 1.0,
+    );
+    assert!(sc.log_text().contains("random.bin"), "{}", sc.log_text());
+}

@@ -30,9 +30,7 @@ impl ReadShare {
             let p: f64 = p.trim().parse().ok()?;
             return (p > 0.0 && p <= 100.0).then_some(ReadShare::Percent(p));
         }
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num.parse().ok()?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -123,7 +121,8 @@ pub async fn read_back(
                 continue;
             }
         };
-        let (problems, back) = read_pack(repo, &id, size, &pack, ws.take().unwrap_or_default()).await;
+        let (problems, back) =
+            read_pack(repo, &id, size, &pack, ws.take().unwrap_or_default()).await;
         ws = back;
         problems.into_iter().for_each(&mut problem);
         report.packs_read += 1;
@@ -191,7 +190,16 @@ mod tests {
         assert_eq!(ReadShare::parse("512M"), Some(ReadShare::Bytes(512 << 20)));
         assert_eq!(ReadShare::parse("2GiB"), Some(ReadShare::Bytes(2 << 30)));
         assert_eq!(ReadShare::parse("100"), Some(ReadShare::Bytes(100)));
-        for bad in ["0%", "101%", "-1%", "x", "", "0", "5X", "99999999999999999999T"] {
+        for bad in [
+            "0%",
+            "101%",
+            "-1%",
+            "x",
+            "",
+            "0",
+            "5X",
+            "99999999999999999999T",
+        ] {
             assert_eq!(ReadShare::parse(bad), None, "{bad}");
         }
         assert_eq!(ReadShare::Percent(10.0).budget(1001), 101);

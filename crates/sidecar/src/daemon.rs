@@ -407,7 +407,11 @@ fn log_drill(outcome: &DrillOutcome, duration: Duration) {
             let snapshot = r.snapshot.as_deref().unwrap_or("none");
             if r.problems.is_empty() {
                 tracing::info!(
-                    result = if r.snapshot.is_some() { "success" } else { "no snapshot" },
+                    result = if r.snapshot.is_some() {
+                        "success"
+                    } else {
+                        "no snapshot"
+                    },
                     snapshot,
                     packs_read = r.packs_read,
                     files_verified = r.files_verified,
@@ -647,7 +651,10 @@ mod tests {
     }
 
     /// A drill that counts its runs and reports `problems`.
-    fn counting_drill(runs: Arc<AtomicU32>, problems: Vec<(&'static str, String)>) -> Arc<dyn Drill> {
+    fn counting_drill(
+        runs: Arc<AtomicU32>,
+        problems: Vec<(&'static str, String)>,
+    ) -> Arc<dyn Drill> {
         Arc::new(move |_cancel: CancellationToken| -> crate::DrillFuture {
             runs.fetch_add(1, Ordering::SeqCst);
             let problems = problems.clone();
@@ -685,9 +692,15 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
         let text = shared.metrics.render();
-        assert!(text.contains("snapback_verify_runs_total{result=\"success\"} "), "{text}");
+        assert!(
+            text.contains("snapback_verify_runs_total{result=\"success\"} "),
+            "{text}"
+        );
         assert!(!text.contains("snapback_verify_last_success_timestamp_seconds 0.000"));
-        assert!(text.contains("snapback_schedule_interval_seconds 0.400"), "{text}");
+        assert!(
+            text.contains("snapback_schedule_interval_seconds 0.400"),
+            "{text}"
+        );
     }
 
     /// With verify_after_backup, a drill follows each successful backup; its problems are
@@ -700,7 +713,10 @@ mod tests {
         let drills = Arc::new(AtomicU32::new(0));
         let mut o = opts(Duration::ZERO);
         o.verify_after_backup = true;
-        let problems = vec![("live", "/data/x differs".to_string()), ("pack", "bad".into())];
+        let problems = vec![
+            ("live", "/data/x differs".to_string()),
+            ("pack", "bad".into()),
+        ];
         let daemon = Daemon::new(o, shared.clone(), slow_job(0, backups.clone()))
             .with_drill(counting_drill(drills.clone(), problems));
         let stop = CancellationToken::new();
@@ -726,7 +742,10 @@ mod tests {
             "snapback_verify_bytes_total 10",
             "snapback_verify_last_success_timestamp_seconds 0.000",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

@@ -111,16 +111,21 @@ impl Metrics {
     /// drill that could not run once under `error`.
     pub fn drill_finished(&self, outcome: &DrillOutcome, now_unix_ms: u64) {
         let count = |kind: &str| {
-            let i = FAILURE_KINDS.iter().position(|k| *k == kind).unwrap_or(FAILURE_KINDS.len() - 1);
+            let i = FAILURE_KINDS
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(FAILURE_KINDS.len() - 1);
             self.verify_failures[i].fetch_add(1, Ordering::Relaxed);
         };
         match outcome {
             DrillOutcome::Done(r) => {
-                self.verify_bytes.fetch_add(r.bytes_verified, Ordering::Relaxed);
+                self.verify_bytes
+                    .fetch_add(r.bytes_verified, Ordering::Relaxed);
                 r.problems.iter().for_each(|(kind, _)| count(kind));
                 if outcome.is_success() {
                     self.verify_success.fetch_add(1, Ordering::Relaxed);
-                    self.verify_last_success_ms.store(now_unix_ms, Ordering::Relaxed);
+                    self.verify_last_success_ms
+                        .store(now_unix_ms, Ordering::Relaxed);
                 } else if !r.problems.is_empty() {
                     self.verify_failure.fetch_add(1, Ordering::Relaxed);
                 }
@@ -252,8 +257,10 @@ impl Metrics {
             .zip(&self.verify_failures)
             .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), get(v).to_string()))
             .collect();
-        let failures: Vec<(&str, String)> =
-            failures.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+        let failures: Vec<(&str, String)> = failures
+            .iter()
+            .map(|(l, v)| (l.as_str(), v.clone()))
+            .collect();
         family(
             "snapback_verify_failures_total",
             "counter",
@@ -267,8 +274,14 @@ impl Metrics {
             "Verification drills by result (cancelled ones and those with no snapshot yet are \
              not counted).",
             &[
-                ("{result=\"success\"}", get(&self.verify_success).to_string()),
-                ("{result=\"failure\"}", get(&self.verify_failure).to_string()),
+                (
+                    "{result=\"success\"}",
+                    get(&self.verify_success).to_string(),
+                ),
+                (
+                    "{result=\"failure\"}",
+                    get(&self.verify_failure).to_string(),
+                ),
             ],
         );
         family(
