@@ -432,6 +432,19 @@ fn bad_schedule_and_url_are_refused_at_start() {
             "API token file",
         ),
         (vec!["sidecar", "--tag", "on-demand", "/data"], "reserved"),
+        (
+            vec!["sidecar", "--verify-read", "150%", "/data"],
+            "--verify-read",
+        ),
+        (
+            vec!["sidecar", "--verify-read", "lots", "/data"],
+            "--verify-read",
+        ),
+        (
+            vec!["sidecar", "--verify-schedule", "0 0 30 2 *", "/data"],
+            "no next occurrence",
+        ),
+        (vec!["sidecar", "--verify-every", "0s", "/data"], "positive"),
     ] {
         let out = sb.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);

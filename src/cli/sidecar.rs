@@ -616,7 +616,11 @@ async fn drill_locked(
         }
     }
     let cursor = config.cursor.lock().map(|c| *c).unwrap_or_default();
-    let read = read_back(repo, &index, &packs, config.share, Some(cursor)).await;
+    let stop = || cancel.is_cancelled();
+    let read = read_back(repo, &index, &packs, config.share, Some(cursor), &stop).await;
+    if cancel.is_cancelled() {
+        anyhow::bail!("cancelled");
+    }
     if let (Some(c), Ok(mut slot)) = (read.cursor, config.cursor.lock()) {
         *slot = c;
     }

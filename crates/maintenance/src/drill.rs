@@ -72,13 +72,15 @@ pub struct PackDrillReport {
 /// come from its own header, cross-checked against `index`: a blob the index places elsewhere
 /// (or lacks) is reported, as is any blob that fails to authenticate or hash to its id.
 ///
-/// Never fails as a whole: a pack that cannot be read is a reported problem.
+/// Never fails as a whole: a pack that cannot be read is a reported problem. `stop` is asked
+/// before each pack; once it answers true the drill ends early (shutdown).
 pub async fn read_back(
     repo: &Repository,
     index: &BlobIndex,
     packs: &[(Id, u64)],
     share: ReadShare,
     cursor: Option<Id>,
+    stop: &(dyn Fn() -> bool + Sync),
 ) -> PackDrillReport {
     let mut report = PackDrillReport {
         cursor,
@@ -98,7 +100,7 @@ pub async fn read_back(
     };
     let mut ws = Some(Workspace::default());
     for i in 0..sorted.len() {
-        if report.bytes_read >= budget {
+        if report.bytes_read >= budget || stop() {
             break;
         }
         let (id, size) = sorted[(start + i) % sorted.len()];
