@@ -751,8 +751,8 @@ fn hooks_and_producers_do_not_see_pod_uid_or_secrets() {
     assert_eq!(snapshot_ids(&restic).len(), 1);
 }
 
-/// The first (largest) pack file of the local repository `repo`, and how many there are.
-fn largest_pack(repo: &Path) -> (PathBuf, usize) {
+/// The pack files of the local repository `repo`, largest first.
+fn packs_by_size(repo: &Path) -> Vec<PathBuf> {
     let mut packs = Vec::new();
     for sub in fs::read_dir(repo.join("data")).unwrap() {
         for f in fs::read_dir(sub.unwrap().path()).unwrap() {
@@ -761,8 +761,12 @@ fn largest_pack(repo: &Path) -> (PathBuf, usize) {
         }
     }
     packs.sort();
-    let n = packs.len();
-    (packs.pop().expect("no packs").1, n)
+    packs.into_iter().rev().map(|(_, p)| p).collect()
+}
+
+/// The largest pack file of the local repository `repo`.
+fn largest_pack(repo: &Path) -> PathBuf {
+    packs_by_size(repo).into_iter().next().expect("no packs")
 }
 
 /// Flips one byte in the middle of `file` (repository files are read-only).
@@ -801,7 +805,15 @@ fn drills_verify_packs_and_compare_live_files() {
     sb.set_env("SNAPBACK_HOST", HOST);
     let restic = Restic::new(repo.to_str().unwrap(), PW);
     sb.run_ok(&["init"]);
-    restic.run_ok(&["backup", "--host", HOST, data.to_str().unwrap()]);
+    // Small packs (restic's minimum), so that the data spans several.
+    restic.run_ok(&[
+        "backup",
+        "--pack-size",
+        "4",
+        "--host",
+        HOST,
+        data.to_str().unwrap(),
+    ]);
     let drill_args = |read: &'static str| {
         vec![
             "--verify-every",
@@ -869,27 +881,39 @@ fn drills_verify_packs_and_compare_live_files() {
     );
     drop(sc);
 
-    // Corruption in the repository, one pack per drill: found within as many drills as there
-    // are packs, wherever the cursor starts.
-    fs::write(&victim, fs::read(data.join("blob-0.bin")).unwrap()).unwrap();
+    // Corruption in the repository, one pack per drill: two damaged packs are both found
+    // (each drill continues after the last pack read), within one round over all packs from
+    // wherever the cursor starts. The file gets its old content back, so the latest snapshot
+    // uses every data pack of the first one.
+    fs::write(&victim, {
+        content[1_234_567] ^= 1;
+        &content
+    })
+    .unwrap();
     restic.run_ok(&["backup", "--host", HOST, data.to_str().unwrap()]);
-    let (pack, packs) = largest_pack(&repo);
-    flip_byte(&pack);
+    let packs = packs_by_size(&repo);
+    assert!(packs.len() >= 4, "{} packs", packs.len());
+    let damaged = [&packs[0], &packs[1]];
+    damaged.iter().for_each(|p| flip_byte(p));
     let sc = Sidecar::start(&sb, &drill_args("1"), false, tmp.path().join("c.log"));
-    sc.wait_metric(
-        "snapback_verify_failures_total{kind=\"pack\"}",
-        "a corrupted pack",
-        |v| v >= 1.0,
-    );
+    let names = damaged.map(|p| p.file_name().unwrap().to_str().unwrap().to_string());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !names.iter().all(|n| sc.log_text().contains(n.as_str())) {
+        assert!(
+            Instant::now() < deadline,
+            "not both damaged packs reported:\n{}",
+            sc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let drills = sc.metric("snapback_verify_runs_total{result=\"success\"}")
         + sc.metric("snapback_verify_runs_total{result=\"failure\"}");
     assert!(
-        drills <= packs as f64 + 1.0,
-        "{drills} drills to find 1 of {packs} packs"
+        drills <= packs.len() as f64 + 1.0,
+        "{drills} drills to find 2 of {} packs",
+        packs.len()
     );
-    let log = sc.log_text();
-    let name = pack.file_name().unwrap().to_str().unwrap();
-    assert!(log.contains(name), "the pack is not named:\n{log}");
+    assert!(sc.metric("snapback_verify_failures_total{kind=\"pack\"}") >= 2.0);
     drop(sc);
     // The oracle agrees that the pack is damaged.
     assert!(!restic.run(&["check", "--read-data"]).status.success());
@@ -940,8 +964,7 @@ fn drills_read_stream_snapshots_back() {
     assert!(sc.metric("snapback_verify_bytes_total") > 2.0 * content);
     drop(sc);
 
-    let (pack, _) = largest_pack(&repo);
-    flip_byte(&pack);
+    flip_byte(&largest_pack(&repo));
     let sc = Sidecar::start(
         &sb,
         &[
