@@ -432,6 +432,19 @@ fn bad_schedule_and_url_are_refused_at_start() {
             "API token file",
         ),
         (vec!["sidecar", "--tag", "on-demand", "/data"], "reserved"),
+        (
+            vec!["sidecar", "--verify-read", "150%", "/data"],
+            "--verify-read",
+        ),
+        (
+            vec!["sidecar", "--verify-read", "lots", "/data"],
+            "--verify-read",
+        ),
+        (
+            vec!["sidecar", "--verify-schedule", "0 0 30 2 *", "/data"],
+            "no next occurrence",
+        ),
+        (vec!["sidecar", "--verify-every", "0s", "/data"], "positive"),
     ] {
         let out = sb.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -826,4 +839,238 @@ fn a_backup_waits_for_a_prune_lock_with_retry_lock() {
     assert_eq!(sc.wait_exit(), Some(0), "log:\n{}", sc.log_text());
     assert!(locks(&restic).is_empty());
     restic.run_ok(&["check"]);
+}
+
+/// The pack files of the local repository `repo`, largest first.
+fn packs_by_size(repo: &Path) -> Vec<PathBuf> {
+    let mut packs = Vec::new();
+    for sub in fs::read_dir(repo.join("data")).unwrap() {
+        for f in fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            packs.push((fs::metadata(&p).unwrap().len(), p));
+        }
+    }
+    packs.sort();
+    packs.into_iter().rev().map(|(_, p)| p).collect()
+}
+
+/// The largest pack file of the local repository `repo`.
+fn largest_pack(repo: &Path) -> PathBuf {
+    packs_by_size(repo).into_iter().next().expect("no packs")
+}
+
+/// Flips one byte in the middle of `file` (repository files are read-only).
+fn flip_byte(file: &Path) {
+    let mut perms = fs::metadata(file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(file, perms).unwrap();
+    let mut bytes = fs::read(file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    fs::write(file, bytes).unwrap();
+}
+
+/// Drills over a path snapshot: a healthy repository verifies clean; a live file whose content
+/// differs from the snapshot although size, mtime, ctime and inode match is reported with its
+/// path; a corrupted pack is found within as many one-pack drills as there are packs (the
+/// cursor rotates over all of them). The snapshots are written by restic: the drill reads any
+/// restic-compatible snapshot of its host and paths, and the latest snapshot's time comes from
+/// the repository, not from this process.
+#[test]
+fn drills_verify_packs_and_compare_live_files() {
+    require_restic!();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    for i in 0..3u64 {
+        fs::write(
+            data.join(format!("blob-{i}.bin")),
+            pseudo_random_bytes(70 + i, 3_000_000),
+        )
+        .unwrap();
+    }
+    let mut sb = Snapback::new(repo.to_str().unwrap(), PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    sb.run_ok(&["init"]);
+    // Small packs (restic's minimum), so that the data spans several.
+    restic.run_ok(&[
+        "backup",
+        "--pack-size",
+        "4",
+        "--host",
+        HOST,
+        data.to_str().unwrap(),
+    ]);
+    let drill_args = |read: &'static str| {
+        vec![
+            "--verify-every",
+            "300ms",
+            "--verify-read",
+            read,
+            "--verify-files",
+            "1000",
+            data.to_str().unwrap(),
+        ]
+    };
+
+    // Healthy: drills succeed, read every pack (100%) and compare every file.
+    let sc = Sidecar::start(&sb, &drill_args("100%"), false, tmp.path().join("a.log"));
+    assert!(sc.metric("snapback_latest_snapshot_timestamp_seconds") > 1.6e9);
+    assert_eq!(sc.metric("snapback_repository_up"), 1.0);
+    sc.wait_metric(
+        "snapback_verify_runs_total{result=\"success\"}",
+        "a successful drill",
+        |v| v >= 1.0,
+    );
+    assert!(sc.metric("snapback_verify_bytes_total") > 9_000_000.0);
+    assert!(sc.metric("snapback_verify_last_success_timestamp_seconds") > 1.6e9);
+    for kind in ["pack", "tree", "stream", "live", "error"] {
+        let name = format!("snapback_verify_failures_total{{kind=\"{kind}\"}}");
+        assert_eq!(sc.metric(&name), 0.0, "{kind}; log:\n{}", sc.log_text());
+    }
+    drop(sc);
+
+    // Silent corruption on the volume: new content of the same size, the old mtime put back.
+    // restic --ignore-ctime then takes the file as unchanged and records the old content with
+    // the file's current metadata: a snapshot and a live file that agree on size, mtime,
+    // ctime and inode and differ in content, as after bit rot under the filesystem.
+    let victim = data.join("blob-1.bin");
+    let old = fs::metadata(&victim).unwrap();
+    let mut content = fs::read(&victim).unwrap();
+    content[1_234_567] ^= 1;
+    fs::write(&victim, &content).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        common::set_mtime(&victim, old.mtime() as u64, old.mtime_nsec() as u32);
+    }
+    restic.run_ok(&[
+        "backup",
+        "--host",
+        HOST,
+        "--ignore-ctime",
+        data.to_str().unwrap(),
+    ]);
+    let sc = Sidecar::start(&sb, &drill_args("100%"), false, tmp.path().join("b.log"));
+    sc.wait_metric(
+        "snapback_verify_failures_total{kind=\"live\"}",
+        "a live mismatch",
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        sc.metric("snapback_verify_failures_total{kind=\"pack\"}"),
+        0.0
+    );
+    let log = sc.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blob-1.bin") && l.contains("silent corruption")),
+        "no report naming the file:\n{log}"
+    );
+    drop(sc);
+
+    // Corruption in the repository, one pack per drill: two damaged packs are both found
+    // (each drill continues after the last pack read), within one round over all packs from
+    // wherever the cursor starts. The file gets its old content back, so the latest snapshot
+    // uses every data pack of the first one.
+    fs::write(&victim, {
+        content[1_234_567] ^= 1;
+        &content
+    })
+    .unwrap();
+    restic.run_ok(&["backup", "--host", HOST, data.to_str().unwrap()]);
+    let packs = packs_by_size(&repo);
+    assert!(packs.len() >= 4, "{} packs", packs.len());
+    let damaged = [&packs[0], &packs[1]];
+    damaged.iter().for_each(|p| flip_byte(p));
+    let sc = Sidecar::start(&sb, &drill_args("1"), false, tmp.path().join("c.log"));
+    let names = damaged.map(|p| p.file_name().unwrap().to_str().unwrap().to_string());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !names.iter().all(|n| sc.log_text().contains(n.as_str())) {
+        assert!(
+            Instant::now() < deadline,
+            "not both damaged packs reported:\n{}",
+            sc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drills = sc.metric("snapback_verify_runs_total{result=\"success\"}")
+        + sc.metric("snapback_verify_runs_total{result=\"failure\"}");
+    assert!(
+        drills <= packs.len() as f64 + 1.0,
+        "{drills} drills to find 2 of {} packs",
+        packs.len()
+    );
+    assert!(sc.metric("snapback_verify_failures_total{kind=\"pack\"}") >= 2.0);
+    drop(sc);
+    // The oracle agrees that the pack is damaged.
+    assert!(!restic.run(&["check", "--read-data"]).status.success());
+}
+
+/// Drills over a stream snapshot read every member back: clean after a backup
+/// (--verify-after-backup), and a corrupted pack makes the member unreadable.
+#[test]
+fn drills_read_stream_snapshots_back() {
+    require_restic!();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let data = tmp.path().join("data");
+    make_tree(&data);
+    let mut sb = Snapback::new(repo.to_str().unwrap(), PW);
+    sb.set_env("SNAPBACK_HOST", HOST);
+    sb.run_ok(&["init"]);
+    let dir = data.to_str().unwrap();
+    let sc = Sidecar::start(
+        &sb,
+        &[
+            "--stdin-from-command",
+            "--stdin-tar",
+            "--verify-after-backup",
+            "--verify-read",
+            "100%",
+            "--",
+            "tar",
+            "-cf",
+            "-",
+            "-C",
+            dir,
+            ".",
+        ],
+        false,
+        tmp.path().join("a.log"),
+    );
+    assert_eq!(sc.metric("snapback_latest_snapshot_timestamp_seconds"), 0.0);
+    assert_eq!(sc.post_backup(), 202);
+    sc.wait_metric(
+        "snapback_verify_runs_total{result=\"success\"}",
+        "a successful drill",
+        |v| v >= 1.0,
+    );
+    assert!(sc.metric("snapback_latest_snapshot_timestamp_seconds") > 1.6e9);
+    // Every member's content read back, and the packs read once more.
+    let content = common::MAKE_TREE_RANDOM_LEN as f64;
+    assert!(sc.metric("snapback_verify_bytes_total") > 2.0 * content);
+    drop(sc);
+
+    flip_byte(&largest_pack(&repo));
+    let sc = Sidecar::start(
+        &sb,
+        &[
+            "--stdin-from-command",
+            "--verify-every",
+            "300ms",
+            "--",
+            "true",
+        ],
+        false,
+        tmp.path().join("b.log"),
+    );
+    sc.wait_metric(
+        "snapback_verify_failures_total{kind=\"stream\"}",
+        "an unreadable member",
+        |v| v >= 1.0,
+    );
+    assert!(sc.log_text().contains("random.bin"), "{}", sc.log_text());
 }

@@ -97,7 +97,7 @@ pub enum Command {
     /// Remove stale locks (`--remove-all`: every lock).
     Unlock(unlock::UnlockArgs),
     /// Run as a Pod's backup daemon: scheduled and requested backups, HTTP API, metrics.
-    Sidecar(sidecar::SidecarArgs),
+    Sidecar(Box<sidecar::SidecarArgs>),
 }
 
 /// Runs the parsed command line.

@@ -8,25 +8,32 @@
 //! [`ON_DEMAND_TAG`], the policy runs only after scheduled (and shutdown) backups, and it
 //! neither counts nor removes on-demand snapshots.
 //!
+//! Verification drills (`--verify-schedule`, `--verify-every`, `--verify-after-backup`) check
+//! that the latest snapshot of this sidecar's host and paths can be restored: a rotating share
+//! of its packs is downloaded and verified, a sample of its files is compared with the live
+//! volume (or, for a stream, every member is read back). See [`one_drill`].
+//!
 //! The scheduling, gate, HTTP API and metrics live in `snapback-sidecar`; this module supplies
-//! the backup job and turns the command line into daemon options.
+//! the backup job and the drill and turns the command line into daemon options.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use snapback_archive::archiver::Progress;
 use snapback_archive::backup::ParentChoice;
 use snapback_archive::sink::SinkOptions;
+use snapback_archive::verify::{scan_snapshot, ScanMode};
 use snapback_archive::BackupOptions;
+use snapback_maintenance::drill::{read_back, ReadShare};
 use snapback_maintenance::{ExpirePolicy, ForgetOptions, SnapshotFilter};
-use snapback_repo::Repository;
+use snapback_repo::{BlobIndex, FileType, Id, Repository};
 use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
-    ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, JobFuture, Outcome, Report, RunKind,
-    Schedule, Shared,
+    ApiToken, Daemon, DaemonOptions, DrillFuture, DrillOutcome, DrillReport, Gate, HttpOptions,
+    JobFuture, Metrics, Outcome, Report, RunKind, Schedule, Shared,
 };
 use snapback_stream::entry::EntrySource;
 use snapback_stream::{read_exclude_file, WalkOptions, Walker};
@@ -123,6 +130,33 @@ pub struct SidecarArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub keep_monthly: u32,
 
+    /// Run verification drills on this cron schedule (5 fields, local time): read back a share
+    /// of the latest snapshot's packs (--verify-read) and compare a sample of its files with
+    /// the live volume (--verify-files); for a stream, read every member back. Drills never run
+    /// alongside a backup.
+    #[arg(
+        long,
+        env = "SNAPBACK_VERIFY_SCHEDULE",
+        conflicts_with = "verify_every",
+        value_name = "CRON"
+    )]
+    pub verify_schedule: Option<String>,
+    /// Run verification drills at this interval (e.g. 6h), the first one interval after start.
+    #[arg(long, env = "SNAPBACK_VERIFY_EVERY", value_parser = duration, value_name = "DURATION")]
+    pub verify_every: Option<Duration>,
+    /// Run a verification drill after each successful backup.
+    #[arg(long)]
+    pub verify_after_backup: bool,
+    /// Share of the latest snapshot's packs each drill downloads and verifies: a percentage
+    /// (5%) or a size (512MiB); at least one pack. Successive drills continue where the last
+    /// one stopped, in pack id order, so every pack is read over time.
+    #[arg(long, default_value = "5%", value_name = "PERCENT|SIZE")]
+    pub verify_read: String,
+    /// Files of the latest snapshot each drill compares with the live volume (those unchanged
+    /// since the backup by size, mtime, ctime and inode); 0 disables the comparison.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub verify_files: usize,
+
     /// On SIGTERM, how long a running backup may still take before it is cancelled (no
     /// snapshot). Keep it below the Pod's terminationGracePeriodSeconds.
     #[arg(long, value_parser = duration, default_value = "25s", value_name = "DURATION")]
@@ -184,6 +218,17 @@ struct JobConfig {
     retention: Option<ForgetOptions>,
 }
 
+/// What every drill needs, and the rotation state between drills.
+struct DrillConfig {
+    job: Arc<JobConfig>,
+    share: ReadShare,
+    files: usize,
+    /// The last pack read. Kept in memory only: after a restart the first drill starts at a
+    /// random pack id (ids are SHA-256 hashes, so a random start is a uniform one), which keeps
+    /// a Pod that restarts often from reading the same first packs again and again.
+    cursor: Mutex<Id>,
+}
+
 /// Runs the daemon until SIGTERM/SIGINT; exit 0, or 1 when the backup running at (or started
 /// for) shutdown did not save a snapshot.
 pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<ExitCode> {
@@ -208,6 +253,19 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         None => None,
     };
     let zstd_level = zstd_level(&args.compression)?;
+    let verify_schedule = match (&args.verify_schedule, args.verify_every) {
+        (Some(expr), _) => Schedule::cron(expr)?,
+        (None, Some(every)) => Schedule::every(every)?,
+        (None, None) => Schedule::Manual,
+    };
+    let verify =
+        args.verify_schedule.is_some() || args.verify_every.is_some() || args.verify_after_backup;
+    let Some(share) = ReadShare::parse(&args.verify_read) else {
+        bail!(
+            "--verify-read must be a percentage (0-100%, e.g. 5%) or a size (e.g. 512MiB), not {:?}",
+            args.verify_read
+        );
+    };
     super::repo::location(global)?;
     let mut excludes = args.excludes.clone();
     for f in &args.exclude_files {
@@ -242,7 +300,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         "HTTP API listening"
     );
 
-    let Some(repo) = open_with_retry(global, &shutdown).await? else {
+    let Some(repo) = open_with_retry(global, &shutdown, &shared.metrics).await? else {
         tracing::info!("shutdown before the repository was opened");
         http_stop.cancel();
         let _ = http.await;
@@ -319,6 +377,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         },
         ..ForgetOptions::default()
     });
+    refresh_latest(&repo, &host, &snapshot_paths, &shared.metrics).await;
     let config = Arc::new(JobConfig {
         repo,
         roots,
@@ -331,10 +390,32 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         template,
         retention,
     });
-    let job = move |kind: RunKind, cancel: CancellationToken| -> JobFuture {
-        let config = config.clone();
+    let drill_config = Arc::new(DrillConfig {
+        job: config.clone(),
+        share,
+        files: args.verify_files,
+        cursor: Mutex::new(Id::random()),
+    });
+    let job = {
+        let shared = shared.clone();
+        move |kind: RunKind, cancel: CancellationToken| -> JobFuture {
+            let config = config.clone();
+            let shared = shared.clone();
+            Box::pin(async move {
+                let outcome = one_backup(config.clone(), kind, cancel).await;
+                release_memory();
+                // After failures too: whether the repository answers is what tells a failing
+                // source from an unreachable store.
+                let t = &config.template;
+                refresh_latest(&config.repo, &t.host, &t.paths, &shared.metrics).await;
+                outcome
+            })
+        }
+    };
+    let drill = move |cancel: CancellationToken| -> DrillFuture {
+        let config = drill_config.clone();
         Box::pin(async move {
-            let outcome = one_backup(config, kind, cancel).await;
+            let outcome = one_drill(&config, cancel).await;
             release_memory();
             outcome
         })
@@ -353,10 +434,17 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
             grace: args.grace,
             backup_on_shutdown: args.backup_on_shutdown,
             gate,
+            verify_schedule,
+            verify_after_backup: args.verify_after_backup,
         },
         shared.clone(),
         Arc::new(job),
     );
+    let daemon = if verify {
+        daemon.with_drill(Arc::new(drill))
+    } else {
+        daemon
+    };
     shared.set_ready();
     tracing::info!(host = %host, "ready");
     let last = daemon.run(shutdown).await;
@@ -384,16 +472,21 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
 async fn open_with_retry(
     global: &GlobalArgs,
     shutdown: &CancellationToken,
+    metrics: &Metrics,
 ) -> anyhow::Result<Option<Repository>> {
     let mut pause = Duration::from_secs(1);
     loop {
         let err = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
             r = super::repo::open(global) => match r {
-                Ok(repo) => return Ok(Some(repo)),
+                Ok(repo) => {
+                    metrics.set_repository_up(true);
+                    return Ok(Some(repo));
+                }
                 Err(e) => e,
             },
         };
+        metrics.set_repository_up(false);
         let transient = err.chain().any(|c| {
             matches!(
                 c.downcast_ref::<snapback_repo::Error>(),
@@ -414,6 +507,129 @@ async fn open_with_retry(
         }
         pause = (pause * 2).min(OPEN_RETRY_MAX);
     }
+}
+
+/// Reads the time of the newest snapshot of `host` and `paths` into the metrics, and whether
+/// the repository answered. Any snapshot counts, on-demand ones too: each is a restore point.
+async fn refresh_latest(repo: &Repository, host: &str, paths: &[String], metrics: &Metrics) {
+    match repo.latest_snapshot(Some(host), paths).await {
+        Ok(latest) => {
+            metrics.set_repository_up(true);
+            let ms = latest.map_or(0, |(_, s)| {
+                u64::try_from(s.time.timestamp_millis()).unwrap_or(0)
+            });
+            metrics.set_latest_snapshot(ms);
+        }
+        Err(e) => {
+            metrics.set_repository_up(false);
+            tracing::warn!(error = %e, "cannot read the latest snapshot from the repository");
+        }
+    }
+}
+
+/// One verification drill over the latest snapshot of this sidecar's host and paths, under a
+/// shared lock (so that a prune cannot delete packs under it):
+///
+/// 1. one walk over its trees collects the packs it uses and either reads every stream member
+///    back or compares a sample of files with the live volume (`snapback_archive::verify`);
+/// 2. the next share of those packs, after the cursor, is downloaded and verified whole
+///    (`snapback_maintenance::drill`), one pack in memory at a time.
+async fn one_drill(config: &DrillConfig, cancel: CancellationToken) -> DrillOutcome {
+    let repo = &config.job.repo;
+    let lock = match repo.lock(false).await {
+        Ok(l) => l,
+        Err(e) => return DrillOutcome::Failed(format!("cannot lock the repository: {e}")),
+    };
+    let outcome = drill_locked(config, &cancel).await;
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "drill: cannot remove the repository lock");
+    }
+    match outcome {
+        Ok(report) => DrillOutcome::Done(report),
+        Err(_) if cancel.is_cancelled() => DrillOutcome::Cancelled,
+        Err(e) => DrillOutcome::Failed(super::error_chain(&e)),
+    }
+}
+
+async fn drill_locked(
+    config: &DrillConfig,
+    cancel: &CancellationToken,
+) -> anyhow::Result<DrillReport> {
+    let repo = &config.job.repo;
+    let t = &config.job.template;
+    let Some((snapshot_id, snapshot)) = repo.latest_snapshot(Some(&t.host), &t.paths).await? else {
+        tracing::info!("verification drill: no snapshot of this host and paths yet");
+        return Ok(DrillReport::default());
+    };
+    let index = Arc::new(BlobIndex::load(repo).await?);
+    let mode = if config.job.command.is_some() {
+        ScanMode::Stream
+    } else {
+        ScanMode::Live {
+            sample: config.files,
+            // A different sample each drill.
+            seed: Id::random()
+                .0
+                .iter()
+                .fold(0u64, |a, b| a << 8 | u64::from(*b)),
+        }
+    };
+    let scan = scan_snapshot(repo, index.clone(), snapshot.tree, mode, cancel).await?;
+    let mut report = DrillReport {
+        snapshot: Some(snapshot_id.to_string()),
+        files_verified: scan.files_verified,
+        bytes_verified: scan.bytes_verified,
+        ..DrillReport::default()
+    };
+    for p in scan.problems {
+        let message = if p.path.as_os_str().is_empty() {
+            p.message
+        } else {
+            format!("{}: {}", p.path.display(), p.message)
+        };
+        report.problems.push((p.kind.as_str(), message));
+    }
+    if scan.files_changed > 0 {
+        tracing::info!(
+            files = scan.files_changed,
+            "drill: sampled files changed since the backup were not compared"
+        );
+    }
+    if cancel.is_cancelled() {
+        anyhow::bail!("cancelled");
+    }
+    let stored: std::collections::HashMap<Id, u64> = repo
+        .backend()
+        .list(FileType::Pack)
+        .await?
+        .into_iter()
+        .map(|l| (l.id, l.size))
+        .collect();
+    let mut packs = Vec::with_capacity(scan.packs.len());
+    for id in &scan.packs {
+        match stored.get(id) {
+            Some(&size) => packs.push((*id, size)),
+            None => report.problems.push((
+                "pack",
+                format!("{}: missing from storage", FileType::Pack.path(id)),
+            )),
+        }
+    }
+    let cursor = config.cursor.lock().map(|c| *c).unwrap_or_default();
+    let stop = || cancel.is_cancelled();
+    let read = read_back(repo, &index, &packs, config.share, Some(cursor), &stop).await;
+    if cancel.is_cancelled() {
+        anyhow::bail!("cancelled");
+    }
+    if let (Some(c), Ok(mut slot)) = (read.cursor, config.cursor.lock()) {
+        *slot = c;
+    }
+    report.packs_read = read.packs_read as u64;
+    report.bytes_verified += read.bytes_read;
+    for e in read.errors {
+        report.problems.push(("pack", e.to_string()));
+    }
+    Ok(report)
 }
 
 /// Reads the API token file.

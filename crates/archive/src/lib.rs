@@ -19,6 +19,7 @@ pub mod node;
 pub mod restore;
 pub mod sink;
 pub mod tree_walk;
+pub mod verify;
 
 pub use backup::{backup, BackupOptions, BackupSummary};
 pub use error::{Error, Result};

@@ -392,7 +392,7 @@ const SCRATCH_KEEP: usize = 2 << 20;
 
 /// One worker's buffers, reused from pack to pack.
 #[derive(Default)]
-struct Workspace {
+pub(crate) struct Workspace {
     pack: Vec<u8>,
     /// Decompressed blob content.
     scratch: Vec<u8>,
@@ -400,7 +400,7 @@ struct Workspace {
 
 /// The whole pack: its hash, its header, every blob. Gives the workspace back unless the
 /// verification task died with it.
-async fn read_pack(
+pub(crate) async fn read_pack(
     repo: &Repository,
     id: &Id,
     size: u64,

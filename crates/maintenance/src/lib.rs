@@ -5,12 +5,14 @@
 //! - [`group`]: snapshot filters (`--host`, `--tag`, `--path`) and grouping (`--group-by`).
 //! - [`forget`]: applies a policy per group and deletes the snapshot files it removes.
 //! - [`check`]: verifies index, packs, snapshots and trees, optionally every byte of data.
+//! - [`drill`]: reads back a rotating share of a snapshot's packs (the sidecar's drills).
 //! - [`prune`]: deletes unused data, repacking partly used packs, and rewrites the index.
 //!
 //! [`index_set`] and [`walk`] hold what check and prune share: all index files as loaded, and
 //! the walk over every snapshot's trees.
 
 pub mod check;
+pub mod drill;
 pub mod error;
 pub mod forget;
 pub mod group;

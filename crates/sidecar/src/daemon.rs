@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::schedule::{jitter, Schedule};
-use crate::{Gate, Job, Metrics, Outcome, RunKind};
+use crate::{Drill, DrillOutcome, Gate, Job, Metrics, Outcome, RunKind};
 
 /// How long a cancelled backup may take to wind down (remove its lock) before the daemon stops
 /// waiting for it. Cancellation is cooperative and normally takes well under a second.
@@ -52,12 +52,15 @@ pub struct Shared {
 impl Shared {
     /// Fresh state: not ready, idle.
     pub fn new() -> Arc<Shared> {
-        Arc::new(Shared::default())
+        let shared = Shared::default();
+        shared.metrics.set_start(unix_millis(SystemTime::now()));
+        Arc::new(shared)
     }
 
     /// Marks the repository as open and the key as loaded.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+        self.metrics.set_ready(self.is_ready());
     }
 
     /// Whether backups can be served (ready, and not shutting down).
@@ -68,6 +71,7 @@ impl Shared {
     /// Marks the daemon as shutting down: no more requests are accepted.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.metrics.set_ready(false);
     }
 
     /// Asks for a backup now.
@@ -124,6 +128,10 @@ pub struct DaemonOptions {
     pub backup_on_shutdown: bool,
     /// Checks before and command after each backup.
     pub gate: Gate,
+    /// When verification drills run by themselves (with [`Daemon::with_drill`]).
+    pub verify_schedule: Schedule,
+    /// Run a drill after each successful backup (with [`Daemon::with_drill`]).
+    pub verify_after_backup: bool,
 }
 
 /// The scheduler.
@@ -131,12 +139,30 @@ pub struct Daemon {
     opts: DaemonOptions,
     shared: Arc<Shared>,
     job: Arc<dyn Job>,
+    drill: Option<Arc<dyn Drill>>,
+}
+
+/// What the scheduler does next.
+enum Next {
+    Backup(RunKind),
+    Drill,
 }
 
 impl Daemon {
     /// A daemon running `job` with `opts`, sharing `shared` with the HTTP server.
     pub fn new(opts: DaemonOptions, shared: Arc<Shared>, job: Arc<dyn Job>) -> Daemon {
-        Daemon { opts, shared, job }
+        Daemon {
+            opts,
+            shared,
+            job,
+            drill: None,
+        }
+    }
+
+    /// Runs `drill` on the options' verify schedule and, if asked, after each successful backup.
+    pub fn with_drill(mut self, drill: Arc<dyn Drill>) -> Daemon {
+        self.drill = Some(drill);
+        self
     }
 
     /// Runs until `shutdown` fires and the shutdown work is done. Returns how the last backup
@@ -149,38 +175,64 @@ impl Daemon {
             grace_s = self.opts.grace.as_secs_f64(),
             "scheduler started"
         );
+        self.shared
+            .metrics
+            .set_schedule_interval(self.opts.schedule.max_gap(Local::now()));
+        if self.drill.is_some() {
+            tracing::info!(
+                schedule = %self.opts.verify_schedule.describe(),
+                after_backup = self.opts.verify_after_backup,
+                "verification drills enabled"
+            );
+        }
         let mut last = None;
         let mut deadline = None;
+        // Each due time is kept until its run: a drill or a request in between must not push
+        // an interval schedule back.
+        let mut backup_due: Option<Option<tokio::time::Instant>> = None;
+        let mut drill_due: Option<Option<tokio::time::Instant>> = None;
         loop {
-            let due = match self.opts.schedule.next_delay(Local::now()) {
-                Ok(d) => d.map(|d| tokio::time::Instant::now() + d + jitter(self.opts.jitter)),
-                Err(e) => {
-                    tracing::error!(error = %e, "no next scheduled backup; only requests are served");
-                    None
-                }
+            let due = *backup_due
+                .get_or_insert_with(|| due_at(&self.opts.schedule, self.opts.jitter, "backup"));
+            let drill_at = match self.drill {
+                Some(_) => *drill_due.get_or_insert_with(|| {
+                    due_at(&self.opts.verify_schedule, Duration::ZERO, "drill")
+                }),
+                None => None,
             };
-            if let Some(at) = due {
-                let wait = at.saturating_duration_since(tokio::time::Instant::now());
-                tracing::debug!(in_s = wait.as_secs(), "next scheduled backup");
-            }
-            let kind = tokio::select! {
+            let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = self.shared.wake.notified() => {
                     if !self.shared.claim(true) {
                         continue;
                     }
-                    RunKind::Requested
+                    Next::Backup(RunKind::Requested)
                 }
                 _ = sleep_until(due) => {
                     self.shared.claim(false);
-                    RunKind::Scheduled
+                    Next::Backup(RunKind::Scheduled)
                 }
+                _ = sleep_until(drill_at) => Next::Drill,
             };
+            let kind = match next {
+                Next::Drill => {
+                    drill_due = None;
+                    self.run_drill(&shutdown).await;
+                    continue;
+                }
+                Next::Backup(kind) => kind,
+            };
+            backup_due = None;
             let cancel = CancellationToken::new();
             let mut handle = self.spawn_run(kind, cancel.clone());
             tokio::select! {
-                _ = &mut handle => {}
+                r = &mut handle => {
+                    let ok = matches!(r, Ok(Outcome::Success(_)));
+                    if ok && self.opts.verify_after_backup {
+                        self.run_drill(&shutdown).await;
+                    }
+                }
                 _ = shutdown.cancelled() => {
                     let until = Instant::now() + self.opts.grace;
                     deadline = Some(until);
@@ -211,6 +263,37 @@ impl Daemon {
         }
         tracing::info!("scheduler stopped");
         last
+    }
+
+    /// Runs one drill, if there is one, to its end or until shutdown, and records it.
+    async fn run_drill(&self, shutdown: &CancellationToken) {
+        let Some(drill) = &self.drill else {
+            return;
+        };
+        let started = Instant::now();
+        self.shared.metrics.drill_started();
+        tracing::info!("verification drill started");
+        let cancel = CancellationToken::new();
+        // In a task of its own, so that a panic is an outcome.
+        let mut handle = tokio::spawn(drill.run(cancel.clone()));
+        let joined = |r: Result<DrillOutcome, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| DrillOutcome::Failed(format!("drill task failed: {e}")))
+        };
+        let outcome = tokio::select! {
+            r = &mut handle => joined(r),
+            _ = shutdown.cancelled() => {
+                // A drill only reads: it is cancelled at once, not given the grace period.
+                cancel.cancel();
+                match tokio::time::timeout(CANCEL_WAIT, handle).await {
+                    Ok(r) => joined(r),
+                    Err(_) => DrillOutcome::Cancelled,
+                }
+            }
+        };
+        self.shared
+            .metrics
+            .drill_finished(&outcome, unix_millis(SystemTime::now()));
+        log_drill(&outcome, started.elapsed());
     }
 
     /// Starts one backup run in its own task, which records metrics and logs its end.
@@ -283,6 +366,24 @@ async fn wait_or_cancel(
     }
 }
 
+/// When the next run of `schedule` is due, up to `jitter` later; `None` when never.
+fn due_at(schedule: &Schedule, jitter_max: Duration, what: &str) -> Option<tokio::time::Instant> {
+    match schedule.next_delay(Local::now()) {
+        Ok(d) => {
+            let at = d.map(|d| tokio::time::Instant::now() + d + jitter(jitter_max));
+            if let Some(at) = at {
+                let wait = at.saturating_duration_since(tokio::time::Instant::now());
+                tracing::debug!(in_s = wait.as_secs(), what, "next scheduled run");
+            }
+            at
+        }
+        Err(e) => {
+            tracing::error!(error = %e, what, "no next scheduled run; only requests are served");
+            None
+        }
+    }
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -294,6 +395,51 @@ fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+fn log_drill(outcome: &DrillOutcome, duration: Duration) {
+    let duration_s = duration.as_secs_f64();
+    match outcome {
+        DrillOutcome::Done(r) => {
+            for (kind, message) in &r.problems {
+                tracing::error!(kind, problem = %message, "verification drill found a problem");
+            }
+            let snapshot = r.snapshot.as_deref().unwrap_or("none");
+            if r.problems.is_empty() {
+                tracing::info!(
+                    result = if r.snapshot.is_some() {
+                        "success"
+                    } else {
+                        "no snapshot"
+                    },
+                    snapshot,
+                    packs_read = r.packs_read,
+                    files_verified = r.files_verified,
+                    bytes_verified = r.bytes_verified,
+                    duration_s,
+                    "verification drill finished"
+                );
+            } else {
+                tracing::error!(
+                    result = "failure",
+                    snapshot,
+                    problems = r.problems.len(),
+                    packs_read = r.packs_read,
+                    files_verified = r.files_verified,
+                    bytes_verified = r.bytes_verified,
+                    duration_s,
+                    "verification drill found problems"
+                );
+            }
+        }
+        DrillOutcome::Failed(why) => tracing::error!(
+            result = "error",
+            error = %why,
+            duration_s,
+            "verification drill could not run"
+        ),
+        DrillOutcome::Cancelled => tracing::warn!(duration_s, "verification drill cancelled"),
+    }
 }
 
 fn log_outcome(outcome: &Outcome, duration: Duration) {
@@ -354,6 +500,8 @@ mod tests {
             grace,
             backup_on_shutdown: false,
             gate: Gate::open_always(),
+            verify_schedule: Schedule::Manual,
+            verify_after_backup: false,
         }
     }
 
@@ -500,5 +648,104 @@ mod tests {
         wait_for(|| runs.load(Ordering::SeqCst) >= 2).await;
         stop.cancel();
         task.await.unwrap();
+    }
+
+    /// A drill that counts its runs and reports `problems`.
+    fn counting_drill(
+        runs: Arc<AtomicU32>,
+        problems: Vec<(&'static str, String)>,
+    ) -> Arc<dyn Drill> {
+        Arc::new(move |_cancel: CancellationToken| -> crate::DrillFuture {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let problems = problems.clone();
+            Box::pin(async move {
+                DrillOutcome::Done(crate::DrillReport {
+                    snapshot: Some("abc".into()),
+                    bytes_verified: 10,
+                    problems,
+                    ..crate::DrillReport::default()
+                })
+            })
+        })
+    }
+
+    /// Drills on their own schedule do not push the backup schedule back, and their results
+    /// reach the metrics.
+    #[tokio::test]
+    async fn drills_run_on_their_own_schedule() {
+        let shared = Shared::new();
+        shared.set_ready();
+        let backups = Arc::new(AtomicU32::new(0));
+        let drills = Arc::new(AtomicU32::new(0));
+        let mut o = opts(Duration::ZERO);
+        o.schedule = Schedule::every(Duration::from_millis(400)).unwrap();
+        o.verify_schedule = Schedule::every(Duration::from_millis(50)).unwrap();
+        let daemon = Daemon::new(o, shared.clone(), slow_job(0, backups.clone()))
+            .with_drill(counting_drill(drills.clone(), Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { daemon.run(stop).await }
+        });
+        wait_for(|| backups.load(Ordering::SeqCst) >= 1).await;
+        assert!(drills.load(Ordering::SeqCst) >= 3);
+        stop.cancel();
+        task.await.unwrap();
+        let text = shared.metrics.render();
+        assert!(
+            text.contains("snapback_verify_runs_total{result=\"success\"} "),
+            "{text}"
+        );
+        assert!(!text.contains("snapback_verify_last_success_timestamp_seconds 0.000"));
+        assert!(
+            text.contains("snapback_schedule_interval_seconds 0.400"),
+            "{text}"
+        );
+    }
+
+    /// With verify_after_backup, a drill follows each successful backup; its problems are
+    /// counted by kind.
+    #[tokio::test]
+    async fn drill_after_backup_counts_problems() {
+        let shared = Shared::new();
+        shared.set_ready();
+        let backups = Arc::new(AtomicU32::new(0));
+        let drills = Arc::new(AtomicU32::new(0));
+        let mut o = opts(Duration::ZERO);
+        o.verify_after_backup = true;
+        let problems = vec![
+            ("live", "/data/x differs".to_string()),
+            ("pack", "bad".into()),
+        ];
+        let daemon = Daemon::new(o, shared.clone(), slow_job(0, backups.clone()))
+            .with_drill(counting_drill(drills.clone(), problems));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { daemon.run(stop).await }
+        });
+        assert_eq!(shared.trigger(), Trigger::Accepted);
+        wait_for(|| drills.load(Ordering::SeqCst) == 1).await;
+        wait_for(|| {
+            let text = shared.metrics.render();
+            text.lines().any(|l| l == "snapback_verify_in_progress 0")
+        })
+        .await;
+        stop.cancel();
+        task.await.unwrap();
+        let text = shared.metrics.render();
+        for line in [
+            "snapback_verify_failures_total{kind=\"live\"} 1",
+            "snapback_verify_failures_total{kind=\"pack\"} 1",
+            "snapback_verify_failures_total{kind=\"error\"} 0",
+            "snapback_verify_runs_total{result=\"failure\"} 1",
+            "snapback_verify_bytes_total 10",
+            "snapback_verify_last_success_timestamp_seconds 0.000",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

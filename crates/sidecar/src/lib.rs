@@ -2,11 +2,15 @@
 //! an optional consistency gate, serves health, readiness, a trigger and Prometheus metrics
 //! over HTTP, and shuts down within a grace period.
 //!
+//! Verification drills ([`Drill`]) run on a schedule of their own, never at the same time as a
+//! backup, so that they stay within a backup's memory bounds.
+//!
 //! The job itself (opening the repository, building the entry source, the backup and the
 //! retention policy) is supplied by the caller through [`Job`], so this crate knows nothing
 //! about repositories: it only decides *when* a backup runs and *what happened*.
 
 pub mod daemon;
+pub mod drill;
 pub mod gate;
 pub mod http;
 pub mod metrics;
@@ -19,6 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use daemon::{Daemon, DaemonOptions, Shared, Trigger};
+pub use drill::{Drill, DrillFuture, DrillOutcome, DrillReport, FAILURE_KINDS};
 pub use gate::Gate;
 pub use http::{ApiToken, HttpOptions};
 pub use metrics::Metrics;

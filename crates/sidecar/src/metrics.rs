@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::drill::{DrillOutcome, FAILURE_KINDS};
 use crate::Outcome;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
@@ -26,6 +27,20 @@ pub struct Metrics {
     failure: AtomicU64,
     cancelled: AtomicU64,
     in_progress: AtomicU64,
+    // State read from the repository, so that it survives restarts of the sidecar.
+    latest_snapshot_ms: AtomicU64,
+    repository_up: AtomicU64,
+    // This process.
+    start_ms: AtomicU64,
+    ready: AtomicU64,
+    schedule_interval_ms: AtomicU64,
+    // Verification drills.
+    verify_last_success_ms: AtomicU64,
+    verify_bytes: AtomicU64,
+    verify_failures: [AtomicU64; FAILURE_KINDS.len()],
+    verify_success: AtomicU64,
+    verify_failure: AtomicU64,
+    verify_in_progress: AtomicU64,
 }
 
 impl Metrics {
@@ -58,6 +73,70 @@ impl Metrics {
             }
         }
         self.in_progress.store(0, Ordering::Relaxed);
+    }
+
+    /// The newest snapshot of this sidecar's host and paths was taken at `unix_ms` (0: none);
+    /// read from the repository at start and after each backup.
+    pub fn set_latest_snapshot(&self, unix_ms: u64) {
+        self.latest_snapshot_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the repository answered the last time it was asked.
+    pub fn set_repository_up(&self, up: bool) {
+        self.repository_up.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// When this process started.
+    pub fn set_start(&self, unix_ms: u64) {
+        self.start_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the sidecar serves backups (`/readyz` answers 200).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(u64::from(ready), Ordering::Relaxed);
+    }
+
+    /// The longest gap between two scheduled backups (zero: no schedule).
+    pub fn set_schedule_interval(&self, interval: Duration) {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.schedule_interval_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Marks a drill as started.
+    pub fn drill_started(&self) {
+        self.verify_in_progress.store(1, Ordering::Relaxed);
+    }
+
+    /// Records how a drill ended at `now_unix_ms`: every problem counts once under its kind, a
+    /// drill that could not run once under `error`.
+    pub fn drill_finished(&self, outcome: &DrillOutcome, now_unix_ms: u64) {
+        let count = |kind: &str| {
+            let i = FAILURE_KINDS
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(FAILURE_KINDS.len() - 1);
+            self.verify_failures[i].fetch_add(1, Ordering::Relaxed);
+        };
+        match outcome {
+            DrillOutcome::Done(r) => {
+                self.verify_bytes
+                    .fetch_add(r.bytes_verified, Ordering::Relaxed);
+                r.problems.iter().for_each(|(kind, _)| count(kind));
+                if outcome.is_success() {
+                    self.verify_success.fetch_add(1, Ordering::Relaxed);
+                    self.verify_last_success_ms
+                        .store(now_unix_ms, Ordering::Relaxed);
+                } else if !r.problems.is_empty() {
+                    self.verify_failure.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            DrillOutcome::Failed(_) => {
+                count("error");
+                self.verify_failure.fetch_add(1, Ordering::Relaxed);
+            }
+            DrillOutcome::Cancelled => {}
+        }
+        self.verify_in_progress.store(0, Ordering::Relaxed);
     }
 
     /// Whether a backup is running.
@@ -129,6 +208,87 @@ impl Metrics {
             "gauge",
             "1 while a backup runs, else 0.",
             &[("", get(&self.in_progress).to_string())],
+        );
+        family(
+            "snapback_latest_snapshot_timestamp_seconds",
+            "gauge",
+            "Time of the newest snapshot of this sidecar's host and paths in the repository \
+             (read at start and after each backup; 0: none).",
+            &[("", secs(get(&self.latest_snapshot_ms)))],
+        );
+        family(
+            "snapback_repository_up",
+            "gauge",
+            "1 if the repository answered the last time it was asked, else 0.",
+            &[("", get(&self.repository_up).to_string())],
+        );
+        family(
+            "snapback_start_time_seconds",
+            "gauge",
+            "Unix time this sidecar started.",
+            &[("", secs(get(&self.start_ms)))],
+        );
+        family(
+            "snapback_ready",
+            "gauge",
+            "1 while the sidecar serves backups (/readyz answers 200), else 0.",
+            &[("", get(&self.ready).to_string())],
+        );
+        family(
+            "snapback_schedule_interval_seconds",
+            "gauge",
+            "Longest gap between two scheduled backups (0: backups only on request).",
+            &[("", secs(get(&self.schedule_interval_ms)))],
+        );
+        family(
+            "snapback_verify_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time the last verification drill that found no problem finished (0: none yet).",
+            &[("", secs(get(&self.verify_last_success_ms)))],
+        );
+        family(
+            "snapback_verify_bytes_total",
+            "counter",
+            "Bytes read back from the repository or compared with the live volume by drills.",
+            &[("", get(&self.verify_bytes).to_string())],
+        );
+        let failures: Vec<(String, String)> = FAILURE_KINDS
+            .iter()
+            .zip(&self.verify_failures)
+            .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), get(v).to_string()))
+            .collect();
+        let failures: Vec<(&str, String)> = failures
+            .iter()
+            .map(|(l, v)| (l.as_str(), v.clone()))
+            .collect();
+        family(
+            "snapback_verify_failures_total",
+            "counter",
+            "Problems found by verification drills, by kind (pack, tree, stream, live; error: \
+             the drill could not run).",
+            &failures,
+        );
+        family(
+            "snapback_verify_runs_total",
+            "counter",
+            "Verification drills by result (cancelled ones and those with no snapshot yet are \
+             not counted).",
+            &[
+                (
+                    "{result=\"success\"}",
+                    get(&self.verify_success).to_string(),
+                ),
+                (
+                    "{result=\"failure\"}",
+                    get(&self.verify_failure).to_string(),
+                ),
+            ],
+        );
+        family(
+            "snapback_verify_in_progress",
+            "gauge",
+            "1 while a verification drill runs, else 0.",
+            &[("", get(&self.verify_in_progress).to_string())],
         );
         out
     }

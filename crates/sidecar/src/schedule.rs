@@ -58,6 +58,30 @@ impl Schedule {
         }
     }
 
+    /// The longest gap between two runs over the next 32 occurrences (zero for
+    /// [`Schedule::Manual`]): what the stale-backup alert compares the snapshot age with.
+    pub fn max_gap(&self, now: DateTime<Local>) -> Duration {
+        match self {
+            Schedule::Manual => Duration::ZERO,
+            Schedule::Every(d) => *d,
+            Schedule::Cron(cron) => {
+                let mut gap = Duration::ZERO;
+                let mut prev = match cron.find_next_occurrence(&now, false) {
+                    Ok(t) => t,
+                    Err(_) => return gap,
+                };
+                for _ in 0..32 {
+                    let Ok(next) = cron.find_next_occurrence(&prev, false) else {
+                        break;
+                    };
+                    gap = gap.max((next - prev).to_std().unwrap_or(Duration::ZERO));
+                    prev = next;
+                }
+                gap
+            }
+        }
+    }
+
     /// A human description for the startup log.
     pub fn describe(&self) -> String {
         match self {
@@ -94,6 +118,19 @@ mod tests {
         let now = Local.with_ymd_and_hms(2024, 3, 1, 2, 30, 0).unwrap();
         let d = s.next_delay(now).unwrap().unwrap();
         assert!(d > Duration::from_secs(23 * 3600), "{d:?}");
+    }
+
+    #[test]
+    fn max_gap_is_the_longest_interval() {
+        let now = Local.with_ymd_and_hms(2024, 3, 1, 1, 0, 0).unwrap();
+        let s = Schedule::cron("0 */6 * * *").unwrap();
+        assert_eq!(s.max_gap(now), Duration::from_secs(6 * 3600));
+        // Weekdays only: the weekend gap counts.
+        let s = Schedule::cron("0 2 * * 1-5").unwrap();
+        assert_eq!(s.max_gap(now), Duration::from_secs(3 * 24 * 3600));
+        assert_eq!(Schedule::Manual.max_gap(now), Duration::ZERO);
+        let s = Schedule::every(Duration::from_secs(90)).unwrap();
+        assert_eq!(s.max_gap(now), Duration::from_secs(90));
     }
 
     #[test]
