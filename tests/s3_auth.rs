@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -282,23 +282,24 @@ fn form_value(body: &str, key: &str) -> Option<String> {
     })
 }
 
-#[test]
-fn web_identity_is_exchanged_at_sts_and_refreshed_before_it_expires() {
-    require_restic!();
-    let s3 = AuthS3Server::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, "the-projected-service-account-token\n").unwrap();
+const SA_TOKEN: &str = "the-projected-service-account-token";
+
+/// STS as AWS runs it: an unsigned form POST, which must carry the configured role and
+/// [`SA_TOKEN`]; it hands out the role's temporary keys claiming they expire in `lifetime`
+/// seconds. While the returned flag is set it answers 503.
+fn fake_sts(s3: &AuthS3Server, lifetime: u64) -> (CredServer, Arc<AtomicBool>) {
     let role = s3.role_arn.clone();
     let keys = s3.session.clone();
-    // STS as AWS runs it: an unsigned form POST; the token and role must be the configured
-    // ones. The keys it hands out claim to expire within 4 s, so a backup outlives them.
+    let failing = Arc::new(AtomicBool::new(false));
+    let fail = failing.clone();
     let sts = CredServer::start(move |head, body| {
+        if fail.load(Ordering::SeqCst) {
+            return ("503 Service Unavailable", "text/plain", "down".into());
+        }
         let ok = head.starts_with("POST ")
             && form_value(body, "Action").as_deref() == Some("AssumeRoleWithWebIdentity")
             && form_value(body, "RoleArn").as_deref() == Some(role.as_str())
-            && form_value(body, "WebIdentityToken").as_deref()
-                == Some("the-projected-service-account-token")
+            && form_value(body, "WebIdentityToken").as_deref() == Some(SA_TOKEN)
             && !head.to_ascii_lowercase().contains("authorization:");
         if !ok {
             return (
@@ -315,22 +316,80 @@ fn web_identity_is_exchanged_at_sts_and_refreshed_before_it_expires() {
             keys.access_key,
             keys.secret_key,
             keys.session_token,
-            rfc3339_in(4)
+            rfc3339_in(lifetime)
         );
         ("200 OK", "text/xml", xml)
     });
+    (sts, failing)
+}
+
+fn irsa_env(s3: &AuthS3Server, sts: &CredServer, token_file: &Path) -> Vec<(String, String)> {
+    vec![
+        ("AWS_DEFAULT_REGION".to_string(), "us-east-1".to_string()),
+        ("AWS_ROLE_ARN".to_string(), s3.role_arn.clone()),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE".to_string(),
+            token_file.to_string_lossy().into_owned(),
+        ),
+        ("AWS_ENDPOINT_URL_STS".to_string(), sts.url("/")),
+    ]
+}
+
+#[test]
+fn a_failed_refresh_keeps_signing_with_the_current_keys_until_they_expire() {
+    let s3 = AuthS3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, SA_TOKEN).unwrap();
+    // Keys for 12 s: refreshed from 6 s on.
+    let (sts, failing) = fake_sts(&s3, 12);
+    let url = s3.repo_url("sts-outage-bucket", "");
+    let sb = snapback(&url, irsa_env(&s3, &sts, &token_file));
+    sb.run_ok(&["init"]);
+    let before = sts.calls();
+    let mut child = sb
+        .command(&["backup", "--stdin", "--stdin-filename", "outage.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first part ").unwrap();
+    // Once the backup has its keys, STS goes down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sts.calls() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never asked STS"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    failing.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(7));
+    stdin.write_all(b"and the rest\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refreshing S3 credentials failed"),
+        "no refresh was tried: {stderr}"
+    );
+    assert!(sts.calls() > before + 1);
+}
+
+#[test]
+fn web_identity_is_exchanged_at_sts_and_refreshed_before_it_expires() {
+    require_restic!();
+    let s3 = AuthS3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
+    // The keys STS hands out claim to expire within 4 s, so a backup outlives them.
+    let (sts, _) = fake_sts(&s3, 4);
     let url = s3.repo_url("irsa-bucket", "");
-    let env = |file: &Path| {
-        vec![
-            ("AWS_DEFAULT_REGION".to_string(), "us-east-1".to_string()),
-            ("AWS_ROLE_ARN".to_string(), s3.role_arn.clone()),
-            (
-                "AWS_WEB_IDENTITY_TOKEN_FILE".to_string(),
-                file.to_string_lossy().into_owned(),
-            ),
-            ("AWS_ENDPOINT_URL_STS".to_string(), sts.url("/")),
-        ]
-    };
+    let env = |file: &Path| irsa_env(&s3, &sts, file);
     let sb = snapback(&url, env(&token_file));
     sb.run_ok(&["init"]);
     let before = sts.calls();

@@ -30,6 +30,8 @@ const ECS_CREDENTIALS_HOST: &str = "http://169.254.170.2";
 /// Refresh temporary credentials this long before they expire (or at half their lifetime
 /// when that is shorter), so that no request is signed with keys about to lapse.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// After a failed refresh, the current keys are used this long before the next attempt.
+const REFRESH_RETRY_SECS: i64 = 10;
 
 /// Web identity (IRSA) settings: a role assumed with a token file at STS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +301,19 @@ impl AwsCredentialLoad for ChainLoader {
                 return Ok(Some(c.cred.clone()));
             }
         }
-        let cred = self.fetch(source).await?;
+        let cred = match self.fetch(source).await {
+            Ok(c) => c,
+            Err(e) => match cached.as_mut() {
+                // A refresh failed while the keys still work: keep signing with them and try
+                // again a little later (an STS hiccup must not fail a long backup).
+                Some(c) if c.cred.expires_in.is_some_and(|exp| exp > now) => {
+                    tracing::warn!(error = %e, "refreshing S3 credentials failed; using the current ones until they expire");
+                    c.refresh_at = Some(now + chrono::Duration::seconds(REFRESH_RETRY_SECS));
+                    return Ok(Some(c.cred.clone()));
+                }
+                _ => return Err(e.into()),
+            },
+        };
         let refresh_at = cred.expires_in.map(|expires| {
             let life = (expires - now).to_std().unwrap_or_default();
             let margin = REFRESH_MARGIN.min(life / 2);
