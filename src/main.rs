@@ -11,11 +11,18 @@ fn main() -> ExitCode {
     let mut args = cli::Cli::parse();
     cli::sidecar::adjust_global(&mut args);
     cli::logging::init(&args.global);
+    let verbose = args.global.verbose > 0;
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
-            // One clear line (plus causes) for the user; details were logged at debug level.
-            eprintln!("snapback: {}", cli::error_chain(&err));
+            // One clear line (plus causes) for the user; with -v every cause, storage
+            // details included.
+            let text = if verbose {
+                cli::error_chain_full(&err)
+            } else {
+                cli::error_chain(&err)
+            };
+            eprintln!("snapback: {text}");
             ExitCode::from(1)
         }
     }

@@ -111,6 +111,7 @@ impl Repo {
             access_key_id: Some(common::TEST_ACCESS_KEY.into()),
             secret_access_key: Some(common::TEST_SECRET_KEY.into()),
             region: Some("us-east-1".into()),
+            ..Default::default()
         };
         Backend::new(
             Location::parse(&self.url).unwrap(),

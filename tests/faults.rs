@@ -172,6 +172,8 @@ fn failing_backup(sb: &Snapback, src: &Path) -> (String, Duration) {
     assert!(
         errors[0].contains("backup failed")
             || errors[0].contains("storage error")
+            || errors[0].contains("cannot connect to")
+            || errors[0].contains("S3 ")
             || errors[0].contains("did not answer within"),
         "unclear error: {stderr}"
     );

@@ -182,6 +182,7 @@ fn write_synthetic_snapshots(s3: &S3Server, prefix: &str, specs: &[(String, &str
             access_key_id: Some(common::TEST_ACCESS_KEY.into()),
             secret_access_key: Some(common::TEST_SECRET_KEY.into()),
             region: Some("us-east-1".into()),
+            ..Default::default()
         };
         let backend = Backend::new(
             Location::parse(&s3.repo_url(prefix)).unwrap(),

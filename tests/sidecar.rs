@@ -775,6 +775,7 @@ fn a_backup_waits_for_a_prune_lock_with_retry_lock() {
                 access_key_id: Some(common::TEST_ACCESS_KEY.into()),
                 secret_access_key: Some(common::TEST_SECRET_KEY.into()),
                 region: Some("us-east-1".into()),
+                ..Default::default()
             };
             let backend = Backend::new(
                 Location::parse(&s3.repo_url("retrylock")).unwrap(),

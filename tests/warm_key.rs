@@ -24,6 +24,7 @@ fn backend(s3: &S3Server, prefix: &str) -> Backend {
         access_key_id: Some(common::TEST_ACCESS_KEY.into()),
         secret_access_key: Some(common::TEST_SECRET_KEY.into()),
         region: Some("us-east-1".into()),
+        ..Default::default()
     };
     Backend::new(
         Location::parse(&s3.repo_url(prefix)).unwrap(),

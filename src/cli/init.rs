@@ -51,6 +51,15 @@ pub async fn run(global: &GlobalArgs, args: &InitArgs) -> anyhow::Result<ExitCod
         None => None,
     };
     let pw = super::repo::password(global)?;
+    // As restic does: a new repository in a bucket that does not exist yet creates it.
+    if backend.create_bucket_if_missing().await? {
+        if let snapback_repo::Location::S3 {
+            bucket, endpoint, ..
+        } = backend.location()
+        {
+            say(global, &format!("created bucket {bucket} at {endpoint}"));
+        }
+    }
     let opts = InitOptions {
         version: args.repository_version,
         ..InitOptions::default()

@@ -63,6 +63,19 @@ pub struct GlobalArgs {
     /// that locks, and in the sidecar to its backups and retention.
     #[arg(long, value_name = "DURATION", global = true, value_parser = parse_retry_lock)]
     pub retry_lock: Option<std::time::Duration>,
+    /// Trust the CA certificates in this PEM file for https:// storage endpoints, besides the
+    /// built-in roots (repeatable; also RESTIC_CACERT).
+    #[arg(
+        long = "cacert",
+        value_name = "FILE",
+        env = "RESTIC_CACERT",
+        global = true
+    )]
+    pub cacert: Vec<std::path::PathBuf>,
+    /// Do not verify the TLS certificate of https:// storage endpoints (for tests only:
+    /// anyone on the path can read and change the traffic).
+    #[arg(long, global = true)]
+    pub insecure_tls: bool,
     /// Log as JSON lines (the sidecar's default).
     #[arg(long, global = true)]
     pub log_json: bool,
@@ -129,10 +142,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line. A storage error stops before opendal's detail
+/// (the request, response headers and context): the repository crate already said what and
+/// where; [`error_chain_full`] (`-v`) keeps it.
 pub fn error_chain(err: &anyhow::Error) -> String {
+    chain_text(err, false)
+}
+
+/// [`error_chain`] with every cause, storage details included.
+pub fn error_chain_full(err: &anyhow::Error) -> String {
+    chain_text(err, true)
+}
+
+fn chain_text(err: &anyhow::Error, full: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
+        if !full && snapback_repo::backend::is_storage_detail(cause) {
+            break;
+        }
         let s = cause.to_string();
         // Typed errors often repeat their source in their own message.
         if !parts.iter().any(|p| p.contains(&s)) {

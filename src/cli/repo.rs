@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use snapback_repo::backend::{Location, RetryPolicy, S3Credentials};
+use snapback_repo::s3::TlsOptions;
 use snapback_repo::{Backend, Repository};
 use zeroize::Zeroizing;
 
@@ -21,10 +22,15 @@ pub fn backend(global: &GlobalArgs) -> anyhow::Result<Backend> {
     if let Some(secs) = global.timeout {
         policy = policy.with_timeout(std::time::Duration::from_secs(secs));
     }
-    Ok(Backend::new(
+    let tls = TlsOptions {
+        ca_certs: global.cacert.clone(),
+        insecure: global.insecure_tls,
+    };
+    Ok(Backend::with_tls(
         Location::parse(location(global)?)?,
         &S3Credentials::from_env(),
         policy,
+        &tls,
     )?)
 }
 

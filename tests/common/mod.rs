@@ -125,13 +125,30 @@ impl HttpResponse {
 /// requests without the header as anonymous and refuses them access to
 /// objects that restic or snapback wrote with credentials.
 pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> io::Result<HttpResponse> {
+    aws_request(port, method, path, "s3", body)
+}
+
+/// [`http_request`] for AWS service `service` (moto routes a request by the service named in
+/// its `Authorization` header); a body is sent as a form (the IAM and STS query APIs).
+pub fn aws_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    service: &str,
+    body: &[u8],
+) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let content_type = if service == "s3" {
+        ""
+    } else {
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    };
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
-         User-Agent: snapback-test-harness\r\nConnection: close\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential={TEST_ACCESS_KEY}/20200101/us-east-1/s3/aws4_request, \
+         User-Agent: snapback-test-harness\r\nConnection: close\r\n{content_type}\
+         Authorization: AWS4-HMAC-SHA256 Credential={TEST_ACCESS_KEY}/20200101/us-east-1/{service}/aws4_request, \
          SignedHeaders=host, Signature=0000\r\n\r\n",
         body.len()
     );
@@ -230,8 +247,8 @@ struct MotoProcess {
 /// final `wait`, so the harness can tell whether moto is still running through
 /// `/proc/PID/stat` without any risk of pid reuse.
 const MOTO_WRAPPER: &str = r#"
-moto="$1"; port="$2"; log="$3"
-"$moto" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
+moto="$1"; port="$2"; log="$3"; shift 3
+"$moto" "$@" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
 pid=$!
 echo "$pid"
 cat >/dev/null
@@ -244,15 +261,27 @@ impl MotoProcess {
     /// Starts moto on a free 127.0.0.1 port and waits until it answers HTTP.
     /// Retries with another port when the one picked was taken meanwhile.
     fn spawn() -> MotoProcess {
-        let moto = find_on_path("moto_server").unwrap_or_else(|| {
+        Self::spawn_with(&[], &[])
+    }
+
+    /// [`MotoProcess::spawn`] with extra environment for moto and extra arguments. With
+    /// `--ssl-cert` among them, readiness is a TCP connection (the harness speaks no TLS);
+    /// otherwise one `GET /` that answers 200.
+    fn spawn_with(env: &[(&str, &str)], args: &[&str]) -> MotoProcess {
+        let name = if args.first() == Some(&"-c") {
+            "python3"
+        } else {
+            "moto_server"
+        };
+        let moto = find_on_path(name).unwrap_or_else(|| {
             panic!(
-                "moto_server not found on PATH; the S3 tests need it (run `bash .ci/setup`, \
+                "{name} not found on PATH; the S3 tests need moto_server (run `bash .ci/setup`, \
                  which does `pip install 'moto[server]'`)"
             )
         });
         let mut last_error = String::new();
         for _attempt in 0..5 {
-            match Self::try_spawn(&moto) {
+            match Self::try_spawn(&moto, env, args) {
                 Ok(process) => return process,
                 Err(e) => {
                     eprintln!("harness: moto_server start failed, retrying: {e}");
@@ -266,7 +295,8 @@ impl MotoProcess {
         );
     }
 
-    fn try_spawn(moto: &Path) -> Result<MotoProcess, String> {
+    fn try_spawn(moto: &Path, env: &[(&str, &str)], args: &[&str]) -> Result<MotoProcess, String> {
+        let tls = args.contains(&"--ssl-cert");
         let port = free_port();
         let log = std::env::temp_dir().join(format!("snapback-moto-{}.log", unique_suffix()));
         let mut wrapper = Command::new("sh")
@@ -276,6 +306,8 @@ impl MotoProcess {
             .arg(moto)
             .arg(port.to_string())
             .arg(&log)
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -308,7 +340,11 @@ impl MotoProcess {
                 let log = process.log_text();
                 return Err(format!("moto_server exited during startup; log:\n{log}"));
             }
-            if let Ok(resp) = http_request(port, "GET", "/", b"") {
+            if tls {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() && process.moto_running() {
+                    return Ok(process);
+                }
+            } else if let Ok(resp) = http_request(port, "GET", "/", b"") {
                 // moto answers ListBuckets on `/`. Check moto is still ours and
                 // alive: another process might hold the port we picked.
                 if resp.status == 200 && process.moto_running() {
@@ -514,6 +550,266 @@ impl S3Server {
                 String::from_utf8_lossy(&resp.body)
             ),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// S3 servers that check signatures, and TLS
+// ---------------------------------------------------------------------------
+
+/// moto_server, with one fix to its signature check: moto rebuilds the canonical request
+/// from the query string as its web framework decoded it, so every request whose query holds
+/// a character SigV4 encodes (the `/` of `prefix=repo/` in each listing) fails with
+/// SignatureDoesNotMatch, from boto3 as from restic or snapback. The fix encodes the query
+/// again, as the signer did, before moto computes the signature; everything else (keys,
+/// IAM policies, the signature itself) is moto's own check.
+const MOTO_SIGV4_FIX: &str = r#"
+import sys
+from urllib.parse import parse_qsl, quote, urlencode
+import moto.iam.access_control as ac
+original = ac.IAMRequestBase._create_aws_request
+def create_aws_request(self):
+    path, sep, query = self._path.partition("?")
+    if sep:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        self._path = path + "?" + urlencode(pairs, quote_via=quote, safe="-_.~")
+    return original(self)
+ac.IAMRequestBase._create_aws_request = create_aws_request
+from moto.server import main
+main(sys.argv[1:])
+"#;
+
+/// Requests moto serves before it starts checking signatures: the readiness probe and the
+/// nine IAM/STS calls of [`AuthS3Server::start`].
+const AUTH_SETUP_ACTIONS: &str = "10";
+
+/// Temporary keys (with a session token) moto's STS issued.
+#[derive(Debug, Clone)]
+pub struct TempKeys {
+    pub access_key: String,
+    pub secret_key: String,
+    pub session_token: String,
+}
+
+/// A moto server of its own that verifies every request's SigV4 signature against its IAM
+/// users (moto's `INITIAL_NO_AUTH_ACTION_COUNT` mode): set up with an IAM user whose key may
+/// do everything, and temporary keys of a role. No bucket exists at first.
+pub struct AuthS3Server {
+    process: MotoProcess,
+    /// The IAM user's access key id.
+    pub access_key: String,
+    /// The IAM user's secret key.
+    pub secret_key: String,
+    /// The role's ARN.
+    pub role_arn: String,
+    /// Keys of the role from STS AssumeRole (valid 15 minutes).
+    pub session: TempKeys,
+    /// A second user's key that may only list buckets and read objects.
+    pub read_only_key: (String, String),
+}
+
+impl AuthS3Server {
+    /// Starts the server and makes the user, its key, the role and its temporary keys.
+    pub fn start() -> AuthS3Server {
+        let process = MotoProcess::spawn_with(
+            &[("INITIAL_NO_AUTH_ACTION_COUNT", AUTH_SETUP_ACTIONS)],
+            &["-c", MOTO_SIGV4_FIX],
+        );
+        let port = process.port;
+        let call = |service: &str, body: String| -> String {
+            let resp = aws_request(port, "POST", "/", service, body.as_bytes())
+                .unwrap_or_else(|e| panic!("{body} on moto: {e}"));
+            let text = String::from_utf8_lossy(&resp.body).into_owned();
+            assert_eq!(resp.status, 200, "{body}: {text}");
+            text
+        };
+        let iam = |action: &str| call("iam", format!("Action={action}&Version=2010-05-08"));
+        let policy = url_encode(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        );
+        iam("CreateUser&UserName=snapback");
+        iam(&format!(
+            "PutUserPolicy&UserName=snapback&PolicyName=all&PolicyDocument={policy}"
+        ));
+        let key = iam("CreateAccessKey&UserName=snapback");
+        let role = iam(&format!(
+            "CreateRole&RoleName=snapback-role&AssumeRolePolicyDocument={}",
+            url_encode("{}")
+        ));
+        iam(&format!(
+            "PutRolePolicy&RoleName=snapback-role&PolicyName=all&PolicyDocument={policy}"
+        ));
+        let role_arn = xml_values(&role, "Arn").remove(0);
+        let assumed = call(
+            "sts",
+            format!(
+                "Action=AssumeRole&RoleArn={}&RoleSessionName=snapback-test&DurationSeconds=900&Version=2011-06-15",
+                url_encode(&role_arn)
+            ),
+        );
+        let read_only = url_encode(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:ListBucket","s3:GetObject"],"Resource":"*"}]}"#,
+        );
+        iam("CreateUser&UserName=reader");
+        iam(&format!(
+            "PutUserPolicy&UserName=reader&PolicyName=read&PolicyDocument={read_only}"
+        ));
+        let reader = iam("CreateAccessKey&UserName=reader");
+        let one = |xml: &str, tag: &str| xml_values(xml, tag).remove(0);
+        let server = AuthS3Server {
+            access_key: one(&key, "AccessKeyId"),
+            secret_key: one(&key, "SecretAccessKey"),
+            role_arn,
+            read_only_key: (one(&reader, "AccessKeyId"), one(&reader, "SecretAccessKey")),
+            session: TempKeys {
+                access_key: one(&assumed, "AccessKeyId"),
+                secret_key: one(&assumed, "SecretAccessKey"),
+                session_token: one(&assumed, "SessionToken"),
+            },
+            process,
+        };
+        // From here on signatures count: the harness's dummy one must be refused.
+        let resp = http_request(port, "GET", "/", b"").expect("GET / on moto");
+        assert_eq!(
+            resp.status,
+            403,
+            "moto does not check signatures after the set-up: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.process.port)
+    }
+
+    /// `s3:http://127.0.0.1:PORT/BUCKET/PREFIX`
+    pub fn repo_url(&self, bucket: &str, prefix: &str) -> String {
+        format!("s3:{}/{bucket}/{prefix}", self.endpoint())
+    }
+
+    /// The IAM user's key and the region, for restic or snapback.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+        ]
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` command in a
+/// temporary directory.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// The CA's certificate (PEM), for `--cacert`.
+    pub ca_cert: PathBuf,
+    /// The server's certificate and key (PEM).
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCa {
+    /// Makes the CA and the server certificate (subjectAltName IP:127.0.0.1).
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("run openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=snapback test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext.cnf");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TestCa {
+            ca_cert: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            dir,
+        }
+    }
+}
+
+/// A moto server of its own serving https with `ca`'s server certificate (signatures are
+/// not checked). No bucket exists at first.
+pub struct TlsS3Server {
+    process: MotoProcess,
+}
+
+impl TlsS3Server {
+    /// Starts it.
+    pub fn start(ca: &TestCa) -> TlsS3Server {
+        let (cert, key) = (
+            ca.server_cert.to_string_lossy().into_owned(),
+            ca.server_key.to_string_lossy().into_owned(),
+        );
+        let process = MotoProcess::spawn_with(&[], &["--ssl-cert", &cert, "--ssl-key", &key]);
+        TlsS3Server { process }
+    }
+
+    /// `https://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.process.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.process.port
     }
 }
 

@@ -2,12 +2,14 @@
 //!
 //! Knows restic's repository URL forms and file layout, nothing about file contents.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use opendal::layers::{HttpClientLayer, RetryLayer, TimeoutLayer};
 use opendal::{services, EntryMode, ErrorKind, Operator};
 
+use crate::s3::{self, ContainerCredentials, StorageProblem, TlsError, TlsOptions, WebIdentity};
 use crate::{local_write, Id};
 
 /// Files at least this large are uploaded in parts.
@@ -84,13 +86,28 @@ pub enum BackendError {
         path: String,
     },
     /// Any other storage error (after retries).
-    #[error("storage error on {path}: {source}")]
+    #[error("{}", storage_message(.path, .source, .problem.as_deref()))]
     Storage {
         /// Repository-relative path.
         path: String,
         /// What opendal reported.
         #[source]
         source: opendal::Error,
+        /// What it means, when it is one of the problems a person can act on.
+        problem: Option<Box<StorageProblem>>,
+    },
+    /// The TLS settings (`--cacert`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The bucket could not be created.
+    #[error("cannot create bucket `{bucket}` at {endpoint}: {reason}")]
+    CreateBucket {
+        /// Bucket name.
+        bucket: String,
+        /// Server.
+        endpoint: String,
+        /// What the server said.
+        reason: String,
     },
     /// A streamed read failed part way (after retries).
     #[error("storage error reading {path}: {source}")]
@@ -196,38 +213,60 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// S3 credentials and settings, normally from restic's environment variables.
+/// S3 credentials and settings, normally from restic's and the AWS SDKs' environment
+/// variables; see [`crate::s3`] for the order they are tried in.
 #[derive(Clone, Default)]
 pub struct S3Credentials {
     /// `AWS_ACCESS_KEY_ID`.
     pub access_key_id: Option<String>,
     /// `AWS_SECRET_ACCESS_KEY`.
     pub secret_access_key: Option<String>,
-    /// `AWS_DEFAULT_REGION` (default `us-east-1`).
+    /// `AWS_SESSION_TOKEN` (with the two above: temporary keys).
+    pub session_token: Option<String>,
+    /// `AWS_DEFAULT_REGION` or `AWS_REGION` (default `us-east-1`).
     pub region: Option<String>,
+    /// `AWS_PROFILE`: read the shared config files (only when set).
+    pub profile: Option<String>,
+    /// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` (EKS IRSA).
+    pub web_identity: Option<WebIdentity>,
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `_RELATIVE_URI` (EKS Pod Identity, ECS).
+    pub container: Option<ContainerCredentials>,
+    /// `AWS_EC2_METADATA_DISABLED=false`: ask the EC2 instance metadata service.
+    pub imds: bool,
 }
 
 impl std::fmt::Debug for S3Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
         f.debug_struct("S3Credentials")
             .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
             .field("region", &self.region)
+            .field("profile", &self.profile)
+            .field("web_identity", &self.web_identity)
+            .field("container", &self.container)
+            .field("imds", &self.imds)
             .finish()
     }
 }
 
 impl S3Credentials {
-    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_DEFAULT_REGION`.
+    /// Reads the credential settings from the environment (see [`crate::s3`]).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let region = var("AWS_DEFAULT_REGION").or_else(|| var("AWS_REGION"));
+        let (web_identity, container, imds) =
+            s3::env_sources(&var, region.as_deref().unwrap_or("us-east-1"));
         S3Credentials {
             access_key_id: var("AWS_ACCESS_KEY_ID"),
             secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
-            region: var("AWS_DEFAULT_REGION"),
+            session_token: var("AWS_SESSION_TOKEN"),
+            region,
+            profile: var("AWS_PROFILE"),
+            web_identity,
+            container,
+            imds,
         }
     }
 }
@@ -330,6 +369,10 @@ pub struct Backend {
     op_prefix: String,
     /// [`RetryPolicy::deadline`].
     deadline: Duration,
+    /// S3 only: the access key id the requests are signed with (for error messages).
+    key_id: Option<Arc<Mutex<Option<String>>>>,
+    /// S3 only: what creating the bucket needs.
+    bucket_maker: Option<Arc<s3::BucketMaker>>,
 }
 
 /// Listing entry: id and size of a stored file.
@@ -348,7 +391,19 @@ impl Backend {
         creds: &S3Credentials,
         policy: RetryPolicy,
     ) -> Result<Self, BackendError> {
+        Self::with_tls(location, creds, policy, &TlsOptions::default())
+    }
+
+    /// [`Backend::new`] trusting the extra certificates of `tls` (or none, `--insecure-tls`).
+    pub fn with_tls(
+        location: Location,
+        creds: &S3Credentials,
+        policy: RetryPolicy,
+        tls: &TlsOptions,
+    ) -> Result<Self, BackendError> {
         let mut local_root = None;
+        let mut key_id = None;
+        let mut bucket_maker = None;
         let mut op_prefix = String::new();
         let op = match &location {
             Location::Local { path } => {
@@ -372,29 +427,33 @@ impl Backend {
                 bucket,
                 prefix,
             } => {
-                // Never read ~/.aws or ask the EC2 metadata service: credentials come from the
-                // environment only, and no address but the endpoint is ever contacted.
+                // opendal's own loading is off (it would read ~/.aws unasked and ask the EC2
+                // metadata service): our loader reads the sources the environment names, and
+                // no address but the endpoint and those is ever contacted.
+                let region = creds.region.as_deref().unwrap_or("us-east-1");
                 let mut b = services::S3::default()
                     .endpoint(endpoint)
                     .bucket(bucket)
                     .root(&format!("/{prefix}"))
-                    .region(creds.region.as_deref().unwrap_or("us-east-1"))
+                    .region(region)
                     .disable_config_load()
                     .disable_ec2_metadata();
-                match (&creds.access_key_id, &creds.secret_access_key) {
-                    (Some(id), Some(secret)) => b = b.access_key_id(id).secret_access_key(secret),
-                    _ => b = b.allow_anonymous(),
-                }
                 // opendal's default client has no connect timeout: an address that drops
                 // SYNs would hang for the kernel's minutes-long default.
-                let client = reqwest::ClientBuilder::new()
-                    .connect_timeout(policy.connect_timeout)
-                    .build()
-                    .map_err(|e| {
-                        let e =
-                            opendal::Error::new(ErrorKind::Unexpected, "HTTP client").set_source(e);
-                        storage("", e)
-                    })?;
+                let client = s3::http_client(policy.connect_timeout, tls)?;
+                let loader = Arc::new(s3::ChainLoader::new(s3::source_from(creds), client.clone()));
+                if !loader.has_source() {
+                    b = b.allow_anonymous();
+                }
+                key_id = Some(loader.key_id());
+                bucket_maker = Some(Arc::new(s3::BucketMaker {
+                    client: client.clone(),
+                    loader: loader.clone(),
+                    endpoint: endpoint.clone(),
+                    bucket: bucket.clone(),
+                    region: region.to_string(),
+                }));
+                b = b.customized_credential_load(Box::new(s3::SharedLoader(loader)));
                 let client = opendal::raw::HttpClient::with(client);
                 Operator::new(b)
                     .map_err(|e| storage("", e))?
@@ -421,6 +480,8 @@ impl Backend {
             local_root,
             op_prefix,
             deadline: policy.deadline(),
+            key_id,
+            bucket_maker,
         })
     }
 
@@ -462,9 +523,73 @@ impl Backend {
             Ok(Err(BackendError::Storage { source, .. })) if is_timeout(&source) => Err(timeout(
                 timeout_secs(&source).unwrap_or(self.deadline.as_secs()),
             )),
+            Ok(Err(e)) => Err(self.explain(e)),
             Ok(res) => res,
             Err(_) => Err(timeout(self.deadline.as_secs())),
         }
+    }
+
+    /// Attaches the [`StorageProblem`] to an S3 storage error, for a one-line message.
+    fn explain(&self, e: BackendError) -> BackendError {
+        match (e, &self.location) {
+            (
+                BackendError::Storage {
+                    path,
+                    source,
+                    problem: None,
+                },
+                Location::S3 {
+                    endpoint, bucket, ..
+                },
+            ) => {
+                let key = self
+                    .key_id
+                    .as_ref()
+                    .and_then(|k| k.lock().ok().and_then(|k| k.clone()));
+                let problem = s3::classify(&source, endpoint, bucket, key).map(Box::new);
+                tracing::debug!(path = %path, error = ?source, "storage error");
+                BackendError::Storage {
+                    path,
+                    source,
+                    problem,
+                }
+            }
+            (e, _) => e,
+        }
+    }
+
+    /// Creates the S3 bucket when it does not exist (as `restic init` does). Returns whether
+    /// it was created; a local repository has no bucket (false).
+    pub async fn create_bucket_if_missing(&self) -> Result<bool, BackendError> {
+        let Some(maker) = &self.bucket_maker else {
+            return Ok(false);
+        };
+        // A listing of the repository's root finds out whether the bucket is there.
+        let probe = self
+            .bounded("", async {
+                use futures::TryStreamExt;
+                let mut l = self.op.lister("").await.map_err(|e| map_err("", e))?;
+                l.try_next().await.map_err(|e| map_err("", e))
+            })
+            .await;
+        match probe {
+            Err(BackendError::Storage {
+                problem: Some(p), ..
+            }) if matches!(*p, StorageProblem::NoSuchBucket { .. }) => {}
+            Err(BackendError::NotFound { .. }) | Ok(_) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        tokio::time::timeout(self.deadline, maker.create())
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Timeout {
+                    server: self.server(),
+                    path: String::new(),
+                    secs: self.deadline.as_secs(),
+                })
+            })?;
+        tracing::info!(bucket = %maker.bucket, endpoint = %maker.endpoint, "created bucket");
+        Ok(true)
     }
 
     /// Who did not answer, for [`BackendError::Timeout`].
@@ -992,7 +1117,7 @@ fn timeout_secs(e: &opendal::Error) -> Option<u64> {
     num.parse::<f64>().ok().map(|s| s.ceil() as u64)
 }
 
-/// [`BackendError::Timeout`] for a storage error that is a timeout; others unchanged.
+/// [`BackendError::Timeout`] for a storage error that is a timeout; others explained.
 fn map_timeout(backend: &Backend, path: &str, e: BackendError) -> BackendError {
     match e {
         BackendError::Storage { source, .. } if is_timeout(&source) => BackendError::Timeout {
@@ -1000,19 +1125,39 @@ fn map_timeout(backend: &Backend, path: &str, e: BackendError) -> BackendError {
             path: path.to_string(),
             secs: timeout_secs(&source).unwrap_or(backend.deadline.as_secs()),
         },
-        other => other,
+        other => backend.explain(other),
     }
+}
+
+/// [`BackendError::Storage`]'s message: the problem when it is known, else opendal's error.
+fn storage_message(
+    path: &str,
+    source: &opendal::Error,
+    problem: Option<&StorageProblem>,
+) -> String {
+    match problem {
+        Some(p) => p.to_string(),
+        None => format!("storage error on {path}: {source}"),
+    }
+}
+
+/// Whether `e` is the detail under a [`BackendError::Storage`] (opendal's error with its
+/// context dump): a one-line report stops before it; `-v` shows it.
+pub fn is_storage_detail(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.is::<opendal::Error>()
 }
 
 fn storage(path: &str, source: opendal::Error) -> BackendError {
     BackendError::Storage {
         path: path.to_string(),
         source,
+        problem: None,
     }
 }
 
 fn map_err(path: &str, e: opendal::Error) -> BackendError {
-    if e.kind() == ErrorKind::NotFound {
+    // A missing bucket is a 404 too, but not a missing file.
+    if e.kind() == ErrorKind::NotFound && !s3::is_no_such_bucket(&e) {
         BackendError::NotFound {
             path: path.to_string(),
         }

@@ -18,13 +18,16 @@ use crate::{Error, Result};
 /// is sealed to (`POD_UID` and the key secret), nor where those and the API token are kept.
 /// (They run as the same user, so a file the sidecar can read they can read too: this keeps
 /// secrets out of what a command prints or passes on by accident, it is no sandbox.)
-pub const SECRET_VARS: [&str; 13] = [
+pub const SECRET_VARS: [&str; 16] = [
     "RESTIC_PASSWORD",
     "RESTIC_PASSWORD_FILE",
     "RESTIC_PASSWORD_COMMAND",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
     "POD_UID",
     "SNAPBACK_POD_UID_FILE",
     "SNAPBACK_KEY_SECRET",
