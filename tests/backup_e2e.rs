@@ -515,3 +515,66 @@ fn chunks_that_compress_to_nothing_do_not_exhaust_a_small_blob_memory() {
         .unwrap();
     assert!(dumped.stdout == data, "restic dumps different content");
 }
+
+#[test]
+fn small_blobs_hashed_in_place_and_batched_keep_their_ids_and_order() {
+    // Small blobs (below 64 KiB) are hashed on the archiver thread and reach the sink in
+    // batches (up to 256 blobs or 256 KiB); bigger ones are hashed in the background. Sizes
+    // straddle both limits, duplicates fall inside one batch and across batches, and big files
+    // end in a small tail, so a blob id given to the wrong file, or a file's ids out of order,
+    // shows up as a wrong byte in a restore or a failed `check --read-data`.
+    require_restic!();
+    let (_s3, sb, restic) = setup("small-blobs");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let edge = 64 * 1024;
+    let mut sizes: Vec<usize> = vec![0, 1, 2, edge - 1, edge, edge + 1, 2 * edge, 256 * 1024];
+    sizes.extend((0..700).map(|i| 20 + (i * 37) % 1000));
+    for (i, len) in sizes.iter().enumerate() {
+        let dir = src.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Every 7th file repeats the one before it: a duplicate right after its original.
+        let seed = if i % 7 == 6 { i - 1 } else { i } as u64;
+        let len = if i % 7 == 6 { sizes[i - 1] } else { *len };
+        std::fs::write(dir.join(format!("f{i:04}")), pseudo_random_bytes(seed, len)).unwrap();
+    }
+    // Several chunks each (the chunker cuts at 512 KiB at the least), then a tail below,
+    // at or above the inline limit; the last one's tail is a small file's whole content.
+    for (i, tail) in [100usize, edge - 1, edge, edge + 5].iter().enumerate() {
+        let mut data = pseudo_random_bytes(5000 + i as u64, 2 * 1024 * 1024);
+        data.extend_from_slice(&pseudo_random_bytes(9000 + i as u64, *tail));
+        std::fs::write(src.join(format!("big{i}")), data).unwrap();
+    }
+    std::fs::write(
+        src.join("big-dup-tail"),
+        [
+            pseudo_random_bytes(77, 1 << 20),
+            pseudo_random_bytes(9000, 100),
+        ]
+        .concat(),
+    )
+    .unwrap();
+
+    sb.run_ok(&["backup", "--pack-size", "1", src.to_str().unwrap()]);
+    let tar = tar_of(&src);
+    sb.run_ok_with_stdin(&["backup", "--stdin", "--stdin-filename", "src.tar"], &tar);
+    restic.run_ok(&["check", "--read-data"]);
+    let snaps: Vec<serde_json::Value> = restic.json(&["snapshots", "--json"]);
+    assert_eq!(snaps.len(), 2);
+    for (n, snap) in snaps.iter().enumerate() {
+        let id = snap["short_id"].as_str().unwrap();
+        let target = tmp.path().join(format!("restore{n}"));
+        restic.run_ok(&["restore", id, "--target", target.to_str().unwrap()]);
+        // The path backup keeps the absolute path; the tar stream's members start at `src`.
+        let restored = if target.join("src").exists() {
+            target.join("src")
+        } else {
+            target.join(src.strip_prefix("/").unwrap())
+        };
+        let diffs = diff_trees(&src, &restored);
+        assert!(
+            diffs.is_empty(),
+            "snapshot {id} restores differently: {diffs:#?}"
+        );
+    }
+}

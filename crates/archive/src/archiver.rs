@@ -1,7 +1,8 @@
 //! The archiver: turns an entry stream into restic trees and data blobs.
 //!
 //! Runs on one blocking thread, because every source is a synchronous lending iterator. It
-//! reads and chunks; hashing and dedup of data blobs happen in [`dedup`](crate::dedup), and
+//! reads and chunks (and hashes small blobs, which are not worth a hand-off); hashing and dedup
+//! of data blobs happen in [`dedup`](crate::dedup), and
 //! compression, encryption, pack assembly and all I/O to the repository in the
 //! [`sink`](crate::sink), on other threads.
 //!
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::ByteBudget;
 use crate::buffers::BufferPool;
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, Pending, INLINE_BELOW};
 use crate::node::{implicit_dir, node_from_entry, unchanged};
 use crate::sink::BlobJob;
 use crate::{Error, Result};
@@ -137,7 +138,7 @@ impl Archiver {
         repo: Repository,
         handle: Handle,
         index: Arc<BlobIndex>,
-        tx: mpsc::Sender<BlobJob>,
+        tx: mpsc::Sender<Vec<BlobJob>>,
         buffers: Arc<BufferPool>,
         budget: ByteBudget,
         opts: ArchiveOptions,
@@ -194,12 +195,13 @@ impl Archiver {
         while self.stack.len() > 1 {
             self.close_top()?;
         }
-        self.dedup.finish()?;
         let root = self
             .stack
             .pop()
             .ok_or_else(|| Error::Pipeline("no root directory".into()))?;
         let (id, _, _) = self.write_tree(root.children)?;
+        // Last: the root tree too may wait in the batch.
+        self.dedup.finish()?;
         self.stats.warnings.extend(
             source
                 .warnings()
@@ -518,10 +520,7 @@ impl Archiver {
             let mut start = 0;
             for &cut in &cuts {
                 let end = scanned + cut;
-                pending.push(
-                    self.dedup
-                        .submit_later(self.dedup.chunk_buffer(&window[start..end])?)?,
-                );
+                pending.push(self.submit_chunk(&window[start..end])?);
                 start = end;
             }
             if start > 0 {
@@ -533,14 +532,21 @@ impl Archiver {
             }
         }
         if filled > 0 {
-            pending.push(
-                self.dedup
-                    .submit_later(self.dedup.chunk_buffer(&window[..filled])?)?,
-            );
+            pending.push(self.submit_chunk(&window[..filled])?);
         }
         let (ids, added) = self.dedup.resolve(pending)?;
         self.stats.bytes_new += added;
         Ok((ids, total))
+    }
+
+    /// Submits one chunk: a small one is hashed here, a bigger one copied out and hashed in
+    /// the background (see [`dedup`](crate::dedup)).
+    fn submit_chunk(&mut self, chunk: &[u8]) -> Result<Pending> {
+        if chunk.len() < INLINE_BELOW {
+            return self.dedup.submit_small(chunk);
+        }
+        let chunk = self.dedup.chunk_buffer(chunk)?;
+        self.dedup.submit_later(chunk)
     }
 
     fn top(&self) -> &OpenDir {

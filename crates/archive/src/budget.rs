@@ -38,6 +38,14 @@ impl ByteBudget {
         self.bytes.clone().acquire_many_owned(n).await
     }
 
+    /// Takes `bytes` if they fit right now (as [`ByteBudget::take`] otherwise).
+    pub fn try_take(&self, bytes: u64) -> Option<Share> {
+        let n = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        self.bytes.clone().try_acquire_many_owned(n).ok()
+    }
+
     /// Bytes not taken right now.
     pub fn available(&self) -> u64 {
         self.bytes.available_permits() as u64

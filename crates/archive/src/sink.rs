@@ -2,8 +2,12 @@
 //! memory (one open pack per blob type) and uploads them concurrently, then records them in
 //! index files. Nothing touches local disk.
 //!
-//! Memory is bounded by construction: the input channel holds a few blobs, at most `workers`
-//! blobs are being encoded, at most `max_uploads` packs are in flight, and the sink stops
+//! Blobs arrive in batches (many small blobs in one send, a big one alone), and a batch is
+//! encoded in one blocking task: a task per 30-byte blob would cost more in thread wake-ups
+//! than the encoding itself.
+//!
+//! Memory is bounded by construction: the input channel holds a few batches (each a few
+//! hundred KiB of small blobs, or one big blob), at most `workers` batches are being encoded, at most `max_uploads` packs are in flight, and the sink stops
 //! taking input while uploads are saturated, which back-pressures the reader. Counts alone
 //! would allow 8 MiB per blob, so data blobs also hold a share of a byte budget
 //! ([`SinkOptions::blob_bytes`]) from being cut until their pack is uploaded.
@@ -116,7 +120,7 @@ pub fn start(
     opts: SinkOptions,
     buffers: Arc<BufferPool>,
 ) -> (
-    mpsc::Sender<BlobJob>,
+    mpsc::Sender<Vec<BlobJob>>,
     tokio::task::JoinHandle<Result<SinkStats>>,
 ) {
     let (tx, rx) = mpsc::channel(opts.workers.max(1));
@@ -143,7 +147,7 @@ struct State {
 
 async fn run(
     repo: Repository,
-    mut rx: mpsc::Receiver<BlobJob>,
+    mut rx: mpsc::Receiver<Vec<BlobJob>>,
     mut opts: SinkOptions,
     buffers: Arc<BufferPool>,
 ) -> Result<SinkStats> {
@@ -171,9 +175,9 @@ async fn run(
 }
 
 impl State {
-    async fn pump(&mut self, rx: &mut mpsc::Receiver<BlobJob>) -> Result<()> {
+    async fn pump(&mut self, rx: &mut mpsc::Receiver<Vec<BlobJob>>) -> Result<()> {
         let key = self.repo.key().clone();
-        let mut encoding: JoinSet<Encoded> = JoinSet::new();
+        let mut encoding: JoinSet<Vec<Encoded>> = JoinSet::new();
         let mut input_open = true;
         loop {
             let can_take = input_open
@@ -181,17 +185,23 @@ impl State {
                 && self.uploads.len() < self.opts.max_uploads;
             tokio::select! {
                 job = rx.recv(), if can_take => match job {
-                    Some(job) => {
+                    Some(jobs) => {
                         let key = key.clone();
                         let level = self.opts.zstd_level;
                         let buffers = self.buffers.clone();
-                        encoding.spawn_blocking(move || encode(&key, job, level, &buffers));
+                        encoding.spawn_blocking(move || {
+                            jobs.into_iter()
+                                .map(|job| encode(&key, job, level, &buffers))
+                                .collect()
+                        });
                     }
                     None => input_open = false,
                 },
                 Some(done) = encoding.join_next(), if !encoding.is_empty() => {
-                    let enc = done.map_err(|e| Error::Pipeline(format!("encoder: {e}")))?;
-                    self.add(enc).await?;
+                    let batch = done.map_err(|e| Error::Pipeline(format!("encoder: {e}")))?;
+                    for enc in batch {
+                        self.add(enc).await?;
+                    }
                 }
                 up = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     self.uploaded(up).await?;
@@ -486,7 +496,7 @@ mod tests {
                 data,
                 share: None,
             };
-            tx.send(job).await.unwrap();
+            tx.send(vec![job]).await.unwrap();
         }
         drop(tx);
         let stats = task.await.unwrap().unwrap();

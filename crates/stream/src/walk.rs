@@ -69,7 +69,8 @@ pub fn read_exclude_file(path: &Path) -> Result<Vec<String>, Error> {
 /// One directory being listed.
 struct Frame {
     dir: PathBuf,
-    names: Vec<OsString>,
+    /// Member names, and whether the listing (`d_type`) called each a regular file.
+    names: Vec<(OsString, bool)>,
     next: usize,
 }
 
@@ -148,20 +149,32 @@ impl Walker {
         });
     }
 
-    /// The next absolute path to visit and whether it is a root.
-    fn next_path(&mut self) -> Option<(PathBuf, bool)> {
+    /// The next absolute path to visit, whether it is a root, and whether its directory
+    /// listing called it a regular file.
+    fn next_path(&mut self) -> Option<(PathBuf, bool, bool)> {
         while let Some(top) = self.stack.last_mut() {
-            if let Some(name) = top.names.get(top.next) {
+            if let Some((name, is_file)) = top.names.get(top.next) {
                 top.next += 1;
-                return Some((top.dir.join(name), false));
+                return Some((top.dir.join(name), false, *is_file));
             }
             self.stack.pop();
         }
-        self.roots.pop_front().map(|r| (r, true))
+        self.roots.pop_front().map(|r| (r, true, false))
     }
 
     /// Stats and classifies one path; `Ok(None)` means "skipped, go on".
-    fn visit(&mut self, abs: &Path, is_root: bool) -> Result<Option<Prepared>, Error> {
+    ///
+    /// A member its listing called a regular file is opened straight away and stat'ed through
+    /// the open descriptor: one stat per file, where an lstat, then an open and an fstat (to
+    /// see what was opened) would take two. Anything unexpected on that path (a symlink or
+    /// something else swapped in, gone, unreadable) falls back to the lstat path, which
+    /// reports it.
+    fn visit(
+        &mut self,
+        abs: &Path,
+        is_root: bool,
+        listed_file: bool,
+    ) -> Result<Option<Prepared>, Error> {
         let rel = abs.strip_prefix("/").unwrap_or(abs).to_path_buf();
         if !is_root {
             if self.rules.is_excluded(abs) {
@@ -180,7 +193,15 @@ impl Walker {
                 None => {}
             }
         }
-        let st = match fs::symlink_metadata(abs) {
+        let mut opened = match listed_file && !is_root {
+            true => open_regular(abs),
+            false => None,
+        };
+        let st = match opened.as_ref().map(|(_, st)| st.clone()) {
+            Some(st) => Ok(st),
+            None => fs::symlink_metadata(abs),
+        };
+        let st = match st {
             Ok(st) => st,
             Err(e) if is_root => return Err(Error::io(abs, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -208,7 +229,8 @@ impl Walker {
                     if *remaining == 0 {
                         self.links.remove(&key);
                     }
-                    let mut meta = self.metadata(abs, &rel, &st);
+                    let file = opened.as_ref().map(|(f, _)| f);
+                    let mut meta = self.metadata(abs, &rel, &st, file);
                     meta.size = 0;
                     return Ok(Some(Prepared {
                         rel,
@@ -217,14 +239,24 @@ impl Walker {
                     }));
                 }
             }
-            match self.open_file(abs, &rel, is_root)? {
+            let opened = match opened.take() {
+                Some(opened) => Some(opened),
+                None => self.open_file(abs, &rel, is_root)?,
+            };
+            match opened {
                 Some((file, st)) => {
                     if st.nlink() > 1 {
                         self.links
                             .insert((st.dev(), st.ino()), (rel.clone(), st.nlink() - 1));
                     }
+                    // Attributes through the descriptor: no second path lookup.
+                    let meta = self.metadata(abs, &rel, &st, Some(&file));
                     self.file = Some(FileReader::new(file, rel.clone(), st.len()));
-                    (EntryKind::File, st)
+                    return Ok(Some(Prepared {
+                        rel,
+                        kind: EntryKind::File,
+                        meta,
+                    }));
                 }
                 None => return Ok(None),
             }
@@ -246,10 +278,8 @@ impl Walker {
         } else {
             (EntryKind::Socket, st)
         };
-        let mut meta = self.metadata(abs, &rel, &st);
-        if kind != EntryKind::File {
-            meta.size = 0;
-        }
+        let mut meta = self.metadata(abs, &rel, &st, None);
+        meta.size = 0;
         Ok(Some(Prepared { rel, kind, meta }))
     }
 
@@ -265,13 +295,15 @@ impl Walker {
             tracing::info!(path = %abs.display(), "not crossing into another filesystem");
             return Ok(());
         }
+        // The type comes from the listing (`d_type`), without a stat on the filesystems
+        // that fill it in.
         let listing = fs::read_dir(abs).and_then(|rd| {
-            rd.map(|e| e.map(|e| e.file_name()))
+            rd.map(|e| e.map(|e| (e.file_name(), e.file_type().is_ok_and(|t| t.is_file()))))
                 .collect::<io::Result<Vec<_>>>()
         });
         match listing {
             Ok(mut names) => {
-                names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
                 self.stack.push(Frame {
                     dir: abs.to_path_buf(),
                     names,
@@ -319,7 +351,14 @@ impl Walker {
         }
     }
 
-    fn metadata(&mut self, abs: &Path, rel: &Path, st: &fs::Metadata) -> Metadata {
+    /// `file` is the open file at `abs`, if any (its attributes are read through it).
+    fn metadata(
+        &mut self,
+        abs: &Path,
+        rel: &Path,
+        st: &fs::Metadata,
+        file: Option<&File>,
+    ) -> Metadata {
         Metadata {
             mode: st.mode() & 0o7777,
             uid: st.uid(),
@@ -333,13 +372,18 @@ impl Walker {
             inode: st.ino(),
             dev: st.dev(),
             nlink: st.nlink(),
-            xattrs: self.xattrs(abs, rel),
+            xattrs: self.xattrs(abs, rel, file),
         }
     }
 
     /// Extended attributes sorted by name; filesystems without xattr support yield none.
-    fn xattrs(&mut self, abs: &Path, rel: &Path) -> Vec<Xattr> {
-        let names = match xattr::list(abs) {
+    fn xattrs(&mut self, abs: &Path, rel: &Path, file: Option<&File>) -> Vec<Xattr> {
+        use xattr::FileExt;
+        let listed = match file {
+            Some(f) => f.list_xattr(),
+            None => xattr::list(abs),
+        };
+        let names = match listed {
             Ok(names) => names,
             Err(e) if is_unsupported(&e) => return Vec::new(),
             Err(e) => {
@@ -349,7 +393,11 @@ impl Walker {
         };
         let mut out = Vec::new();
         for name in names {
-            match xattr::get(abs, &name) {
+            let value = match file {
+                Some(f) => f.get_xattr(&name),
+                None => xattr::get(abs, &name),
+            };
+            match value {
                 Ok(Some(value)) => out.push(Xattr { name, value }),
                 Ok(None) => {} // removed since listed
                 Err(e) if is_unsupported(&e) => {}
@@ -359,6 +407,18 @@ impl Walker {
         out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         out
     }
+}
+
+/// Opens `abs` as [`Walker::open_file`] does and stats it through the descriptor; `None` unless
+/// it is a regular file (the caller then takes the lstat path, which says what went wrong).
+fn open_regular(abs: &Path) -> Option<(File, fs::Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(abs)
+        .ok()?;
+    let st = file.metadata().ok()?;
+    st.is_file().then_some((file, st))
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
@@ -408,10 +468,10 @@ impl EntrySource for Walker {
             self.warnings.extend(reader.warnings);
         }
         loop {
-            let Some((abs, is_root)) = self.next_path() else {
+            let Some((abs, is_root, listed_file)) = self.next_path() else {
                 return Ok(None);
             };
-            let Some(p) = self.visit(&abs, is_root)? else {
+            let Some(p) = self.visit(&abs, is_root, listed_file)? else {
                 continue;
             };
             if p.rel.as_os_str().is_empty() {
@@ -500,8 +560,31 @@ impl Read for FileReader {
         if want == 0 {
             return Ok(0);
         }
+        // Asking for one byte more than is left, when there is room, sees growth in the same
+        // read that reaches the end: no fstat afterwards (a file's last read is usually its
+        // only one). The extra byte is not handed out.
+        let ask = if !self.checked_growth && buf.len() as u64 > self.remaining {
+            want + 1
+        } else {
+            want
+        };
         while !self.padding {
-            match self.file.read(&mut buf[..want]) {
+            match self.file.read(&mut buf[..ask]) {
+                Ok(n) if n > want => {
+                    self.checked_growth = true;
+                    self.remaining = 0;
+                    self.note(format!(
+                        "grew while being read; truncated to its size at stat time ({} bytes)",
+                        self.size
+                    ));
+                    return Ok(want);
+                }
+                Ok(n) if ask > want && n == want => {
+                    // A short read of a regular file is its end: it did not grow (so far).
+                    self.checked_growth = true;
+                    self.remaining = 0;
+                    return Ok(n);
+                }
                 Ok(0) => {
                     self.padding = true;
                     self.note(format!(
@@ -802,6 +885,39 @@ mod tests {
             "{:?}",
             w.warnings()
         );
+    }
+
+    #[test]
+    fn files_swapped_for_other_kinds_after_listing_are_what_they_became() {
+        // A member listed as a regular file is opened without an lstat first; a symlink or a
+        // fifo swapped in since must still come out as itself (and the fifo must not hang).
+        let t = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(t.path().join(name), name).unwrap();
+        }
+        let mut w = Walker::new([t.path()], WalkOptions::default()).unwrap();
+        assert_eq!(w.next_entry().unwrap().unwrap().kind, EntryKind::Dir);
+        fs::remove_file(t.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("c", t.path().join("a")).unwrap();
+        fs::remove_file(t.path().join("b")).unwrap();
+        let fifo = std::ffi::CString::new(t.path().join("b").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let got: Vec<(EntryKind, Vec<u8>)> =
+            collect(&mut w).into_iter().map(|e| (e.1, e.2)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    EntryKind::Symlink {
+                        target: PathBuf::from("c")
+                    },
+                    Vec::new()
+                ),
+                (EntryKind::Fifo, Vec::new()),
+                (EntryKind::File, b"c".to_vec()),
+            ]
+        );
+        assert!(w.warnings().is_empty(), "{:?}", w.warnings());
     }
 
     #[test]
