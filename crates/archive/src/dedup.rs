@@ -8,7 +8,6 @@
 //! the archiver finishing a file waits for hashing only, not for room in the sink, so it
 //! does not drain the pipeline at every file's end.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::archiver::Progress;
 use crate::budget::{ByteBudget, Share};
 use crate::buffers::BufferPool;
+use crate::seen::Seen;
 use crate::sink::BlobJob;
 use crate::{Error, Result};
 
@@ -39,7 +39,7 @@ pub struct Chunk {
 pub struct Dedup {
     handle: Handle,
     index: Arc<BlobIndex>,
-    known: Arc<Mutex<HashSet<Id>>>,
+    known: Arc<Mutex<Seen>>,
     tx: mpsc::Sender<BlobJob>,
     permits: Arc<Semaphore>,
     progress: Arc<Progress>,
@@ -65,7 +65,7 @@ impl Dedup {
         Dedup {
             handle,
             index,
-            known: Arc::new(Mutex::new(HashSet::new())),
+            known: Arc::new(Mutex::new(Seen::new())),
             tx,
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             progress,
@@ -192,7 +192,7 @@ impl Dedup {
 /// and this run (a duplicate's buffer goes back to the pool).
 fn identify(
     index: &BlobIndex,
-    known: &Mutex<HashSet<Id>>,
+    known: &Mutex<Seen>,
     pool: &BufferPool,
     data: Vec<u8>,
 ) -> (Id, Option<Vec<u8>>) {
@@ -201,7 +201,7 @@ fn identify(
         && known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(id);
+            .insert(&id);
     if new {
         (id, Some(data))
     } else {
