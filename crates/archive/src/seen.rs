@@ -159,7 +159,9 @@ mod tests {
     #[test]
     fn inserts_are_found_across_merges_and_duplicates_rejected() {
         let mut seen = Seen::new();
-        let ids: Vec<Id> = (0u32..100_000).map(|n| Id::hash(&n.to_le_bytes())).collect();
+        let ids: Vec<Id> = (0u32..100_000)
+            .map(|n| Id::hash(&n.to_le_bytes()))
+            .collect();
         for (n, id) in ids.iter().enumerate() {
             assert!(seen.insert(id), "{n} is new");
             assert!(!seen.insert(id), "{n} again");
@@ -184,9 +186,8 @@ mod tests {
         for i in 0..n {
             seen.insert(&Id::hash(&i.to_le_bytes()));
         }
-        let bytes = seen.sorted.capacity() * 16
-            + seen.starts.capacity() * 4
-            + seen.overlay.capacity() * 17;
+        let bytes =
+            seen.sorted.capacity() * 16 + seen.starts.capacity() * 4 + seen.overlay.capacity() * 17;
         assert!(
             bytes / n as usize <= 20,
             "{} bytes per id",
