@@ -583,6 +583,82 @@ mod tests {
         assert_eq!(pool.idle_bytes(), sent);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tree_finder_answers_for_trees_in_the_open_pack_in_flight_and_uploaded() {
+        use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
+        use snapback_repo::file::key::KdfParams;
+        use snapback_repo::repository::InitOptions;
+
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
+        let backend =
+            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams {
+                n: 1 << 10,
+                r: 8,
+                p: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        let pool = Arc::new(BufferPool::new(8 << 20));
+        let sink_opts = SinkOptions {
+            pack_size: 1 << 20,
+            ..SinkOptions::default()
+        };
+        let (tx, finder, task) = start_with_finder(repo.clone(), sink_opts, pool);
+        let tree = |n: usize, len: usize| {
+            let mut t = format!("{{\"nodes\":[],\"n\":{n},\"pad\":\"").into_bytes();
+            t.extend(pseudo_random(len).iter().map(|b| b'a' + b % 26));
+            t.extend_from_slice(b"\"}\n");
+            t
+        };
+        let send = |data: Vec<u8>| {
+            let tx = tx.clone();
+            async move {
+                let id = Id::hash(&data);
+                tx.send(BlobJob {
+                    id,
+                    ty: BlobType::Tree,
+                    data: data.clone(),
+                    share: None,
+                })
+                .await
+                .unwrap();
+                (id, data)
+            }
+        };
+        // Three big trees fill and upload packs; a small one stays in the open pack.
+        let mut sent = Vec::new();
+        for n in 0..3 {
+            sent.push(send(tree(n, 800_000)).await);
+        }
+        let small = send(tree(3, 100)).await;
+        // The small one first: it is in the open pack (or still on its way), so the sink
+        // closes the pack for it instead of waiting for more trees.
+        for (id, data) in std::iter::once(&small).chain(&sent) {
+            // Without the early close this would wait for ever.
+            let loc = tokio::time::timeout(Duration::from_secs(30), finder.locate(*id))
+                .await
+                .expect("the sink answers without more input")
+                .unwrap();
+            assert_eq!(loc.ty, BlobType::Tree);
+            assert_eq!(&repo.load_blob(id, &loc).await.unwrap()[..], &data[..]);
+        }
+        // Asked again: answered from the run's tree index.
+        let loc = finder.locate(small.0).await.unwrap();
+        assert_eq!(
+            &repo.load_blob(&small.0, &loc).await.unwrap()[..],
+            &small.1[..]
+        );
+        drop((tx, finder));
+        let stats = task.await.unwrap().unwrap();
+        // The big trees filled packs of their own; the small one was closed early.
+        assert_eq!(stats.tree_blobs, 4);
+        assert!(stats.packs >= 2, "{stats:?}");
+    }
+
     #[test]
     fn compressible_blobs_are_compressed_and_random_ones_stored_raw() {
         let key = Key::random();
