@@ -27,6 +27,12 @@ use crate::budget::Share;
 use crate::buffers::BufferPool;
 use crate::{Error, Result};
 
+/// Blobs in one pack at most. A pack of tiny blobs (small files) would otherwise hold some
+/// 150,000 of them before reaching [`SinkOptions::pack_size`], and each costs about 100 bytes
+/// of bookkeeping (its header entry, location and budget share) while its pack is open or
+/// uploading: with three packs in flight, 45 MiB. Restic reads packs of any size.
+const MAX_PACK_BLOBS: usize = 32 * 1024;
+
 /// A new blob for the sink.
 #[derive(Debug)]
 pub struct BlobJob {
@@ -290,7 +296,11 @@ impl State {
         self.stats.plain_bytes += enc.plain_len as u64;
         // A tree the archiver waits for is uploaded now, not when its pack is full.
         let wanted = enc.ty == BlobType::Tree && self.wanted.iter().any(|(id, _)| *id == enc.id);
-        if wanted || self.open[slot].len() >= self.opts.pack_size || self.open[slot].header_full() {
+        if wanted
+            || self.open[slot].len() >= self.opts.pack_size
+            || self.open[slot].blob_count() >= MAX_PACK_BLOBS
+            || self.open[slot].header_full()
+        {
             self.close_pack(enc.ty).await?;
         }
         Ok(())

@@ -596,7 +596,8 @@ impl Restorer {
                         self.warn(&q.path, w);
                     }
                     if let Some((k, source)) = q.link {
-                        self.links.insert(k, (source, q.node.links.saturating_sub(1)));
+                        self.links
+                            .insert(k, (source, q.node.links.saturating_sub(1)));
                     }
                 }
                 Err(message) => {
