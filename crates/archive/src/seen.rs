@@ -24,7 +24,7 @@ const OVERLAY_MIN: usize = 16 * 1024;
 const BUCKETS: usize = 1 << 16;
 
 /// Ids seen in this run; see the module docs.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Seen {
     /// Sorted, no duplicates.
     sorted: Vec<u128>,
@@ -32,16 +32,6 @@ pub struct Seen {
     starts: Vec<u32>,
     /// Recent insertions, none of them in `sorted`.
     overlay: HashSet<u128, BuildHasherDefault<PrefixHasher>>,
-}
-
-impl Default for Seen {
-    fn default() -> Self {
-        Seen {
-            sorted: Vec::new(),
-            starts: Vec::new(),
-            overlay: HashSet::default(),
-        }
-    }
 }
 
 impl Seen {
