@@ -38,6 +38,8 @@ impl Fixture {
         // mtime, a fifo.
         fs::write(src.join("hl-a"), b"hard linked content\n").unwrap();
         fs::hard_link(src.join("hl-a"), src.join("nested/hl-b")).unwrap();
+        // A third link: the restore forgets a group only after its last link.
+        fs::hard_link(src.join("hl-a"), src.join("nested/a/hl-c")).unwrap();
         set_mtime(&src.join("hl-a"), 1_610_000_000, 5);
         fs::write(src.join("suid.bin"), b"#!/bin/sh\n").unwrap();
         fs::set_permissions(src.join("suid.bin"), fs::Permissions::from_mode(0o4755)).unwrap();
@@ -220,8 +222,10 @@ fn check_restored(f: &Fixture, target: &Path) {
     );
     let a = fs::metadata(restored_src.join("hl-a")).unwrap();
     let b = fs::metadata(restored_src.join("nested/hl-b")).unwrap();
+    let c = fs::metadata(restored_src.join("nested/a/hl-c")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hard link pair restored as two files");
-    assert_eq!(a.nlink(), 2);
+    assert_eq!(a.ino(), c.ino(), "third link restored as a file of its own");
+    assert_eq!(a.nlink(), 3);
     assert_eq!(
         fs::metadata(restored_src.join("suid.bin")).unwrap().mode() & 0o7777,
         0o4755

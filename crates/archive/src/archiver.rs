@@ -10,7 +10,17 @@
 //! children and groups each directory's members (the walker sorts them; `tar -c` groups them),
 //! so when an entry lies outside the top directory, that directory is complete and is written
 //! as a tree blob right away. Memory grows with the depth of the tree and the width of the open
-//! directories, never with the size of the data.
+//! directories, never with the size of the data. The width term is inherent to restic's format
+//! (a tree blob is one sorted document): an open directory costs about 440 bytes per entry (a
+//! 280-byte [`Node`], its name and content ids, and the encoded tree when it closes), so a
+//! directory of a million entries needs some 450 MiB.
+//!
+//! Hard links: a path backup knows each file's link count, so a file with more links is kept
+//! (its content ids) only until its last link was seen. A tar member has no count, so nothing
+//! is kept per member: a link names an earlier member, which is looked up in what was already
+//! built: the open directories, the cached listings of finished ones, and else the tree blobs
+//! saved for them, read back from the sink's packs (see [`TreeFinder`]), walking down from the
+//! deepest open directory on the target's path.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -33,7 +43,7 @@ use crate::budget::ByteBudget;
 use crate::buffers::BufferPool;
 use crate::dedup::{Dedup, Pending, INLINE_BELOW};
 use crate::node::{implicit_dir, node_from_entry, unchanged};
-use crate::sink::BlobJob;
+use crate::sink::{BlobJob, TreeFinder};
 use crate::{Error, Result};
 
 /// Bytes read from a file per read call.
@@ -116,11 +126,11 @@ pub struct Archiver {
     dedup: Dedup,
     tables: Arc<Tables>,
     stack: Vec<OpenDir>,
-    /// Content of files that later hard links may point at, by path. A path backup knows
-    /// link counts: a file is kept while links to it are still to come. A tar stream does not
-    /// (`nlink == 0`), so every member is kept (see issue 13: to be resolved from the saved
-    /// trees instead).
+    /// Content of files with more than one link (path backups), by path, while links to them
+    /// are still to come. Tar members (`nlink == 0`) are never kept: see the module docs.
     links: HashMap<PathBuf, LinkTarget>,
+    /// Where the sink put this run's tree blobs, to read one back for a hard link.
+    trees: TreeFinder,
     /// Listings of recently finished directories, for streams that return to them.
     closed: ClosedDirs,
     opts: ArchiveOptions,
@@ -133,12 +143,15 @@ pub struct Archiver {
 impl Archiver {
     /// An archiver sending new blobs to `tx`, taking chunk buffers from `buffers` and a share
     /// of `budget` for each chunk. `handle` runs the async repository reads of parent trees;
-    /// the archiver itself must run on a blocking thread.
+    /// the archiver itself must run on a blocking thread. `trees` is the finder of the sink
+    /// that `tx` feeds.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         repo: Repository,
         handle: Handle,
         index: Arc<BlobIndex>,
         tx: mpsc::Sender<Vec<BlobJob>>,
+        trees: TreeFinder,
         buffers: Arc<BufferPool>,
         budget: ByteBudget,
         opts: ArchiveOptions,
@@ -162,6 +175,7 @@ impl Archiver {
             tables,
             stack: Vec::new(),
             links: HashMap::new(),
+            trees,
             closed: ClosedDirs::new(CLOSED_CACHE_BYTES),
             opts,
             stats: ArchiveStats::default(),
@@ -291,7 +305,8 @@ impl Archiver {
                         ids
                     }
                 };
-                if meta.nlink != 1 {
+                // Only a known count (a path backup) says when the last link has come.
+                if meta.nlink > 1 {
                     self.links.insert(
                         path.clone(),
                         LinkTarget {
@@ -305,7 +320,7 @@ impl Archiver {
             }
             EntryKind::HardLink { target } => {
                 self.stats.files_new += 1;
-                match self.link_target(&normalize(target)) {
+                match self.link_target(&normalize(target))? {
                     Some((ids, size)) => {
                         node.content = Some(ids);
                         node.size = size;
@@ -353,17 +368,83 @@ impl Archiver {
     }
 
     /// Content ids and size of the earlier regular file `target`, for a hard link to it. A
-    /// file with a known link count is forgotten after its last link.
-    fn link_target(&mut self, target: &Path) -> Option<(Vec<Id>, u64)> {
-        let link = self.links.get_mut(target)?;
+    /// file with a known link count is forgotten after its last link; any other is looked up
+    /// in what was built.
+    fn link_target(&mut self, target: &Path) -> Result<Option<(Vec<Id>, u64)>> {
+        let Some(link) = self.links.get_mut(target) else {
+            let comps: Vec<Vec<u8>> = target.iter().map(|c| c.as_bytes().to_vec()).collect();
+            return self.built_file(&comps);
+        };
         let found = (link.content.clone(), link.size);
-        // 0: the count is unknown (tar), so more links may come.
-        if link.remaining == 1 {
+        if link.remaining <= 1 {
             self.links.remove(target);
         } else {
-            link.remaining = link.remaining.saturating_sub(1);
+            link.remaining -= 1;
         }
-        Some(found)
+        Ok(Some(found))
+    }
+
+    /// Content ids and size of the regular file at `target` (path components from the root),
+    /// from what was already built; see the module docs. Listings read back from the
+    /// repository go into the cache of finished listings, so that more links into the same
+    /// directory do not read it again.
+    fn built_file(&mut self, target: &[Vec<u8>]) -> Result<Option<(Vec<Id>, u64)>> {
+        let Some((name, dir)) = target.split_last() else {
+            return Ok(None);
+        };
+        // The stack's paths are nested, from the root (whose path is empty) up.
+        let Some(open) = self.stack.iter().rposition(|d| dir.starts_with(&d.path)) else {
+            return Ok(None);
+        };
+        let mut at = Listing::Open(open);
+        for depth in self.stack[open].path.len()..dir.len() {
+            let path = &dir[..=depth];
+            if self.closed.get(path).is_some() {
+                at = Listing::Cached(path.to_vec());
+                continue;
+            }
+            let sub = self
+                .find_node(&at, &dir[depth])
+                .filter(|n| n.node_type == NodeType::Dir)
+                .and_then(|n| n.subtree);
+            let Some(sub) = sub else {
+                return Ok(None);
+            };
+            let (nodes, len) = self.load_saved_tree(&sub)?;
+            self.closed.insert(path.to_vec(), nodes.clone(), len);
+            at = Listing::Loaded(nodes);
+        }
+        Ok(self
+            .find_node(&at, name)
+            .filter(|n| n.node_type == NodeType::File)
+            .map(|n| (n.content.unwrap_or_default(), n.size)))
+    }
+
+    /// The node called `name` in a listing (the last one: a name given twice keeps its last
+    /// entry, as in [`Self::write_tree`]).
+    fn find_node(&self, at: &Listing, name: &[u8]) -> Option<Node> {
+        let nodes = match at {
+            Listing::Open(i) => &self.stack[*i].children,
+            Listing::Cached(path) => self.closed.get(path)?,
+            Listing::Loaded(nodes) => nodes,
+        };
+        nodes.iter().rev().find(|n| n.name == name).cloned()
+    }
+
+    /// A tree blob this run or an earlier one saved, and its encoded size.
+    fn load_saved_tree(&mut self, id: &Id) -> Result<(Vec<Node>, usize)> {
+        let loc = match self.index.get(id) {
+            Some(loc) => loc,
+            None => {
+                // The tree may still wait in the batch of small blobs for the sink.
+                self.dedup.flush()?;
+                self.handle.block_on(self.trees.locate(*id))?
+            }
+        };
+        let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
+        let tree: Tree = serde_json::from_slice(&data)
+            .map_err(|e| Error::Stream(format!("saved tree {}: {e}", id.short())))?;
+        Ok((tree.nodes, data.len()))
     }
 
     fn implicit_node(&self, comps: &[Vec<u8>]) -> Node {
@@ -564,8 +645,18 @@ impl Archiver {
 struct LinkTarget {
     content: Vec<Id>,
     size: u64,
-    /// Links still to come; 0 when unknown (a tar member), which is never counted down.
+    /// Links still to come.
     remaining: u64,
+}
+
+/// Where [`Archiver::built_file`] looks for a name.
+enum Listing {
+    /// The children of the open directory at this stack position.
+    Open(usize),
+    /// The cached listing of this finished directory.
+    Cached(Vec<Vec<u8>>),
+    /// A listing read back from its tree blob.
+    Loaded(Vec<Node>),
 }
 
 /// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.
@@ -601,6 +692,10 @@ impl ClosedDirs {
                 self.bytes -= size;
             }
         }
+    }
+
+    fn get(&self, path: &[Vec<u8>]) -> Option<&Vec<Node>> {
+        self.map.get(path).map(|(nodes, _)| nodes)
     }
 
     fn take(&mut self, path: &[Vec<u8>]) -> Option<Vec<Node>> {

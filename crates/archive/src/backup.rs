@@ -149,7 +149,8 @@ async fn run(
 
     let buffers = Arc::new(BufferPool::new(crate::buffers::POOL_BYTES));
     let budget = ByteBudget::new(opts.sink.budget_bytes());
-    let (tx, sink) = crate::sink::start(repo.clone(), opts.sink, buffers.clone());
+    let (tx, trees, sink) =
+        crate::sink::start_with_finder(repo.clone(), opts.sink, buffers.clone());
     let archive_opts = ArchiveOptions {
         parent_tree: parent.as_ref().map(|(_, s)| s.tree),
         reuse_unchanged: opts.reuse_unchanged,
@@ -161,7 +162,16 @@ async fn run(
     let handle = tokio::runtime::Handle::current();
     let repo2 = repo.clone();
     let archived = tokio::task::spawn_blocking(move || {
-        let archiver = Archiver::new(repo2, handle, index, tx, buffers, budget, archive_opts)?;
+        let archiver = Archiver::new(
+            repo2,
+            handle,
+            index,
+            tx,
+            trees,
+            buffers,
+            budget,
+            archive_opts,
+        )?;
         archiver.run(source.as_mut())
     })
     .await

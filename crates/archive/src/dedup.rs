@@ -16,7 +16,6 @@
 //! before the archiver could wait for anything (budget, hashing permits, the end): the shares
 //! it holds must reach the sink, or the open pack might never fill and free them.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::archiver::Progress;
 use crate::budget::{ByteBudget, Share};
 use crate::buffers::BufferPool;
+use crate::seen::Seen;
 use crate::sink::BlobJob;
 use crate::{Error, Result};
 
@@ -60,7 +60,7 @@ pub struct Chunk {
 pub struct Dedup {
     handle: Handle,
     index: Arc<BlobIndex>,
-    known: Arc<Mutex<HashSet<Id>>>,
+    known: Arc<Mutex<Seen>>,
     tx: mpsc::Sender<Vec<BlobJob>>,
     permits: Arc<Semaphore>,
     progress: Arc<Progress>,
@@ -89,7 +89,7 @@ impl Dedup {
         Dedup {
             handle,
             index,
-            known: Arc::new(Mutex::new(HashSet::new())),
+            known: Arc::new(Mutex::new(Seen::new())),
             tx,
             permits: Arc::new(Semaphore::new(IN_FLIGHT)),
             progress,
@@ -151,7 +151,7 @@ impl Dedup {
                 .known
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(id)
+                .insert(&id)
         {
             return Ok(Pending::Ready(id, 0));
         }
@@ -173,6 +173,13 @@ impl Dedup {
             self.send_batch()?;
         }
         Ok(())
+    }
+
+    /// Sends the blobs queued so far to the sink, so that the sink can answer for them (a
+    /// [`TreeFinder`](crate::sink::TreeFinder) question about a tree still in the batch would
+    /// otherwise wait forever).
+    pub fn flush(&mut self) -> Result<()> {
+        self.send_batch()
     }
 
     /// Sends the batch to the sink (waiting for room there).
@@ -290,7 +297,7 @@ impl Dedup {
 /// and this run (a duplicate's buffer goes back to the pool).
 fn identify(
     index: &BlobIndex,
-    known: &Mutex<HashSet<Id>>,
+    known: &Mutex<Seen>,
     pool: &BufferPool,
     data: Vec<u8>,
 ) -> (Id, Option<Vec<u8>>) {
@@ -299,7 +306,7 @@ fn identify(
         && known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(id);
+            .insert(&id);
     if new {
         (id, Some(data))
     } else {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod ls;
 pub mod node;
 pub mod restore;
+pub mod seen;
 pub mod sink;
 pub mod tree_walk;
 pub mod verify;

@@ -11,19 +11,31 @@
 //! taking input while uploads are saturated, which back-pressures the reader. Counts alone
 //! would allow 8 MiB per blob, so data blobs also hold a share of a byte budget
 //! ([`SinkOptions::blob_bytes`]) from being cut until their pack is uploaded.
+//!
+//! The sink also remembers where this run's tree blobs went (about 30 bytes per directory, in
+//! a [`BlobIndex`]), and answers a [`TreeFinder`]: the archiver reads a saved tree back to
+//! resolve a tar hard link into a directory whose listing it no longer holds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use snapback_repo::pack::{PackBuilder, PackedBlob};
-use snapback_repo::{crypto, BlobType, FileType, Id, IndexWriter, Key, Repository};
-use tokio::sync::mpsc;
+use snapback_repo::{
+    crypto, BlobIndex, BlobLocation, BlobType, FileType, Id, IndexWriter, Key, Repository,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::budget::Share;
 use crate::buffers::BufferPool;
 use crate::{Error, Result};
+
+/// Blobs in one pack at most. A pack of tiny blobs (small files) would otherwise hold some
+/// 150,000 of them before reaching [`SinkOptions::pack_size`], and each costs about 100 bytes
+/// of bookkeeping (its header entry, location and budget share) while its pack is open or
+/// uploading: with three packs in flight, 45 MiB. Restic reads packs of any size.
+const MAX_PACK_BLOBS: usize = 32 * 1024;
 
 /// A new blob for the sink.
 #[derive(Debug)]
@@ -123,9 +135,43 @@ pub fn start(
     mpsc::Sender<Vec<BlobJob>>,
     tokio::task::JoinHandle<Result<SinkStats>>,
 ) {
-    let (tx, rx) = mpsc::channel(opts.workers.max(1));
-    let task = tokio::spawn(run(repo, rx, opts, buffers));
+    let (tx, _, task) = start_with_finder(repo, opts, buffers);
     (tx, task)
+}
+
+/// [`start`], plus a [`TreeFinder`] for the tree blobs sent to this sink.
+pub fn start_with_finder(
+    repo: Repository,
+    opts: SinkOptions,
+    buffers: Arc<BufferPool>,
+) -> (
+    mpsc::Sender<Vec<BlobJob>>,
+    TreeFinder,
+    tokio::task::JoinHandle<Result<SinkStats>>,
+) {
+    let (tx, rx) = mpsc::channel(opts.workers.max(1));
+    let (find_tx, find_rx) = mpsc::channel(1);
+    let task = tokio::spawn(run(repo, rx, find_rx, opts, buffers));
+    (tx, TreeFinder(find_tx), task)
+}
+
+/// A question to the sink: where is this tree blob (answered once its pack is uploaded)?
+type TreeRequest = (Id, oneshot::Sender<BlobLocation>);
+
+/// Asks the sink where a tree blob of this run is stored.
+#[derive(Debug, Clone)]
+pub struct TreeFinder(mpsc::Sender<TreeRequest>);
+
+impl TreeFinder {
+    /// Where tree blob `id` is stored, waiting until its pack is uploaded (the sink closes the
+    /// open tree pack for it). `id` must have been sent to this sink: one that never comes is
+    /// waited for until the sink stops.
+    pub async fn locate(&self, id: Id) -> Result<BlobLocation> {
+        let stopped = || Error::Pipeline("the upload stage stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.0.send((id, tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
 }
 
 type UploadOutcome =
@@ -143,11 +189,16 @@ struct State {
     stats: SinkStats,
     /// Where blob buffers go once done with.
     buffers: Arc<BufferPool>,
+    /// Tree blobs of this run in uploaded packs (one record per directory).
+    trees: BlobIndex,
+    /// [`TreeFinder`] questions waiting for their blob's pack to be uploaded.
+    wanted: Vec<TreeRequest>,
 }
 
 async fn run(
     repo: Repository,
     mut rx: mpsc::Receiver<Vec<BlobJob>>,
+    mut find_rx: mpsc::Receiver<TreeRequest>,
     mut opts: SinkOptions,
     buffers: Arc<BufferPool>,
 ) -> Result<SinkStats> {
@@ -162,10 +213,12 @@ async fn run(
         last_index: Instant::now(),
         stats: SinkStats::default(),
         buffers,
+        trees: BlobIndex::default(),
+        wanted: Vec::new(),
         repo,
         opts,
     };
-    let result = st.pump(&mut rx).await;
+    let result = st.pump(&mut rx, &mut find_rx).await;
     // Even when failing, record what reached the repository, so a retry reuses it.
     let flushed = st.drain_uploads().await.and(st.flush_index().await);
     match (result, flushed) {
@@ -175,10 +228,15 @@ async fn run(
 }
 
 impl State {
-    async fn pump(&mut self, rx: &mut mpsc::Receiver<Vec<BlobJob>>) -> Result<()> {
+    async fn pump(
+        &mut self,
+        rx: &mut mpsc::Receiver<Vec<BlobJob>>,
+        find_rx: &mut mpsc::Receiver<TreeRequest>,
+    ) -> Result<()> {
         let key = self.repo.key().clone();
         let mut encoding: JoinSet<Vec<Encoded>> = JoinSet::new();
         let mut input_open = true;
+        let mut finder_open = true;
         loop {
             let can_take = input_open
                 && encoding.len() < self.opts.workers
@@ -206,6 +264,10 @@ impl State {
                 up = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     self.uploaded(up).await?;
                 }
+                req = find_rx.recv(), if finder_open => match req {
+                    Some((id, reply)) => self.want(id, reply).await?,
+                    None => finder_open = false,
+                },
                 else => break,
             }
             if !input_open && encoding.is_empty() {
@@ -242,10 +304,29 @@ impl State {
             BlobType::Tree => self.stats.tree_blobs += 1,
         }
         self.stats.plain_bytes += enc.plain_len as u64;
-        if self.open[slot].len() >= self.opts.pack_size || self.open[slot].header_full() {
+        // A tree the archiver waits for is uploaded now, not when its pack is full.
+        let wanted = enc.ty == BlobType::Tree && self.wanted.iter().any(|(id, _)| *id == enc.id);
+        if wanted
+            || self.open[slot].len() >= self.opts.pack_size
+            || self.open[slot].blob_count() >= MAX_PACK_BLOBS
+            || self.open[slot].header_full()
+        {
             self.close_pack(enc.ty).await?;
         }
         Ok(())
+    }
+
+    /// Answers where tree `id` is once its pack is uploaded. Not uploaded yet, it is in the
+    /// open tree pack (closed now), in an upload, or still on its way in (then [`Self::add`]
+    /// closes its pack).
+    async fn want(&mut self, id: Id, reply: oneshot::Sender<BlobLocation>) -> Result<()> {
+        if let Some(loc) = self.trees.get(&id) {
+            // The archiver may have gone meanwhile; nothing to answer then.
+            let _ = reply.send(loc);
+            return Ok(());
+        }
+        self.wanted.push((id, reply));
+        self.close_pack(BlobType::Tree).await
     }
 
     async fn close_pack(&mut self, ty: BlobType) -> Result<()> {
@@ -294,6 +375,22 @@ impl State {
         self.stats.packs += 1;
         self.stats.packed_bytes += len as u64;
         self.index.add(pack, &blobs);
+        let trees: Vec<PackedBlob> = blobs
+            .iter()
+            .filter(|b| b.ty == BlobType::Tree)
+            .copied()
+            .collect();
+        if !trees.is_empty() {
+            self.trees.add_pack(pack, &trees);
+            for (id, reply) in std::mem::take(&mut self.wanted) {
+                match self.trees.get(&id) {
+                    Some(loc) => {
+                        let _ = reply.send(loc);
+                    }
+                    None => self.wanted.push((id, reply)),
+                }
+            }
+        }
         let packs_due = self
             .opts
             .index_packs
@@ -504,6 +601,82 @@ mod tests {
         // Nothing was compressed or dropped as a duplicate: all that is idle came back from
         // the uploads.
         assert_eq!(pool.idle_bytes(), sent);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tree_finder_answers_for_trees_in_the_open_pack_in_flight_and_uploaded() {
+        use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
+        use snapback_repo::file::key::KdfParams;
+        use snapback_repo::repository::InitOptions;
+
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
+        let backend =
+            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams {
+                n: 1 << 10,
+                r: 8,
+                p: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        let pool = Arc::new(BufferPool::new(8 << 20));
+        let sink_opts = SinkOptions {
+            pack_size: 1 << 20,
+            ..SinkOptions::default()
+        };
+        let (tx, finder, task) = start_with_finder(repo.clone(), sink_opts, pool);
+        let tree = |n: usize, len: usize| {
+            let mut t = format!("{{\"nodes\":[],\"n\":{n},\"pad\":\"").into_bytes();
+            t.extend(pseudo_random(len).iter().map(|b| b'a' + b % 26));
+            t.extend_from_slice(b"\"}\n");
+            t
+        };
+        let send = |data: Vec<u8>| {
+            let tx = tx.clone();
+            async move {
+                let id = Id::hash(&data);
+                tx.send(vec![BlobJob {
+                    id,
+                    ty: BlobType::Tree,
+                    data: data.clone(),
+                    share: None,
+                }])
+                .await
+                .unwrap();
+                (id, data)
+            }
+        };
+        // Three big trees fill and upload packs; a small one stays in the open pack.
+        let mut sent = Vec::new();
+        for n in 0..3 {
+            sent.push(send(tree(n, 800_000)).await);
+        }
+        let small = send(tree(3, 100)).await;
+        // The small one first: it is in the open pack (or still on its way), so the sink
+        // closes the pack for it instead of waiting for more trees.
+        for (id, data) in std::iter::once(&small).chain(&sent) {
+            // Without the early close this would wait for ever.
+            let loc = tokio::time::timeout(Duration::from_secs(30), finder.locate(*id))
+                .await
+                .expect("the sink answers without more input")
+                .unwrap();
+            assert_eq!(loc.ty, BlobType::Tree);
+            assert_eq!(&repo.load_blob(id, &loc).await.unwrap()[..], &data[..]);
+        }
+        // Asked again: answered from the run's tree index.
+        let loc = finder.locate(small.0).await.unwrap();
+        assert_eq!(
+            &repo.load_blob(&small.0, &loc).await.unwrap()[..],
+            &small.1[..]
+        );
+        drop((tx, finder));
+        let stats = task.await.unwrap().unwrap();
+        // The big trees filled packs of their own; the small one was closed early.
+        assert_eq!(stats.tree_blobs, 4);
+        assert!(stats.packs >= 2, "{stats:?}");
     }
 
     #[test]

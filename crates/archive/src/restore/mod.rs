@@ -332,8 +332,9 @@ struct Restorer {
     /// The directories from the target down to the current node's parent.
     levels: Vec<Level>,
     is_root: bool,
-    /// First restored file of each hard-link group, by (device id, inode).
-    links: HashMap<(u64, u64), LinkSource>,
+    /// First restored file of each hard-link group, by (device id, inode), and how many of
+    /// the group's links are still to come (the entry goes with the last).
+    links: HashMap<(u64, u64), (LinkSource, u64)>,
     /// Hard-link groups whose first file is queued.
     queued_links: HashSet<(u64, u64)>,
     summary: RestoreSummary,
@@ -434,8 +435,16 @@ impl Restorer {
                     // it (a link never shares a file that turns out damaged).
                     self.flush().await;
                 }
-                if let Some(first) = key.and_then(|k| self.links.get(&k)) {
-                    fsops::hard_link(self.root.as_fd(), first, dir, name)?;
+                if let Some(k) = key.filter(|k| self.links.contains_key(k)) {
+                    if let Some((first, _)) = self.links.get(&k) {
+                        fsops::hard_link(self.root.as_fd(), first, dir, name)?;
+                    }
+                    if let Some((_, remaining)) = self.links.get_mut(&k) {
+                        *remaining = remaining.saturating_sub(1);
+                        if *remaining == 0 {
+                            self.links.remove(&k);
+                        }
+                    }
                     self.summary.files += 1;
                     return Ok(None);
                 }
@@ -589,7 +598,8 @@ impl Restorer {
                         self.warn(&q.path, w);
                     }
                     if let Some((k, source)) = q.link {
-                        self.links.insert(k, source);
+                        self.links
+                            .insert(k, (source, q.node.links.saturating_sub(1)));
                     }
                 }
                 Err(message) => {
