@@ -16,6 +16,7 @@ pub mod local_write;
 pub mod locking;
 pub mod pack;
 pub mod repository;
+pub mod services;
 
 pub use backend::{Backend, BackendError, FileType, Location, RangeReader};
 pub use crypto::Key;
