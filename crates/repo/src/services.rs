@@ -157,6 +157,7 @@ pub(crate) fn server(location: &Location) -> String {
 }
 
 /// A non-empty environment variable.
+#[cfg(any(feature = "backend-azure", feature = "backend-gcs", feature = "backend-rest"))]
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -187,6 +188,7 @@ fn settings(location: &Location, reason: impl Into<String>) -> BackendError {
     }
 }
 
+#[cfg(any(feature = "backend-azure", feature = "backend-gcs"))]
 fn build_error(e: opendal::Error) -> BackendError {
     BackendError::Storage {
         path: String::new(),
