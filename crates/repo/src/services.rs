@@ -157,7 +157,11 @@ pub(crate) fn server(location: &Location) -> String {
 }
 
 /// A non-empty environment variable.
-#[cfg(any(feature = "backend-azure", feature = "backend-gcs", feature = "backend-rest"))]
+#[cfg(any(
+    feature = "backend-azure",
+    feature = "backend-gcs",
+    feature = "backend-rest"
+))]
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
