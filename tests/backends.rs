@@ -179,6 +179,40 @@ fn rest_server_shared_with_restic() {
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
 
+#[cfg(feature = "backend-rest")]
+#[test]
+fn rest_credentials_from_the_url_or_restics_variables() {
+    require_restic!();
+    let tmp = tempfile::tempdir().unwrap();
+    let htpasswd = tmp.path().join("htpasswd");
+    std::fs::write(&htpasswd, "snap:s3cret-pw\n").unwrap();
+    let Some(server) = RestServer::start_with_htpasswd(&htpasswd) else {
+        return;
+    };
+    let port = server.process.port;
+    // restic's variables.
+    let mut sb = Snapback::new(server.repo_url("auth"), PW);
+    sb.set_env("RESTIC_REST_USERNAME", "snap");
+    sb.set_env("RESTIC_REST_PASSWORD", "s3cret-pw");
+    let out = sb.run_ok(&["init"]);
+    assert!(!out.contains("s3cret-pw"), "{out}");
+    // Credentials in the URL; restic reads the same repository with them.
+    let url = format!("rest:http://snap:s3cret-pw@127.0.0.1:{port}/auth");
+    Snapback::new(&url, PW).run_ok(&["snapshots"]);
+    Restic::new(&url, PW).run_ok(&["check"]);
+    // None, or a wrong password: refused, one error, the password never shown.
+    for url in [
+        server.repo_url("auth"),
+        format!("rest:http://snap:not-the-pw@127.0.0.1:{port}/auth"),
+    ] {
+        let out = Snapback::new(&url, PW).run(&["snapshots"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("401"), "{err}");
+        assert!(!err.contains("not-the-pw"), "{err}");
+    }
+}
+
 /// A build without a backend names the feature it lacks instead of taking the URL for a
 /// local path or calling it unknown.
 #[test]

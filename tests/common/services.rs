@@ -545,24 +545,23 @@ pub struct RestServer {
 }
 
 impl RestServer {
-    /// Starts the server (no authentication, or the `.htpasswd` written into its data
-    /// directory when `htpasswd` is given), or `None` (skip) where it is not installed
+    /// Starts the server without authentication, or `None` (skip) where it is not installed
     /// outside CI.
     pub fn start() -> Option<RestServer> {
+        Self::spawn(&["--no-auth"])
+    }
+
+    /// Starts the server with basic authentication: `htpasswd` holds `user:password` (this
+    /// server compares the password as written, it does not hash).
+    pub fn start_with_htpasswd(htpasswd: &Path) -> Option<RestServer> {
+        Self::spawn(&["--htpasswd-file", &htpasswd.to_string_lossy()])
+    }
+
+    fn spawn(auth: &[&str]) -> Option<RestServer> {
         let program = require("pyrestserver", "pip install pyrestserver", || None)?;
-        let process = ServerProcess::spawn(
-            "rest-server",
-            &program,
-            &[
-                "serve",
-                "--path",
-                "{data}",
-                "--listen",
-                "127.0.0.1:{port}",
-                "--no-auth",
-            ],
-            "/",
-        );
+        let mut args = vec!["serve", "--path", "{data}", "--listen", "127.0.0.1:{port}"];
+        args.extend_from_slice(auth);
+        let process = ServerProcess::spawn("rest-server", &program, &args, "/");
         Some(RestServer { process })
     }
 
