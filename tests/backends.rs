@@ -82,6 +82,14 @@ fn azure_blob_storage_on_azurite() {
     sb.set_envs(azurite.env());
     let src = snapback_round_trip(&sb, tmp.path());
 
+    // The 20 MiB pack went up in parts (blocks), the others in one request each.
+    let in_parts = azurite
+        .list("backups", "hosts/one/data")
+        .iter()
+        .filter(|name| azurite.committed_blocks("backups", name) >= 2)
+        .count();
+    assert!(in_parts >= 1, "no pack was uploaded in parts");
+
     let copy = tmp.path().join("copy");
     let n = azurite.download("backups", "hosts/one", &copy);
     assert!(n >= 5, "only {n} blobs stored");

@@ -355,9 +355,8 @@ impl Azurite {
         );
     }
 
-    /// Copies every blob of `container` under `prefix` into `dest`, the prefix stripped: a
-    /// local repository restic can check.
-    pub fn download(&self, container: &str, prefix: &str, dest: &Path) -> usize {
+    /// Names of the blobs of `container` under `prefix/`.
+    pub fn list(&self, container: &str, prefix: &str) -> Vec<String> {
         let mut names = Vec::new();
         let mut marker = String::new();
         loop {
@@ -376,9 +375,28 @@ impl Azurite {
                 .next()
                 .unwrap_or_default();
             if marker.is_empty() {
-                break;
+                return names;
             }
         }
+    }
+
+    /// How many committed blocks blob `name` has: 0 for a blob put in one request, the
+    /// number of parts for one uploaded in parts.
+    pub fn committed_blocks(&self, container: &str, name: &str) -> usize {
+        let (status, body) = self.signed(
+            "GET",
+            &format!("/{container}/{name}?blocklisttype=committed&comp=blocklist"),
+            b"",
+        );
+        let xml = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, 200, "block list of {name}: {xml}");
+        xml.matches("<Block>").count()
+    }
+
+    /// Copies every blob of `container` under `prefix` into `dest`, the prefix stripped: a
+    /// local repository restic can check.
+    pub fn download(&self, container: &str, prefix: &str, dest: &Path) -> usize {
+        let names = self.list(container, prefix);
         for name in &names {
             let (status, body) = self.signed("GET", &format!("/{container}/{name}"), b"");
             assert_eq!(status, 200, "GET {name}");
