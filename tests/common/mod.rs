@@ -561,8 +561,9 @@ fn xml_unescape(s: &str) -> String {
 
 /// A command-line program run against one repository. The repository and
 /// password go into `RESTIC_REPOSITORY` / `RESTIC_PASSWORD` (never argv);
-/// inherited `RESTIC_*`, `AWS_*`, `SNAPBACK_*`, `AZURE_*`, `GOOGLE_*` and `STORAGE_EMULATOR_HOST` are removed so a
-/// developer's own settings cannot leak into tests.
+/// inherited `RESTIC_*`, `AWS_*`, `SNAPBACK_*`, `AZURE_*`, `GOOGLE_*` and
+/// `STORAGE_EMULATOR_HOST` variables are removed so a developer's own settings cannot leak
+/// into tests.
 ///
 /// Used through [`Restic`] and [`Snapback`], which deref to it.
 #[derive(Clone, Debug)]
