@@ -17,9 +17,13 @@ WORKDIR /src
 COPY . .
 # BuildKit caches keep the registry and incremental artefacts between builds; the binary is
 # copied out of the cache mount so the next stage can see it.
+# Every backend is in by default; a leaner image leaves some out, e.g.
+#   --build-arg CARGO_FEATURES="--no-default-features --features backend-gcs"
+# (README, "Backends", has what each adds to the binary).
+ARG CARGO_FEATURES=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin snapback \
+    cargo build --release --locked --bin snapback $CARGO_FEATURES \
     && install -D -m 0755 target/release/snapback /out/snapback
 
 # ---------------------------------------------------------------------------------------------

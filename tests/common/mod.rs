@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -856,8 +857,9 @@ fn xml_unescape(s: &str) -> String {
 
 /// A command-line program run against one repository. The repository and
 /// password go into `RESTIC_REPOSITORY` / `RESTIC_PASSWORD` (never argv);
-/// inherited `RESTIC_*`, `AWS_*` and `SNAPBACK_*` variables are removed so a
-/// developer's own settings cannot leak into tests.
+/// inherited `RESTIC_*`, `AWS_*`, `SNAPBACK_*`, `AZURE_*`, `GOOGLE_*` and
+/// `STORAGE_EMULATOR_HOST` variables are removed so a developer's own settings cannot leak
+/// into tests.
 ///
 /// Used through [`Restic`] and [`Snapback`], which deref to it.
 #[derive(Clone, Debug)]
@@ -915,7 +917,13 @@ impl Tool {
         let mut cmd = Command::new(&self.program);
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
-            if k.starts_with("RESTIC_") || k.starts_with("AWS_") || k.starts_with("SNAPBACK_") {
+            if k.starts_with("RESTIC_")
+                || k.starts_with("AWS_")
+                || k.starts_with("SNAPBACK_")
+                || k.starts_with("AZURE_")
+                || k.starts_with("GOOGLE_")
+                || k == "STORAGE_EMULATOR_HOST"
+            {
                 cmd.env_remove(&key);
             }
         }

@@ -1,4 +1,6 @@
-//! Storage of repository files through opendal: the local filesystem or S3.
+//! Storage of repository files through opendal: the local filesystem, S3, and (behind cargo
+//! features, see [`crate::services`]) Azure Blob Storage, Google Cloud Storage and restic's
+//! REST server.
 //!
 //! Knows restic's repository URL forms and file layout, nothing about file contents.
 
@@ -71,14 +73,49 @@ pub enum Location {
         /// Key prefix inside the bucket (may be empty).
         prefix: String,
     },
+    /// `azure:container:/path` (Azure Blob Storage).
+    Azure {
+        /// Container name.
+        container: String,
+        /// Blob name prefix inside the container (may be empty).
+        prefix: String,
+    },
+    /// `gs:bucket:/path` (Google Cloud Storage).
+    Gcs {
+        /// Bucket name.
+        bucket: String,
+        /// Object name prefix inside the bucket (may be empty).
+        prefix: String,
+    },
+    /// `rest:http(s)://[user:password@]host[:port]/path` (restic's REST server protocol).
+    Rest {
+        /// The server URL, credentials included when the URL had them.
+        url: crate::services::RestUrl,
+    },
 }
 
 /// The repository location or storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The repository string is not a form we know.
-    #[error("unsupported repository location {0:?} (use /path, local:/path or s3:http(s)://host:port/bucket/prefix)")]
+    #[error("unsupported repository location {0:?} (use /path, local:/path, s3:http(s)://host:port/bucket/prefix, azure:container:/path, gs:bucket:/path or rest:http(s)://host:port/path)")]
     Location(String),
+    /// The repository's kind of storage was left out of this build.
+    #[error("this snapback was built without the {scheme}: backend (cargo feature `{feature}`)")]
+    NotBuiltIn {
+        /// The URL scheme (`azure`, `gs`, `rest`).
+        scheme: &'static str,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
+    /// The storage's settings (from the environment) are missing or invalid.
+    #[error("{location}: {reason}")]
+    Settings {
+        /// The repository location, without secrets.
+        location: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// The file does not exist.
     #[error("{path} not found in the repository")]
     NotFound {
@@ -180,6 +217,9 @@ impl Location {
                 prefix,
             });
         }
+        if let Some(loc) = crate::services::parse(repo) {
+            return loc;
+        }
         if let Some(path) = repo.strip_prefix("local:") {
             return Ok(Location::Local {
                 path: path.to_string(),
@@ -209,6 +249,9 @@ impl std::fmt::Display for Location {
                 bucket,
                 prefix,
             } => write!(f, "s3:{endpoint}/{bucket}/{prefix}"),
+            Location::Azure { container, prefix } => write!(f, "azure:{container}:/{prefix}"),
+            Location::Gcs { bucket, prefix } => write!(f, "gs:{bucket}:/{prefix}"),
+            Location::Rest { url } => write!(f, "rest:{url}"),
         }
     }
 }
@@ -460,6 +503,7 @@ impl Backend {
                     .layer(HttpClientLayer::new(client))
                     .finish()
             }
+            other => crate::services::operator(other, &policy, tls)?,
         };
         let op = op
             .layer(
@@ -529,7 +573,7 @@ impl Backend {
         }
     }
 
-    /// Attaches the [`StorageProblem`] to an S3 storage error, for a one-line message.
+    /// Attaches the [`StorageProblem`] to a remote storage error, for a one-line message.
     fn explain(&self, e: BackendError) -> BackendError {
         match (e, &self.location) {
             (
@@ -547,6 +591,29 @@ impl Backend {
                     .as_ref()
                     .and_then(|k| k.lock().ok().and_then(|k| k.clone()));
                 let problem = s3::classify(&source, endpoint, bucket, key).map(Box::new);
+                tracing::debug!(path = %path, error = ?source, "storage error");
+                BackendError::Storage {
+                    path,
+                    source,
+                    problem,
+                }
+            }
+            (
+                BackendError::Storage {
+                    path,
+                    source,
+                    problem: None,
+                },
+                location @ (Location::Azure { .. } | Location::Gcs { .. } | Location::Rest { .. }),
+            ) => {
+                let service = match location {
+                    Location::Azure { .. } => "Azure",
+                    Location::Gcs { .. } => "GCS",
+                    _ => "REST",
+                };
+                let problem =
+                    s3::classify_service(&source, service, crate::services::describe(location))
+                        .map(Box::new);
                 tracing::debug!(path = %path, error = ?source, "storage error");
                 BackendError::Storage {
                     path,
@@ -597,6 +664,7 @@ impl Backend {
         match &self.location {
             Location::S3 { endpoint, .. } => format!("S3 server at {endpoint}"),
             Location::Local { path } => format!("local storage at {path}"),
+            other => crate::services::server(other),
         }
     }
 

@@ -599,8 +599,19 @@ pub enum StorageProblem {
         /// Why (connection refused, name not resolved).
         detail: String,
     },
+    /// Access refused by a service other than S3 (wrong key, SAS, token or password).
+    Denied {
+        /// `Azure`, `GCS`, `REST`.
+        service: &'static str,
+        /// Where the repository is.
+        endpoint: String,
+        /// The server's message (its first line), or opendal's error kind.
+        detail: String,
+    },
     /// Any other failure the server reported or the request met.
     Other {
+        /// `S3`, `Azure`, `GCS`, `REST`.
+        service: &'static str,
         /// Server.
         endpoint: String,
         /// The storage operation (`read`, `write`, `list`, ...).
@@ -653,13 +664,22 @@ impl std::fmt::Display for StorageProblem {
             StorageProblem::Connect { endpoint, detail } => {
                 write!(f, "cannot connect to {endpoint}: {detail}")
             }
+            StorageProblem::Denied {
+                service,
+                endpoint,
+                detail,
+            } => write!(
+                f,
+                "{service} access denied at {endpoint}: {detail} (check the credentials)"
+            ),
             StorageProblem::Other {
+                service,
                 endpoint,
                 operation,
                 status,
                 detail,
             } => {
-                write!(f, "S3 {operation} at {endpoint} failed")?;
+                write!(f, "{service} {operation} at {endpoint} failed")?;
                 if let Some(s) = status {
                     write!(f, " with HTTP {s}")?;
                 }
@@ -677,7 +697,6 @@ pub(crate) fn classify(
     bucket: &str,
     key_id: Option<String>,
 ) -> Option<StorageProblem> {
-    use std::error::Error as _;
     let text = e.to_string();
     let message = text.as_str();
     let code = s3_code(message);
@@ -718,6 +737,41 @@ pub(crate) fn classify(
             message: s3_field(message, "message").unwrap_or_default(),
         });
     }
+    classify_transport(e, "S3", ep)
+}
+
+/// The problem of a request to a service other than S3 (`service` names it in the message,
+/// `endpoint` is where the repository is).
+pub(crate) fn classify_service(
+    e: &opendal::Error,
+    service: &'static str,
+    endpoint: String,
+) -> Option<StorageProblem> {
+    if e.kind() == opendal::ErrorKind::PermissionDenied {
+        let text = e.to_string();
+        let detail = text
+            .split_once(" => ")
+            .map(|(_, m)| first_line(m.trim()))
+            .filter(|l| !l.is_empty() && !l.starts_with('<'))
+            .unwrap_or_else(|| "permission denied".into());
+        return Some(StorageProblem::Denied {
+            service,
+            endpoint,
+            detail,
+        });
+    }
+    classify_transport(e, service, endpoint)
+}
+
+/// TLS, connection and other failures, common to every service.
+fn classify_transport(
+    e: &opendal::Error,
+    service: &'static str,
+    ep: String,
+) -> Option<StorageProblem> {
+    use std::error::Error as _;
+    let text = e.to_string();
+    let message = text.as_str();
     // Below opendal: the credential loader, or reqwest/hyper/rustls/io.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
     let mut texts = Vec::new();
@@ -765,6 +819,7 @@ pub(crate) fn classify(
         .or_else(|| (!all.is_empty()).then(|| last_part(&all)))
         .unwrap_or_else(|| format!("{:?}", e.kind()));
     Some(StorageProblem::Other {
+        service,
         endpoint: ep,
         operation,
         status,
