@@ -364,14 +364,7 @@ impl MotoProcess {
 
     /// Whether moto itself (not the wrapper) is still running.
     fn moto_running(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.moto_pid)) {
-            // Field 3, after the parenthesised command name, is the state.
-            Ok(stat) => match stat.rfind(')') {
-                Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-                None => false,
-            },
-            Err(_) => false,
-        }
+        pid_running(self.moto_pid)
     }
 
     fn log_text(&self) -> String {
@@ -1400,4 +1393,17 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
+}
+
+/// Whether process `pid` runs (is neither gone nor a zombie). A server's pid stays a zombie
+/// until its wrapper reaps it, so this cannot be fooled by pid reuse.
+pub fn pid_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state.
+        Ok(stat) => match stat.rfind(')') {
+            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+            None => false,
+        },
+        Err(_) => false,
+    }
 }

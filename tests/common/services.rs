@@ -132,13 +132,7 @@ impl ServerProcess {
     /// Whether the server (not the wrapper) still runs; its pid stays a zombie until the
     /// wrapper reaps it, so this cannot be fooled by pid reuse.
     fn running(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => match stat.rfind(')') {
-                Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-                None => false,
-            },
-            Err(_) => false,
-        }
+        super::pid_running(self.pid)
     }
 
     /// The server's output so far.

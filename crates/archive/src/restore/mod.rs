@@ -161,15 +161,9 @@ pub async fn restore(
         summary: RestoreSummary::default(),
     };
 
-    let subtree = match (start.node_type, start.subtree) {
-        (NodeType::Dir, Some(id)) => id,
-        (NodeType::Dir, None) => {
-            return Err(Error::InvalidTree {
-                tree: start.name_lossy().into_owned(),
-                reason: "directory without subtree".into(),
-            })
-        }
-        _ => {
+    let subtree = match start_subtree(start)? {
+        Some(id) => id,
+        None => {
             let path = join_path(Path::new("/"), &start.name);
             let (selected, _) = select(&include, &exclude, &path, start);
             if selected {
@@ -271,6 +265,19 @@ fn fd_share(fds: u64, part: u64) -> usize {
 /// The name of a node, checked: the one place restore reads a name from a tree. A name that
 /// is empty, `.` or `..`, or holds `/` or NUL would leave its directory (or fail half way); the
 /// node is not restored, like restic refuses it.
+/// The tree under `start` (a directory), or `None` when `start` is a single node to restore
+/// on its own.
+fn start_subtree(start: &Node) -> Result<Option<Id>> {
+    match (start.node_type, start.subtree) {
+        (NodeType::Dir, Some(id)) => Ok(Some(id)),
+        (NodeType::Dir, None) => Err(Error::InvalidTree {
+            tree: start.name_lossy().into_owned(),
+            reason: "directory without subtree".into(),
+        }),
+        _ => Ok(None),
+    }
+}
+
 fn node_name(node: &Node) -> Result<&OsStr, String> {
     crate::tree_walk::check_name(&node.name)?;
     Ok(OsStr::from_bytes(&node.name))

@@ -23,9 +23,9 @@ use sha2::{Digest, Sha256};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use super::{node_name, select, PatternList, RestoreOptions, RestoreProblem};
+use super::{node_name, select, start_subtree, PatternList, RestoreOptions, RestoreProblem};
 use crate::tree_walk::{join_path, TreeWalker, WalkItem};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Bytes read from a restored file at a time.
 const READ_BUF: usize = 1 << 20;
@@ -59,15 +59,9 @@ pub async fn verify(
     let include = PatternList::parse(&opts.include)?;
     let exclude = PatternList::parse(&opts.exclude)?;
     let mut summary = VerifySummary::default();
-    let subtree = match (start.node_type, start.subtree) {
-        (NodeType::Dir, Some(id)) => id,
-        (NodeType::Dir, None) => {
-            return Err(Error::InvalidTree {
-                tree: start.name_lossy().into_owned(),
-                reason: "directory without subtree".into(),
-            })
-        }
-        _ => {
+    let subtree = match start_subtree(start)? {
+        Some(id) => id,
+        None => {
             let path = join_path(Path::new("/"), &start.name);
             let (selected, _) = select(&include, &exclude, &path, start);
             if selected && node_name(start).is_ok() && !skip.contains(&path) {
