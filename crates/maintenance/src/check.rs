@@ -497,17 +497,7 @@ fn error_text(e: &snapback_repo::Error) -> String {
 }
 
 fn compare_with_index(header: &[PackedBlob], pack: &IndexedPack) -> Option<String> {
-    let mut from_index: Vec<PackedBlob> = pack
-        .blobs
-        .iter()
-        .map(|b| PackedBlob {
-            id: b.id,
-            ty: b.ty,
-            offset: b.offset,
-            length: b.length,
-            uncompressed_length: b.uncompressed_length,
-        })
-        .collect();
+    let mut from_index: Vec<PackedBlob> = pack.blobs.iter().map(|b| PackedBlob::from(*b)).collect();
     from_index.sort_by_key(|b| b.offset);
     if from_index == header {
         return None;

@@ -163,13 +163,7 @@ async fn indexed_from_header(
                 Some(_) => {}
                 None => mismatches.push(format!("blob {} is in no index", b.id)),
             }
-            IndexBlob {
-                id: b.id,
-                ty: b.ty,
-                offset: b.offset,
-                length: b.length,
-                uncompressed_length: b.uncompressed_length,
-            }
+            IndexBlob::from(b)
         })
         .collect();
     Ok((

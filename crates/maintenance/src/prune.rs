@@ -386,20 +386,9 @@ async fn write_index(
             blobs: index.packs[id].blobs.clone(),
         })
         .collect();
-    packs.extend(new_packs.into_iter().map(|(id, blobs)| {
-        IndexPack {
-            id,
-            blobs: blobs
-                .iter()
-                .map(|b| IndexBlob {
-                    id: b.id,
-                    ty: b.ty,
-                    offset: b.offset,
-                    length: b.length,
-                    uncompressed_length: b.uncompressed_length,
-                })
-                .collect(),
-        }
+    packs.extend(new_packs.into_iter().map(|(id, blobs)| IndexPack {
+        id,
+        blobs: blobs.iter().map(|b| IndexBlob::from(*b)).collect(),
     }));
     let mut written = 0;
     let mut file = IndexFile {

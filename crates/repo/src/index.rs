@@ -620,16 +620,7 @@ impl IndexWriter {
         self.blobs += blobs.len();
         self.pending.packs.push(IndexPack {
             id: pack,
-            blobs: blobs
-                .iter()
-                .map(|b| IndexBlob {
-                    id: b.id,
-                    ty: b.ty,
-                    offset: b.offset,
-                    length: b.length,
-                    uncompressed_length: b.uncompressed_length,
-                })
-                .collect(),
+            blobs: blobs.iter().map(|b| IndexBlob::from(*b)).collect(),
         });
     }
 

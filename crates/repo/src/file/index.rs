@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pack::BlobType;
+use crate::pack::{BlobType, PackedBlob};
 use crate::Id;
 
 /// A decrypted index file.
@@ -39,4 +39,30 @@ pub struct IndexBlob {
     /// Plaintext length when the blob is compressed (format version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed_length: Option<u32>,
+}
+
+/// A pack header's entry, as an index file lists it (the same fields).
+impl From<PackedBlob> for IndexBlob {
+    fn from(b: PackedBlob) -> Self {
+        IndexBlob {
+            id: b.id,
+            ty: b.ty,
+            offset: b.offset,
+            length: b.length,
+            uncompressed_length: b.uncompressed_length,
+        }
+    }
+}
+
+/// An index file's entry, as a pack header lists it (the same fields).
+impl From<IndexBlob> for PackedBlob {
+    fn from(b: IndexBlob) -> Self {
+        PackedBlob {
+            id: b.id,
+            ty: b.ty,
+            offset: b.offset,
+            length: b.length,
+            uncompressed_length: b.uncompressed_length,
+        }
+    }
 }
