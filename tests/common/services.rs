@@ -264,6 +264,9 @@ impl Azurite {
                 "--skipApiVersionCheck",
                 "--loose",
                 "--silent",
+                // Azurite reports usage to Microsoft by default: tests contact nothing off
+                // this machine (and the telemetry client leaves a directory in /tmp).
+                "--disableTelemetry",
             ],
             "/",
         );
