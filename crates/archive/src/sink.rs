@@ -555,14 +555,13 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn uploaded_blobs_buffers_come_back_to_the_pool() {
+    /// A new repository in `dir`, with a cheap key derivation.
+    async fn local_repo(dir: &std::path::Path) -> Repository {
         use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
         use snapback_repo::file::key::KdfParams;
         use snapback_repo::repository::InitOptions;
 
-        let dir = tempfile::tempdir().unwrap();
-        let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
+        let location = Location::parse(&dir.to_string_lossy()).unwrap();
         let backend =
             Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
         let opts = InitOptions {
@@ -573,7 +572,13 @@ mod tests {
             },
             ..InitOptions::default()
         };
-        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        Repository::init(backend, b"pw", opts).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploaded_blobs_buffers_come_back_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = local_repo(dir.path()).await;
         let pool = Arc::new(BufferPool::new(8 << 20));
         // A pack is closed at 1 MiB: the first three blobs fill one, the last one closes
         // the second at the end. Random blobs are stored raw, in the very buffers sent.
@@ -605,23 +610,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tree_finder_answers_for_trees_in_the_open_pack_in_flight_and_uploaded() {
-        use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
-        use snapback_repo::file::key::KdfParams;
-        use snapback_repo::repository::InitOptions;
-
         let dir = tempfile::tempdir().unwrap();
-        let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
-        let backend =
-            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
-        let opts = InitOptions {
-            kdf: KdfParams {
-                n: 1 << 10,
-                r: 8,
-                p: 1,
-            },
-            ..InitOptions::default()
-        };
-        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        let repo = local_repo(dir.path()).await;
         let pool = Arc::new(BufferPool::new(8 << 20));
         let sink_opts = SinkOptions {
             pack_size: 1 << 20,
