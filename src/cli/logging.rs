@@ -17,7 +17,7 @@ pub fn init(args: &GlobalArgs) {
         .unwrap_or_else(|_| EnvFilter::new({
         // Other crates (opendal's retry notices, say) only when asked for more than the default.
         let others = if args.verbose > 0 { level } else { "error" };
-        format!("{others},snapback={level},snapback_repo={level},snapback_archive={level},snapback_restore={level},snapback_stream={level}")
+        format!("{others},snapback={level},snapback_repo={level},snapback_archive={level},snapback_stream={level}")
     }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
