@@ -4,10 +4,10 @@
 //! [`archiver`] (tree building, chunking, parent reuse, node metadata from [`node`]) →
 //! [`dedup`] (hashing; drops blobs the repository or this run, see [`seen`], already has) →
 //! [`sink`] (compression, encryption, pack assembly, concurrent upload, index flushing) → the
-//! repository; [`backup`] runs the stages side by side under a lock and writes the snapshot
-//! last. Blobs in memory are bounded by `snapback_repo`'s byte budget and live in its recycled
-//! buffers; [`progress`] counts what the stages did. Reading snapshots back (ls, restore,
-//! dump, drills) is `snapback_restore`'s job.
+//! repository; [`backup`](mod@backup) runs the stages side by side under a lock and writes
+//! the snapshot last. Blobs in memory are bounded by `snapback_repo`'s byte budget and live
+//! in its recycled buffers; [`progress`] counts what the stages did. Reading snapshots back
+//! (ls, restore, dump, drills) is `snapback_restore`'s job.
 
 pub mod archiver;
 pub mod backup;

@@ -44,9 +44,9 @@ pub struct VerifySummary {
     pub mismatches: Vec<RestoreProblem>,
 }
 
-/// Reads back the regular files that [`restore`](crate::restore::restore) wrote for `start` with `opts` into
-/// `opts.target` and compares them with the snapshot's blobs. `skip` holds snapshot paths the
-/// restore reported as failed (not written, so not verified).
+/// Reads back the regular files that [`restore`](crate::restore::restore) wrote for `start`
+/// with `opts` into `opts.target` and compares them with the snapshot's blobs. `skip` holds
+/// snapshot paths the restore reported as failed (not written, so not verified).
 ///
 /// Fails only when the walk cannot start (the root tree cannot be read, a pattern is
 /// invalid); a file that differs or cannot be read is a [`VerifySummary::mismatches`] entry.
