@@ -631,10 +631,10 @@ fn restore_verify_names_every_restored_file_that_differs() {
         let index = std::sync::Arc::new(snapback_repo::BlobIndex::load(&repo).await.unwrap());
         (repo, index, snap.tree)
     });
-    let start = snapback_archive::tree_walk::root_node(tree);
-    let opts = snapback_archive::restore::RestoreOptions::new(&target);
+    let start = snapback_restore::tree_walk::root_node(tree);
+    let opts = snapback_restore::restore::RestoreOptions::new(&target);
     let run = || {
-        rt.block_on(snapback_archive::restore::verify(
+        rt.block_on(snapback_restore::verify_restore::verify(
             &repo,
             index.clone(),
             &start,

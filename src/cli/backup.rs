@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use snapback_archive::archiver::Progress;
 use snapback_archive::backup::ParentChoice;
+use snapback_archive::progress::Progress;
 use snapback_archive::sink::SinkOptions;
 use snapback_archive::{BackupOptions, BackupSummary};
 use snapback_stream::entry::EntrySource;

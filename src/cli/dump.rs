@@ -4,7 +4,7 @@ use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use snapback_archive::dump::{dump, DumpOutcome};
+use snapback_restore::dump::{dump, DumpOutcome};
 
 use super::ls::{is_broken_pipe, open_snapshot, SnapshotFilter};
 use super::GlobalArgs;

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use snapback_archive::restore::{restore, RestoreOptions};
-use snapback_archive::tree_walk::{find_node, root_node};
 use snapback_repo::file::{Node, NodeType, SnapshotFile};
 use snapback_repo::{BlobIndex, InitOptions, InitOutcome, Repository};
+use snapback_restore::restore::{restore, RestoreOptions};
+use snapback_restore::tree_walk::{find_node, root_node};
 
 use super::GlobalArgs;
 
@@ -218,7 +218,7 @@ async fn start_node(
         match find_node(repo, index, &snap.tree, std::path::Path::new(path)).await {
             Ok(node) => return Ok(node),
             // A tar stream's snapshot path (`/stdin`) is a name, its members sit at the root.
-            Err(snapback_archive::Error::PathNotFound(_)) => {}
+            Err(snapback_restore::Error::PathNotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use snapback_archive::ls::{format_long, list, snapshot_json, JsonNode, LsOptions};
 use snapback_repo::file::SnapshotFile;
 use snapback_repo::{BlobIndex, Id, Repository};
+use snapback_restore::ls::{format_long, list, snapshot_json, JsonNode, LsOptions};
 
 use super::GlobalArgs;
 
@@ -142,7 +142,7 @@ async fn write_listing(
             out.write_all(&l)
         });
         res.map_err(|e| {
-            let err = snapback_archive::Error::io(
+            let err = snapback_restore::Error::io(
                 "<stdout>",
                 std::io::Error::new(e.kind(), e.to_string()),
             );
@@ -170,7 +170,7 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<snapback_archive::Error>()
-                .is_some_and(snapback_archive::dump::is_broken_pipe)
+            || c.downcast_ref::<snapback_restore::Error>()
+                .is_some_and(snapback_restore::dump::is_broken_pipe)
     })
 }

@@ -5,8 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use snapback_archive::restore::{restore, verify, RestoreOptions};
-use snapback_archive::tree_walk::{find_node, root_node};
+use snapback_restore::restore::{restore, RestoreOptions};
+use snapback_restore::tree_walk::{find_node, root_node};
+use snapback_restore::verify_restore::verify;
 
 use super::ls::{open_snapshot, SnapshotFilter};
 use super::GlobalArgs;

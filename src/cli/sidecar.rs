@@ -22,14 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use snapback_archive::archiver::Progress;
 use snapback_archive::backup::ParentChoice;
+use snapback_archive::progress::Progress;
 use snapback_archive::sink::SinkOptions;
-use snapback_archive::verify::{scan_snapshot, ScanMode};
 use snapback_archive::BackupOptions;
 use snapback_maintenance::drill::{read_back, ReadShare};
 use snapback_maintenance::{ExpirePolicy, ForgetOptions, SnapshotFilter};
 use snapback_repo::{BlobIndex, FileType, Id, Repository};
+use snapback_restore::drill_scan::{scan_snapshot, ScanMode};
 use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
     ApiToken, Daemon, DaemonOptions, DrillFuture, DrillOutcome, DrillReport, Gate, HttpOptions,
@@ -531,7 +531,7 @@ async fn refresh_latest(repo: &Repository, host: &str, paths: &[String], metrics
 /// shared lock (so that a prune cannot delete packs under it):
 ///
 /// 1. one walk over its trees collects the packs it uses and either reads every stream member
-///    back or compares a sample of files with the live volume (`snapback_archive::verify`);
+///    back or compares a sample of files with the live volume (`snapback_restore::drill_scan`);
 /// 2. the next share of those packs, after the cursor, is downloaded and verified whole
 ///    (`snapback_maintenance::drill`), one pack in memory at a time.
 async fn one_drill(config: &DrillConfig, cancel: CancellationToken) -> DrillOutcome {

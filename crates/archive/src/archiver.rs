@@ -27,11 +27,13 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset};
 use snapback_chunker::{Chunker, Tables};
+use snapback_repo::budget::ByteBudget;
+use snapback_repo::buffers::BufferPool;
 use snapback_repo::file::{Node, NodeType, Tree};
 use snapback_repo::{BlobIndex, BlobType, Id, Repository};
 use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata};
@@ -39,10 +41,9 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::ByteBudget;
-use crate::buffers::BufferPool;
 use crate::dedup::{Dedup, Pending, INLINE_BELOW};
 use crate::node::{implicit_dir, node_from_entry, unchanged};
+use crate::progress::Progress;
 use crate::sink::{BlobJob, TreeFinder};
 use crate::{Error, Result};
 
@@ -52,21 +53,6 @@ const READ_SIZE: usize = 512 * 1024;
 const CLOSED_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Capacity of the read window: the longest chunk plus one read.
 const CHUNK_BUF: usize = snapback_chunker::MAX_SIZE + READ_SIZE;
-
-/// Live counters, readable from another thread for a progress display.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Content bytes read from the source (or reused from the parent).
-    pub bytes_done: AtomicU64,
-    /// Entries processed.
-    pub entries_done: AtomicU64,
-    /// Plaintext bytes of new blobs handed to the sink.
-    pub bytes_new: AtomicU64,
-    /// Content bytes to process, as far as a scan has counted them (0: unknown, a stream).
-    pub bytes_total: AtomicU64,
-    /// Set once the scan has counted everything, so `bytes_total` is final.
-    pub total_final: std::sync::atomic::AtomicBool,
-}
 
 /// How the archiver treats its source.
 #[derive(Debug, Clone)]

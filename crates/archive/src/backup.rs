@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Local};
+use snapback_repo::budget::ByteBudget;
+use snapback_repo::buffers::{BufferPool, POOL_BYTES};
 use snapback_repo::file::SnapshotFile;
 use snapback_repo::locking::RepoLock;
 use snapback_repo::{BlobIndex, FileType, Id, Repository};
 use snapback_stream::entry::EntrySource;
 use tokio_util::sync::CancellationToken;
 
-use crate::archiver::{ArchiveOptions, ArchiveStats, Archiver, Progress};
-use crate::budget::ByteBudget;
-use crate::buffers::BufferPool;
+use crate::archiver::{ArchiveOptions, ArchiveStats, Archiver};
+use crate::progress::Progress;
 use crate::sink::{SinkOptions, SinkStats};
 use crate::{Error, Result};
 
@@ -147,7 +148,7 @@ async fn run(
         tracing::info!(parent = %id.short(), "using parent snapshot");
     }
 
-    let buffers = Arc::new(BufferPool::new(crate::buffers::POOL_BYTES));
+    let buffers = Arc::new(BufferPool::new(POOL_BYTES));
     let budget = ByteBudget::new(opts.sink.budget_bytes());
     let (tx, trees, sink) =
         crate::sink::start_with_finder(repo.clone(), opts.sink, buffers.clone());

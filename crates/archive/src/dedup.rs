@@ -10,23 +10,23 @@
 //!
 //! Small blobs (below [`INLINE_BELOW`]: most files of a real tree, and every file's tail) are
 //! not worth a hand-off: hashing 30 bytes costs far less than the thread wake-ups of a trip
-//! through the blocking pool (about 14 futex calls per blob, measured). They are hashed right
-//! here on the archiver thread, and new ones are collected into a batch that crosses to the
-//! sink in one channel send (and is encoded there in one blocking task). A batch is sent
+//! through the blocking pool. They are hashed right here on the archiver thread, and new ones
+//! are collected into a batch that crosses to the sink in one channel send (and is encoded
+//! there in one blocking task). A batch is sent
 //! before the archiver could wait for anything (budget, hashing permits, the end): the shares
 //! it holds must reach the sink, or the open pack might never fill and free them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use snapback_repo::budget::{ByteBudget, Share};
+use snapback_repo::buffers::BufferPool;
 use snapback_repo::{BlobIndex, BlobType, Id};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::archiver::Progress;
-use crate::budget::{ByteBudget, Share};
-use crate::buffers::BufferPool;
+use crate::progress::Progress;
 use crate::seen::Seen;
 use crate::sink::BlobJob;
 use crate::{Error, Result};

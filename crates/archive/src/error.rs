@@ -1,8 +1,6 @@
 //! The archive crate's error type.
 
-use std::path::PathBuf;
-
-/// What can go wrong in a backup, restore, dump or listing.
+/// What can go wrong in a backup.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The repository failed (storage, authentication, format).
@@ -11,46 +9,7 @@ pub enum Error {
     /// The entry source failed (unreadable root, malformed or truncated tar stream).
     #[error("reading the source: {0}")]
     Source(#[from] snapback_stream::Error),
-    /// Local I/O failed (restore target, stdout).
-    #[error("{path}: {source}")]
-    Io {
-        /// File concerned.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A path is not in the snapshot.
-    #[error("{0} not found in the snapshot")]
-    PathNotFound(String),
-    /// A tree of the snapshot is unusable (a node name that would escape its directory, a
-    /// directory without subtree).
-    #[error("invalid tree {tree}: {reason}")]
-    InvalidTree {
-        /// Tree id (short) or snapshot path concerned.
-        tree: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// An include or exclude pattern is malformed.
-    #[error("invalid pattern {pattern:?}: {reason}")]
-    InvalidPattern {
-        /// The pattern as given.
-        pattern: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A snapshot path names a node of the wrong type for the operation (`dump` of a symlink).
-    #[error("{path:?} should be a {expected}, but is a {found}")]
-    WrongType {
-        /// Snapshot path.
-        path: String,
-        /// What the operation needs.
-        expected: &'static str,
-        /// The node's type.
-        found: String,
-    },
-    /// The operation was cancelled (SIGTERM, shutdown); nothing was saved.
+    /// The backup was cancelled (SIGTERM, shutdown); nothing was saved.
     #[error("cancelled")]
     Cancelled,
     /// A stage of the pipeline stopped unexpectedly.
@@ -59,16 +18,6 @@ pub enum Error {
     /// The stream is not in a shape we can turn into trees.
     #[error("{0}")]
     Stream(String),
-}
-
-impl Error {
-    /// An I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
-    }
 }
 
 /// Result with [`Error`].

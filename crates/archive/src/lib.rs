@@ -1,26 +1,22 @@
-//! The backup pipeline and the read side of snapshots.
+//! The backup pipeline: turns a stream of entries into a restic snapshot.
 //!
-//! Write side, data flowing one way: an entry source (walker or tar reader) →
-//! [`archiver`] (tree building, chunking, parent reuse; chunk buffers from [`buffers`]) → [`dedup`] (hashing, dedup) → [`sink`] (compression,
-//! encryption, pack assembly, concurrent upload, index flushing) → the repository.
-//!
-//! Read side: [`tree_walk`] visits a snapshot's trees, [`restore`] writes them to a directory (each pack read once per batch of files),
-//! [`dump`] streams a file or a directory as tar, [`ls`] lists nodes.
+//! Data flows one way: an entry source (`snapback_stream`'s walker or tar reader) →
+//! [`archiver`] (tree building, chunking, parent reuse, node metadata from [`node`]) →
+//! [`dedup`] (hashing; drops blobs the repository or this run, see [`seen`], already has) →
+//! [`sink`] (compression, encryption, pack assembly, concurrent upload, index flushing) → the
+//! repository; [`backup`](mod@backup) runs the stages side by side under a lock and writes
+//! the snapshot last. Blobs in memory are bounded by `snapback_repo`'s byte budget and live
+//! in its recycled buffers; [`progress`] counts what the stages did. Reading snapshots back
+//! (ls, restore, dump, drills) is `snapback_restore`'s job.
 
 pub mod archiver;
 pub mod backup;
-pub mod budget;
-pub mod buffers;
 pub mod dedup;
-pub mod dump;
 pub mod error;
-pub mod ls;
 pub mod node;
-pub mod restore;
+pub mod progress;
 pub mod seen;
 pub mod sink;
-pub mod tree_walk;
-pub mod verify;
 
 pub use backup::{backup, BackupOptions, BackupSummary};
 pub use error::{Error, Result};

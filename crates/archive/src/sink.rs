@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use snapback_repo::budget::{self, Share};
+use snapback_repo::buffers::BufferPool;
 use snapback_repo::pack::{PackBuilder, PackedBlob};
 use snapback_repo::{
     crypto, BlobIndex, BlobLocation, BlobType, FileType, Id, IndexWriter, Key, Repository,
@@ -27,8 +29,6 @@ use snapback_repo::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::budget::Share;
-use crate::buffers::BufferPool;
 use crate::{Error, Result};
 
 /// Blobs in one pack at most. A pack of tiny blobs (small files) would otherwise hold some
@@ -288,7 +288,7 @@ impl State {
         if let Some(mut share) = enc.share.take() {
             // Compressed blobs hold less from here on: the pack closes by sealed bytes, so its
             // shares must count those, or it could hold the whole budget before it is full.
-            crate::budget::shrink(&mut share, enc.sealed.len() as u64);
+            budget::shrink(&mut share, enc.sealed.len() as u64);
             self.shares[slot].push(share);
         }
         self.open[slot]

@@ -4,9 +4,13 @@
 //! and the optional [`services`]), [`crypto`]
 //! seals them (AES-256-CTR + Poly1305-AES), [`file`] gives the JSON files their types, [`pack`]
 //! assembles and parses pack files, [`index`] knows where every blob is, and [`Repository`]
-//! ties them together (init, open, load/save files and blobs, snapshots, locks).
+//! ties them together (init, open, load/save files and blobs, snapshots, locks). Blobs held in
+//! memory by a backup or a restore are bounded by a [`budget::ByteBudget`] and live in
+//! recycled [`buffers::BufferPool`] buffers.
 
 pub mod backend;
+pub mod budget;
+pub mod buffers;
 pub mod crypto;
 pub mod error;
 pub mod file;

@@ -23,7 +23,9 @@ use sha2::{Digest, Sha256};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use super::{node_name, select, start_subtree, PatternList, RestoreOptions, RestoreProblem};
+use crate::restore::{
+    node_name, select, start_subtree, PatternList, RestoreOptions, RestoreProblem,
+};
 use crate::tree_walk::{join_path, TreeWalker, WalkItem};
 use crate::Result;
 
@@ -42,9 +44,9 @@ pub struct VerifySummary {
     pub mismatches: Vec<RestoreProblem>,
 }
 
-/// Reads back the regular files that [`super::restore`] wrote for `start` with `opts` into
-/// `opts.target` and compares them with the snapshot's blobs. `skip` holds snapshot paths the
-/// restore reported as failed (not written, so not verified).
+/// Reads back the regular files that [`restore`](crate::restore::restore) wrote for `start`
+/// with `opts` into `opts.target` and compares them with the snapshot's blobs. `skip` holds
+/// snapshot paths the restore reported as failed (not written, so not verified).
 ///
 /// Fails only when the walk cannot start (the root tree cannot be read, a pattern is
 /// invalid); a file that differs or cannot be read is a [`VerifySummary::mismatches`] entry.

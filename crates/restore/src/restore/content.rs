@@ -16,11 +16,10 @@ use std::fs::File;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use snapback_repo::budget::{ByteBudget, Share};
+use snapback_repo::buffers::BufferPool;
 use snapback_repo::{BlobLocation, FileType, Id, RangeReader, Repository};
 use tokio::sync::mpsc;
-
-use crate::budget::{ByteBudget, Share};
-use crate::buffers::BufferPool;
 
 /// Unneeded bytes between two needed blobs of a pack that are read rather than starting a
 /// new range: a request costs more than this much transfer.

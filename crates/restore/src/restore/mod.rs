@@ -17,7 +17,6 @@
 mod content;
 mod fsops;
 mod patterns;
-mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -38,7 +37,6 @@ use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
 use fsops::LinkSource;
 pub use patterns::PatternList;
-pub use verify::{verify, VerifySummary};
 
 /// Directories whose metadata waits for a batch.
 const BATCH_DIRS: usize = 4096;
@@ -262,12 +260,9 @@ fn fd_share(fds: u64, part: u64) -> usize {
     usize::try_from(fds / part).unwrap_or(usize::MAX).max(8)
 }
 
-/// The name of a node, checked: the one place restore reads a name from a tree. A name that
-/// is empty, `.` or `..`, or holds `/` or NUL would leave its directory (or fail half way); the
-/// node is not restored, like restic refuses it.
 /// The tree under `start` (a directory), or `None` when `start` is a single node to restore
 /// on its own.
-fn start_subtree(start: &Node) -> Result<Option<Id>> {
+pub(crate) fn start_subtree(start: &Node) -> Result<Option<Id>> {
     match (start.node_type, start.subtree) {
         (NodeType::Dir, Some(id)) => Ok(Some(id)),
         (NodeType::Dir, None) => Err(Error::InvalidTree {
@@ -278,13 +273,21 @@ fn start_subtree(start: &Node) -> Result<Option<Id>> {
     }
 }
 
-fn node_name(node: &Node) -> Result<&OsStr, String> {
+/// The name of a node, checked: the one place restore reads a name from a tree. A name that
+/// is empty, `.` or `..`, or holds `/` or NUL would leave its directory (or fail half way); the
+/// node is not restored, like restic refuses it.
+pub(crate) fn node_name(node: &Node) -> Result<&OsStr, String> {
     crate::tree_walk::check_name(&node.name)?;
     Ok(OsStr::from_bytes(&node.name))
 }
 
 /// restic's selection: (restore this node, descend into it).
-fn select(include: &PatternList, exclude: &PatternList, path: &Path, node: &Node) -> (bool, bool) {
+pub(crate) fn select(
+    include: &PatternList,
+    exclude: &PatternList,
+    path: &Path,
+    node: &Node,
+) -> (bool, bool) {
     let is_dir = node.node_type == NodeType::Dir;
     let (mut selected, mut descend) = if include.is_empty() {
         (true, is_dir)

@@ -1,16 +1,11 @@
-//! Recycled blob buffers: a restore receives each blob into one (see `restore::content`); a
-//! backup copies every chunk out of the read window into one (the sink seals it in place and
-//! packs it). The binary serves buffers of this size with their own mappings, so a fresh
-//! buffer per chunk costs a page fault per 4 KiB: about 250,000 faults for a 1 GB backup. So
-//! buffers come back here when done with (a duplicate's from the dedup stage, a compressed
-//! blob's plaintext from the encoder, every blob's once its pack is uploaded) and are reused;
-//! a reused buffer is reshaped to the size asked for, which keeps its mapped pages.
-//!
-//! Measured on the bench data's tar stream (`perf stat -e page-faults`): 235,000 faults when
-//! only duplicates and plaintexts came back and a buffer was reused only for a chunk of about
-//! its size; 160,000 with uploaded blobs' buffers recycled and reshaped; 138,000 with a pool of
-//! 8 MiB instead of 6 (a pack's blobs come back at once); 90,000 with 12 MiB, which raised a
-//! 4 GiB stream backup's peak RSS to 64 MiB once in four runs.
+//! Recycled blob buffers: a restore receives each blob into one; a backup copies every chunk
+//! out of the read window into one (the sink seals it in place and packs it). The allocator
+//! serves buffers of this size with their own mappings, so a fresh buffer per chunk costs a
+//! page fault per 4 KiB. So buffers come back here when done with (a duplicate's from the
+//! dedup stage, a compressed blob's plaintext from the encoder, every blob's once its pack is
+//! uploaded) and are reused; a reused buffer is reshaped to the size asked for, which keeps
+//! its mapped pages. A bigger pool saves more faults but raises the peak RSS; BENCHMARKS.md
+//! has the measurements behind [`POOL_BYTES`].
 //!
 //! Memory: the pool keeps at most its byte limit of idle buffers.
 

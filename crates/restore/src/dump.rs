@@ -100,7 +100,7 @@ pub async fn dump<W: Write + Send + 'static>(
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || dump_blocking(&handle, &repo, index, root_tree, &path, out))
         .await
-        .map_err(|e| Error::Pipeline(format!("dump task failed: {e}")))?
+        .map_err(|e| Error::Task(format!("dump task failed: {e}")))?
 }
 
 /// Whether `err` comes from writing to a closed pipe (`snapback dump ... | head`), which ends a
