@@ -16,8 +16,8 @@ use snapback_stream::entry::EntrySource;
 use snapback_stream::{read_exclude_file, WalkOptions, Walker};
 use tokio_util::sync::CancellationToken;
 
-use super::stdin::{CommandGate, CommandPipe, StdinMode};
 use super::GlobalArgs;
+use snapback_stream::{stream_source, widen_pipe, CommandGate, CommandPipe, StreamMode};
 
 /// Arguments of `snapback backup`.
 #[derive(Debug, clap::Args)]
@@ -118,15 +118,18 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     }
 
     let mode = match (args.stdin_tar, args.stdin_raw) {
-        (true, _) => StdinMode::Tar,
-        (_, true) => StdinMode::Raw,
-        _ => StdinMode::Auto,
+        (true, _) => StreamMode::Tar,
+        (_, true) => StreamMode::Raw,
+        _ => StreamMode::Auto,
     };
     let (source, snapshot_paths, scan): (Box<dyn EntrySource + Send>, Vec<String>, Option<Walker>) =
         if args.stdin_from_command {
-            let pipe = CommandPipe::spawn(&args.paths)?;
+            if args.paths.is_empty() {
+                bail!("--stdin-from-command needs a command");
+            }
+            let pipe = CommandPipe::spawn(&args.paths, &snapback_sidecar::gate::SECRET_VARS)?;
             let (inner, _) = tokio::task::block_in_place(|| {
-                super::stdin::source(Box::new(pipe.clone()), mode, &args.stdin_filename)
+                stream_source(Box::new(pipe.clone()), mode, &args.stdin_filename)
             })?;
             (
                 Box::new(CommandGate::new(inner, pipe)),
@@ -135,11 +138,10 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
             )
         } else if args.stdin {
             let stdin = std::io::stdin();
-            super::stdin::widen_pipe(&stdin);
+            widen_pipe(&stdin);
             let input = Box::new(stdin);
-            let (src, _) = tokio::task::block_in_place(|| {
-                super::stdin::source(input, mode, &args.stdin_filename)
-            })?;
+            let (src, _) =
+                tokio::task::block_in_place(|| stream_source(input, mode, &args.stdin_filename))?;
             (src, vec![format!("/{}", args.stdin_filename)], None)
         } else {
             let mut roots = Vec::new();

@@ -14,7 +14,6 @@ pub mod repo;
 pub mod restore;
 pub mod sidecar;
 pub mod snapshots;
-pub mod stdin;
 pub mod tar;
 pub mod unlock;
 

@@ -40,8 +40,8 @@ use snapback_stream::{read_exclude_file, WalkOptions, Walker};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::stdin::{CommandGate, CommandPipe, StdinMode};
 use super::GlobalArgs;
+use snapback_stream::{stream_source, CommandGate, CommandPipe, StreamMode as StdinMode};
 
 /// Longest wait between two attempts to reach the repository at startup.
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(60);
@@ -723,8 +723,8 @@ async fn apply_retention(repo: &Repository, forget: &ForgetOptions) {
 fn build_source(config: &JobConfig) -> anyhow::Result<Box<dyn EntrySource + Send>> {
     match &config.command {
         Some((argv, mode, name)) => {
-            let pipe = CommandPipe::spawn(argv)?;
-            let (inner, _) = super::stdin::source(Box::new(pipe.clone()), *mode, name)?;
+            let pipe = CommandPipe::spawn(argv, &snapback_sidecar::gate::SECRET_VARS)?;
+            let (inner, _) = stream_source(Box::new(pipe.clone()), *mode, name)?;
             Ok(Box::new(CommandGate::new(inner, pipe)))
         }
         None => {
