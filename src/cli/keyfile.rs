@@ -1,5 +1,5 @@
 //! The warm key file: `snapback init --key-file F` writes the master key sealed to this Pod
-//! (see `snapback-warmkey`); every other command given `--key-file F` opens the repository with
+//! (see `snapback_podinit::warm_key`); every other command given `--key-file F` opens the repository with
 //! it, without the password and without the slow key derivation.
 //!
 //! The Pod secret is the Pod UID (`POD_UID`, from the downward API, or `--pod-uid-file`) plus a
@@ -15,8 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use snapback_podinit::warm_key::{self, PodSecret};
 use snapback_repo::{Backend, Repository};
-use snapback_warmkey::PodSecret;
 use zeroize::Zeroizing;
 
 /// Options of the warm key, shared by every subcommand.
@@ -107,7 +107,7 @@ fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>
 /// Seals the open repository's master key to `secret` and writes it to `path` atomically, mode
 /// 0400 from creation.
 pub fn write(path: &Path, repo: &Repository, secret: &PodSecret) -> anyhow::Result<()> {
-    let sealed = snapback_warmkey::seal_with_location(
+    let sealed = warm_key::seal_with_location(
         repo.key(),
         repo.config().id,
         &repo.backend().location().to_string(),
@@ -181,7 +181,7 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
         }
     };
     let in_file = || format!("warm key file {}", path.display());
-    let header = snapback_warmkey::header(&bytes).with_context(in_file)?;
+    let header = warm_key::header(&bytes).with_context(in_file)?;
     if !header.has_key_secret {
         bail!(
             "{}: it is sealed to the Pod UID alone, which is not secret; rerun `snapback init \
@@ -190,7 +190,7 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
         );
     }
     let secret = pod_secret(args)?;
-    let (key, _) = snapback_warmkey::unseal(&bytes, &secret).with_context(in_file)?;
+    let (key, _) = warm_key::unseal(&bytes, &secret).with_context(in_file)?;
     let repo = match Repository::open_with_key(backend.clone(), key).await {
         Ok(repo) => repo,
         // The key does not open this config: it belongs to another repository.
@@ -204,7 +204,7 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
         ),
         Err(e) => return Err(e.into()),
     };
-    snapback_warmkey::check_repository(&header, &repo.config().id).with_context(in_file)?;
+    warm_key::check_repository(&header, &repo.config().id).with_context(in_file)?;
     tracing::debug!(path = %path.display(), "opened the repository with the warm key");
     Ok(Some(repo))
 }
