@@ -10,12 +10,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use snapback_archive::archiver::Progress;
 use snapback_archive::backup::ParentChoice;
-use snapback_archive::sink::SinkOptions;
 use snapback_archive::{BackupOptions, BackupSummary};
 use snapback_stream::entry::EntrySource;
-use snapback_stream::{read_exclude_file, WalkOptions, Walker};
+use snapback_stream::{WalkOptions, Walker};
 use tokio_util::sync::CancellationToken;
 
+use super::args::{ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
 use snapback_stream::{stream_source, widen_pipe, CommandGate, CommandPipe, StreamMode};
 
@@ -53,28 +53,15 @@ pub struct BackupArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Exclude paths matching this glob (repeatable).
-    #[arg(short = 'e', long = "exclude")]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file (repeatable).
-    #[arg(long = "exclude-file")]
-    pub exclude_files: Vec<PathBuf>,
+    /// Paths to leave out.
+    #[command(flatten)]
+    pub exclude: ExcludeArgs,
     /// Stay on the filesystem of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Compression: auto, off, max, or a zstd level 1-22.
-    #[arg(long, default_value = "auto")]
-    pub compression: String,
-    /// Pack size in MiB.
-    #[arg(long, default_value_t = 8)]
-    pub pack_size: usize,
-    /// Packs uploading at once.
-    #[arg(long, default_value_t = 2)]
-    pub uploads: usize,
-    /// MiB of file data in memory at once, from being read to the end of its pack's upload
-    /// (raised to at least pack size + 8).
-    #[arg(long, default_value_t = 24)]
-    pub blob_memory: usize,
+    /// Compression, pack size and upload concurrency.
+    #[command(flatten)]
+    pub tuning: TuningArgs,
     /// Mountinfo file to read instead of /proc/self/mountinfo (for tests).
     #[arg(long, hide = true)]
     pub mountinfo: Option<PathBuf>,
@@ -89,18 +76,6 @@ pub fn default_host() -> String {
     }
 }
 
-fn zstd_level(spec: &str) -> anyhow::Result<Option<i32>> {
-    Ok(match spec {
-        "auto" => Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
-        "off" => None,
-        "max" => Some(19),
-        n => match n.parse::<i32>() {
-            Ok(l) if (1..=22).contains(&l) => Some(l),
-            _ => bail!("--compression must be auto, off, max or 1-22, not {n:?}"),
-        },
-    })
-}
-
 /// Runs a backup; exit 0, or 3 when some files could not be read.
 pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let stdin_mode = args.stdin || args.stdin_from_command;
@@ -112,10 +87,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     }
     let repo = super::repo::open(global).await?;
     let host = args.host.clone().unwrap_or_else(default_host);
-    let mut excludes = args.excludes.clone();
-    for f in &args.exclude_files {
-        excludes.extend(read_exclude_file(f)?);
-    }
+    let excludes = args.exclude.patterns()?;
 
     let mode = match (args.stdin_tar, args.stdin_raw) {
         (true, _) => StreamMode::Tar,
@@ -179,13 +151,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
         (Some(p), _) => ParentChoice::Snapshot(p.clone()),
         (None, _) => ParentChoice::Latest,
     };
-    opts.sink = SinkOptions {
-        pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
-        max_uploads: args.uploads.max(1),
-        blob_bytes: args.blob_memory.saturating_mul(1024 * 1024),
-        zstd_level: zstd_level(&args.compression)?,
-        ..SinkOptions::default()
-    };
+    opts.sink = args.tuning.sink_options()?;
     let cancel = CancellationToken::new();
     opts.cancel = cancel.clone();
     let progress = opts.progress.clone();

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and the subcommands. Only this layer turns typed
 //! library errors into messages and exit codes.
 
+pub mod args;
 pub mod backup;
 pub mod check;
 pub mod dump;

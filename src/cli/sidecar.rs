@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use snapback_archive::backup::ParentChoice;
-use snapback_archive::sink::SinkOptions;
 use snapback_archive::BackupOptions;
 use snapback_maintenance::drill::ReadShare;
 use snapback_maintenance::ExpirePolicy;
@@ -24,10 +23,11 @@ use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
     ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, Metrics, Outcome, Schedule, Shared,
 };
-use snapback_stream::{read_exclude_file, StreamMode, WalkOptions};
+use snapback_stream::{StreamMode, WalkOptions};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use super::args::{ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
 
 /// Longest wait between two attempts to reach the repository at startup.
@@ -154,28 +154,15 @@ pub struct SidecarArgs {
     /// Tag the snapshots (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Exclude paths matching this glob (repeatable).
-    #[arg(short = 'e', long = "exclude")]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file (repeatable).
-    #[arg(long = "exclude-file")]
-    pub exclude_files: Vec<PathBuf>,
+    /// Paths to leave out.
+    #[command(flatten)]
+    pub exclude: ExcludeArgs,
     /// Stay on the filesystem of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Compression: auto, off, max, or a zstd level 1-22.
-    #[arg(long, default_value = "auto")]
-    pub compression: String,
-    /// Pack size in MiB.
-    #[arg(long, default_value_t = 8)]
-    pub pack_size: usize,
-    /// Packs uploading at once.
-    #[arg(long, default_value_t = 2)]
-    pub uploads: usize,
-    /// MiB of file data in memory at once, from being read to the end of its pack's upload
-    /// (raised to at least pack size + 8).
-    #[arg(long, default_value_t = 24)]
-    pub blob_memory: usize,
+    /// Compression, pack size and upload concurrency.
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// Sidecar defaults for the global options, applied before logging starts: JSON lines (for the
@@ -212,7 +199,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         Some(path) => Some(api_token(path)?),
         None => None,
     };
-    let zstd_level = zstd_level(&args.compression)?;
+    let sink = args.tuning.sink_options()?;
     let verify_schedule = match (&args.verify_schedule, args.verify_every) {
         (Some(expr), _) => Schedule::cron(expr)?,
         (None, Some(every)) => Schedule::every(every)?,
@@ -227,10 +214,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         );
     };
     super::repo::location(global)?;
-    let mut excludes = args.excludes.clone();
-    for f in &args.exclude_files {
-        excludes.extend(read_exclude_file(f)?);
-    }
+    let excludes = args.exclude.patterns()?;
 
     // Signals first: a SIGTERM while the repository is still being reached must stop us.
     let shutdown = CancellationToken::new();
@@ -319,13 +303,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     template.reuse_unchanged = is_path_backup;
     template.stat_implicit_dirs = is_path_backup;
     template.parent = ParentChoice::Latest;
-    template.sink = SinkOptions {
-        pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
-        max_uploads: args.uploads.max(1),
-        blob_bytes: args.blob_memory.saturating_mul(1024 * 1024),
-        zstd_level,
-        ..SinkOptions::default()
-    };
+    template.sink = sink;
     let policy = ExpirePolicy {
         last: args.keep_last,
         hourly: args.keep_hourly,
@@ -441,19 +419,6 @@ fn api_token(path: &std::path::Path) -> anyhow::Result<ApiToken> {
             .with_context(|| format!("cannot read the API token file {}", path.display()))?,
     );
     ApiToken::new(&contents).with_context(|| format!("API token file {}", path.display()))
-}
-
-/// `--compression` as `snapback backup` reads it.
-fn zstd_level(spec: &str) -> anyhow::Result<Option<i32>> {
-    Ok(match spec {
-        "auto" => Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
-        "off" => None,
-        "max" => Some(19),
-        n => match n.parse::<i32>() {
-            Ok(l) if (1..=22).contains(&l) => Some(l),
-            _ => bail!("--compression must be auto, off, max or 1-22, not {n:?}"),
-        },
-    })
 }
 
 /// Registered now, before anything slow, so that an early SIGTERM is not fatal.
