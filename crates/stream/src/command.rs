@@ -291,6 +291,25 @@ mod tests {
         assert_eq!(drain(&mut gate).unwrap()[0].1, b"unset");
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn widen_pipe_enlarges_a_pipe_and_leaves_a_file_alone() {
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        let before = rustix::pipe::fcntl_getpipe_size(&reader).unwrap();
+        widen_pipe(&reader);
+        let after = rustix::pipe::fcntl_getpipe_size(&reader).unwrap();
+        // An unprivileged process may ask for up to /proc/sys/fs/pipe-max-size (1 MiB unless
+        // lowered); the kernel's default is 64 KiB.
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(PIPE_BYTES);
+        assert_eq!(after, PIPE_BYTES.min(max).max(before), "was {before}");
+        // Not a pipe: nothing happens, nothing fails.
+        let file = tempfile::tempfile().unwrap();
+        widen_pipe(&file);
+    }
+
     #[test]
     fn missing_or_empty_command_is_a_typed_error() {
         let empty: [&str; 0] = [];
