@@ -10,8 +10,7 @@
 //! never from arguments, and never logged.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -104,60 +103,11 @@ fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>
     Ok(data)
 }
 
-/// Seals the open repository's master key to `secret` and writes it to `path` atomically, mode
-/// 0400 from creation.
+/// Seals the open repository's master key to `secret` and writes it to `path` (atomically,
+/// mode 0400 from creation).
 pub fn write(path: &Path, repo: &Repository, secret: &PodSecret) -> anyhow::Result<()> {
-    let sealed = warm_key::seal_with_location(
-        repo.key(),
-        repo.config().id,
-        &repo.backend().location().to_string(),
-        secret,
-    );
-    write_private(path, &sealed)
+    warm_key::write_file(path, repo, secret)
         .with_context(|| format!("cannot write the warm key file {}", path.display()))
-}
-
-/// Writes a temporary file beside `path` and renames it over `path`: readers see the old file
-/// or the whole new one, never a partial one. The file is created 0400 (`O_EXCL`, so an existing
-/// file or symlink at the temporary name is never written through) and is never chmod-ed later.
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Some(name) = path.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ));
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nanos:08x}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(&tmp)?;
-    let written = file
-        .write_all(data)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // Make the rename durable; a failure here leaves a complete file, so it is not an error.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Opens the repository with the warm key file, when one is configured and exists (`None`:
