@@ -18,10 +18,9 @@ use snapback_archive::BackupOptions;
 use snapback_maintenance::drill::ReadShare;
 use snapback_maintenance::ExpirePolicy;
 use snapback_podinit::jobs::{self, BackupJob, DrillJob, JobConfig, JobSource, ON_DEMAND_TAG};
-use snapback_repo::Repository;
 use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
-    ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, Metrics, Outcome, Schedule, Shared,
+    ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, Outcome, Schedule, Shared,
 };
 use snapback_stream::{StreamMode, WalkOptions};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -29,9 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::args::{ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
-
-/// Longest wait between two attempts to reach the repository at startup.
-const OPEN_RETRY_MAX: Duration = Duration::from_secs(60);
 
 fn duration(text: &str) -> Result<Duration, String> {
     snapback_sidecar::parse_duration(text).map_err(|e| e.to_string())
@@ -244,7 +240,26 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         "HTTP API listening"
     );
 
-    let Some(repo) = open_with_retry(global, &shutdown, &shared.metrics).await? else {
+    // Storage errors are retried (the object store may be unreachable while the Pod starts);
+    // others (wrong password, unusable key file, no repository) are final.
+    let transient = |err: &anyhow::Error| {
+        err.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<snapback_repo::Error>(),
+                Some(snapback_repo::Error::Backend(_))
+            )
+        })
+    };
+    let opened = jobs::open_with_retry(
+        || super::repo::open(global),
+        transient,
+        super::error_chain,
+        &shutdown,
+        &shared.metrics,
+    )
+    .await
+    .map_err(|e| e.context("cannot open the repository"))?;
+    let Some(repo) = opened else {
         tracing::info!("shutdown before the repository was opened");
         http_stop.cancel();
         let _ = http.await;
@@ -367,49 +382,6 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
             ExitCode::from(1)
         }
     })
-}
-
-/// Opens the repository, retrying storage errors (the object store may be unreachable while
-/// the Pod starts) with a growing pause; `None` when shut down meanwhile. Other errors (wrong
-/// password, unusable key file, no repository) are final.
-async fn open_with_retry(
-    global: &GlobalArgs,
-    shutdown: &CancellationToken,
-    metrics: &Metrics,
-) -> anyhow::Result<Option<Repository>> {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let err = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            r = super::repo::open(global) => match r {
-                Ok(repo) => {
-                    metrics.set_repository_up(true);
-                    return Ok(Some(repo));
-                }
-                Err(e) => e,
-            },
-        };
-        metrics.set_repository_up(false);
-        let transient = err.chain().any(|c| {
-            matches!(
-                c.downcast_ref::<snapback_repo::Error>(),
-                Some(snapback_repo::Error::Backend(_))
-            )
-        });
-        if !transient {
-            return Err(err.context("cannot open the repository"));
-        }
-        tracing::warn!(
-            error = %super::error_chain(&err),
-            retry_in_s = pause.as_secs(),
-            "cannot reach the repository, retrying"
-        );
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(OPEN_RETRY_MAX);
-    }
 }
 
 /// Reads the API token file.

@@ -12,8 +12,10 @@
 //! with the live volume (or, for a stream, every member is read back).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use snapback_archive::archiver::Progress;
 use snapback_archive::verify::{scan_snapshot, ScanMode};
@@ -176,6 +178,52 @@ impl Drill for DrillJob {
             release_memory();
             outcome
         })
+    }
+}
+
+/// Longest wait between two attempts to reach the repository at startup.
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Opens the repository with `open`, retrying the errors `transient` accepts (the object
+/// store may be unreachable while the Pod starts) with a pause that starts at 1 s and doubles
+/// up to a minute, each logged with `describe`; other errors are returned at once. `None` when
+/// `shutdown` fires meanwhile. Keeps the repository-up metric current.
+pub async fn open_with_retry<E, Fut>(
+    mut open: impl FnMut() -> Fut,
+    transient: impl Fn(&E) -> bool,
+    describe: impl Fn(&E) -> String,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+) -> Result<Option<Repository>, E>
+where
+    Fut: Future<Output = Result<Repository, E>>,
+{
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let err = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = open() => match r {
+                Ok(repo) => {
+                    metrics.set_repository_up(true);
+                    return Ok(Some(repo));
+                }
+                Err(e) => e,
+            },
+        };
+        metrics.set_repository_up(false);
+        if !transient(&err) {
+            return Err(err);
+        }
+        tracing::warn!(
+            error = %describe(&err),
+            retry_in_s = pause.as_secs(),
+            "cannot reach the repository, retrying"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(OPEN_RETRY_MAX);
     }
 }
 
