@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use snapback_archive::sink::SinkOptions;
-use snapback_stream::read_exclude_file;
+use snapback_stream::{read_exclude_file, StreamMode};
 
 /// How a backup packs and uploads: `backup` and `sidecar`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +49,16 @@ fn zstd_level(spec: &str) -> anyhow::Result<Option<i32>> {
             _ => bail!("--compression must be auto, off, max or 1-22, not {n:?}"),
         },
     })
+}
+
+/// How `--stdin-tar` and `--stdin-raw` (`backup`, `sidecar`) read a stream: tar wins, as the
+/// two conflict anyway; neither means detect.
+pub fn stream_mode(tar: bool, raw: bool) -> StreamMode {
+    match (tar, raw) {
+        (true, _) => StreamMode::Tar,
+        (_, true) => StreamMode::Raw,
+        _ => StreamMode::Auto,
+    }
 }
 
 /// Which paths a walk leaves out: `backup`, `sidecar` and `tar`.

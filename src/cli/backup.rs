@@ -12,12 +12,11 @@ use snapback_archive::archiver::Progress;
 use snapback_archive::backup::ParentChoice;
 use snapback_archive::{BackupOptions, BackupSummary};
 use snapback_stream::entry::EntrySource;
-use snapback_stream::{WalkOptions, Walker};
+use snapback_stream::{stream_source, widen_pipe, CommandGate, CommandPipe, WalkOptions, Walker};
 use tokio_util::sync::CancellationToken;
 
-use super::args::{ExcludeArgs, TuningArgs};
+use super::args::{stream_mode, ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
-use snapback_stream::{stream_source, widen_pipe, CommandGate, CommandPipe, StreamMode};
 
 /// Arguments of `snapback backup`.
 #[derive(Debug, clap::Args)]
@@ -89,11 +88,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     let host = args.host.clone().unwrap_or_else(default_host);
     let excludes = args.exclude.patterns()?;
 
-    let mode = match (args.stdin_tar, args.stdin_raw) {
-        (true, _) => StreamMode::Tar,
-        (_, true) => StreamMode::Raw,
-        _ => StreamMode::Auto,
-    };
+    let mode = stream_mode(args.stdin_tar, args.stdin_raw);
     let (source, snapshot_paths, scan): (Box<dyn EntrySource + Send>, Vec<String>, Option<Walker>) =
         if args.stdin_from_command {
             if args.paths.is_empty() {

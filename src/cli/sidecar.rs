@@ -22,11 +22,11 @@ use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
     ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, Outcome, Schedule, Shared,
 };
-use snapback_stream::{StreamMode, WalkOptions};
+use snapback_stream::WalkOptions;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::args::{ExcludeArgs, TuningArgs};
+use super::args::{stream_mode, ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -281,15 +281,10 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         .clone()
         .unwrap_or_else(super::backup::default_host);
     let (source, snapshot_paths, is_path_backup) = if args.stdin_from_command {
-        let mode = match (args.stdin_tar, args.stdin_raw) {
-            (true, _) => StreamMode::Tar,
-            (_, true) => StreamMode::Raw,
-            _ => StreamMode::Auto,
-        };
         (
             JobSource::Command {
                 argv: args.paths.clone(),
-                mode,
+                mode: stream_mode(args.stdin_tar, args.stdin_raw),
                 name: args.stdin_filename.clone(),
             },
             vec![format!("/{}", args.stdin_filename)],
