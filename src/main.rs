@@ -30,8 +30,8 @@ fn main() -> ExitCode {
 
 /// Serve every allocation of 256 KiB or more (chunks, sealed blobs, pack parts) with its own
 /// mapping, returned to the OS when freed. glibc's default raises this threshold as such
-/// buffers are freed and then keeps them in its arenas: a 1 GiB stream backup peaked at
-/// 98 MiB RSS with the default and at 42 MiB with this (see the pipeline's note).
+/// buffers are freed and then keeps them in its arenas, so the peak memory of a stream backup
+/// more than doubles without this (BENCHMARKS.md, "The allocator setting").
 #[cfg(target_env = "gnu")]
 fn tune_allocator() {
     // SAFETY: called first thing in main, before any other thread exists.

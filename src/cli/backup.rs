@@ -10,13 +10,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use snapback_archive::backup::ParentChoice;
 use snapback_archive::progress::Progress;
-use snapback_archive::sink::SinkOptions;
 use snapback_archive::{BackupOptions, BackupSummary};
 use snapback_stream::entry::EntrySource;
-use snapback_stream::{read_exclude_file, WalkOptions, Walker};
+use snapback_stream::{stream_source, widen_pipe, CommandGate, CommandPipe, WalkOptions, Walker};
 use tokio_util::sync::CancellationToken;
 
-use super::stdin::{CommandGate, CommandPipe, StdinMode};
+use super::args::{stream_mode, ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
 
 /// Arguments of `snapback backup`.
@@ -53,28 +52,15 @@ pub struct BackupArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Exclude paths matching this glob (repeatable).
-    #[arg(short = 'e', long = "exclude")]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file (repeatable).
-    #[arg(long = "exclude-file")]
-    pub exclude_files: Vec<PathBuf>,
+    /// Paths to leave out.
+    #[command(flatten)]
+    pub exclude: ExcludeArgs,
     /// Stay on the filesystem of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Compression: auto, off, max, or a zstd level 1-22.
-    #[arg(long, default_value = "auto")]
-    pub compression: String,
-    /// Pack size in MiB.
-    #[arg(long, default_value_t = 8)]
-    pub pack_size: usize,
-    /// Packs uploading at once.
-    #[arg(long, default_value_t = 2)]
-    pub uploads: usize,
-    /// MiB of file data in memory at once, from being read to the end of its pack's upload
-    /// (raised to at least pack size + 8).
-    #[arg(long, default_value_t = 24)]
-    pub blob_memory: usize,
+    /// Compression, pack size and upload concurrency.
+    #[command(flatten)]
+    pub tuning: TuningArgs,
     /// Mountinfo file to read instead of /proc/self/mountinfo (for tests).
     #[arg(long, hide = true)]
     pub mountinfo: Option<PathBuf>,
@@ -89,18 +75,6 @@ pub fn default_host() -> String {
     }
 }
 
-fn zstd_level(spec: &str) -> anyhow::Result<Option<i32>> {
-    Ok(match spec {
-        "auto" => Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
-        "off" => None,
-        "max" => Some(19),
-        n => match n.parse::<i32>() {
-            Ok(l) if (1..=22).contains(&l) => Some(l),
-            _ => bail!("--compression must be auto, off, max or 1-22, not {n:?}"),
-        },
-    })
-}
-
 /// Runs a backup; exit 0, or 3 when some files could not be read.
 pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let stdin_mode = args.stdin || args.stdin_from_command;
@@ -112,21 +86,17 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     }
     let repo = super::repo::open(global).await?;
     let host = args.host.clone().unwrap_or_else(default_host);
-    let mut excludes = args.excludes.clone();
-    for f in &args.exclude_files {
-        excludes.extend(read_exclude_file(f)?);
-    }
+    let excludes = args.exclude.patterns()?;
 
-    let mode = match (args.stdin_tar, args.stdin_raw) {
-        (true, _) => StdinMode::Tar,
-        (_, true) => StdinMode::Raw,
-        _ => StdinMode::Auto,
-    };
+    let mode = stream_mode(args.stdin_tar, args.stdin_raw);
     let (source, snapshot_paths, scan): (Box<dyn EntrySource + Send>, Vec<String>, Option<Walker>) =
         if args.stdin_from_command {
-            let pipe = CommandPipe::spawn(&args.paths)?;
+            if args.paths.is_empty() {
+                bail!("--stdin-from-command needs a command");
+            }
+            let pipe = CommandPipe::spawn(&args.paths, &snapback_sidecar::gate::SECRET_VARS)?;
             let (inner, _) = tokio::task::block_in_place(|| {
-                super::stdin::source(Box::new(pipe.clone()), mode, &args.stdin_filename)
+                stream_source(Box::new(pipe.clone()), mode, &args.stdin_filename)
             })?;
             (
                 Box::new(CommandGate::new(inner, pipe)),
@@ -135,11 +105,10 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
             )
         } else if args.stdin {
             let stdin = std::io::stdin();
-            super::stdin::widen_pipe(&stdin);
+            widen_pipe(&stdin);
             let input = Box::new(stdin);
-            let (src, _) = tokio::task::block_in_place(|| {
-                super::stdin::source(input, mode, &args.stdin_filename)
-            })?;
+            let (src, _) =
+                tokio::task::block_in_place(|| stream_source(input, mode, &args.stdin_filename))?;
             (src, vec![format!("/{}", args.stdin_filename)], None)
         } else {
             let mut roots = Vec::new();
@@ -177,13 +146,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
         (Some(p), _) => ParentChoice::Snapshot(p.clone()),
         (None, _) => ParentChoice::Latest,
     };
-    opts.sink = SinkOptions {
-        pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
-        max_uploads: args.uploads.max(1),
-        blob_bytes: args.blob_memory.saturating_mul(1024 * 1024),
-        zstd_level: zstd_level(&args.compression)?,
-        ..SinkOptions::default()
-    };
+    opts.sink = args.tuning.sink_options()?;
     let cancel = CancellationToken::new();
     opts.cancel = cancel.clone();
     let progress = opts.progress.clone();

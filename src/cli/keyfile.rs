@@ -1,5 +1,5 @@
 //! The warm key file: `snapback init --key-file F` writes the master key sealed to this Pod
-//! (see `snapback-warmkey`); every other command given `--key-file F` opens the repository with
+//! (see `snapback_podinit::warm_key`); every other command given `--key-file F` opens the repository with
 //! it, without the password and without the slow key derivation.
 //!
 //! The Pod secret is the Pod UID (`POD_UID`, from the downward API, or `--pod-uid-file`) plus a
@@ -10,13 +10,12 @@
 //! never from arguments, and never logged.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use snapback_podinit::warm_key::{self, PodSecret};
 use snapback_repo::{Backend, Repository};
-use snapback_warmkey::PodSecret;
 use zeroize::Zeroizing;
 
 /// Options of the warm key, shared by every subcommand.
@@ -104,60 +103,11 @@ fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>
     Ok(data)
 }
 
-/// Seals the open repository's master key to `secret` and writes it to `path` atomically, mode
-/// 0400 from creation.
+/// Seals the open repository's master key to `secret` and writes it to `path` (atomically,
+/// mode 0400 from creation).
 pub fn write(path: &Path, repo: &Repository, secret: &PodSecret) -> anyhow::Result<()> {
-    let sealed = snapback_warmkey::seal_with_location(
-        repo.key(),
-        repo.config().id,
-        &repo.backend().location().to_string(),
-        secret,
-    );
-    write_private(path, &sealed)
+    warm_key::write_file(path, repo, secret)
         .with_context(|| format!("cannot write the warm key file {}", path.display()))
-}
-
-/// Writes a temporary file beside `path` and renames it over `path`: readers see the old file
-/// or the whole new one, never a partial one. The file is created 0400 (`O_EXCL`, so an existing
-/// file or symlink at the temporary name is never written through) and is never chmod-ed later.
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Some(name) = path.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ));
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nanos:08x}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(&tmp)?;
-    let written = file
-        .write_all(data)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // Make the rename durable; a failure here leaves a complete file, so it is not an error.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Opens the repository with the warm key file, when one is configured and exists (`None`:
@@ -181,7 +131,7 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
         }
     };
     let in_file = || format!("warm key file {}", path.display());
-    let header = snapback_warmkey::header(&bytes).with_context(in_file)?;
+    let header = warm_key::header(&bytes).with_context(in_file)?;
     if !header.has_key_secret {
         bail!(
             "{}: it is sealed to the Pod UID alone, which is not secret; rerun `snapback init \
@@ -190,7 +140,7 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
         );
     }
     let secret = pod_secret(args)?;
-    let (key, _) = snapback_warmkey::unseal(&bytes, &secret).with_context(in_file)?;
+    let (key, _) = warm_key::unseal(&bytes, &secret).with_context(in_file)?;
     let repo = match Repository::open_with_key(backend.clone(), key).await {
         Ok(repo) => repo,
         // The key does not open this config: it belongs to another repository.
@@ -204,7 +154,7 @@ pub async fn open(args: &WarmKeyArgs, backend: &Backend) -> anyhow::Result<Optio
         ),
         Err(e) => return Err(e.into()),
     };
-    snapback_warmkey::check_repository(&header, &repo.config().id).with_context(in_file)?;
+    warm_key::check_repository(&header, &repo.config().id).with_context(in_file)?;
     tracing::debug!(path = %path.display(), "opened the repository with the warm key");
     Ok(Some(repo))
 }

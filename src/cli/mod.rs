@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and the subcommands. Only this layer turns typed
 //! library errors into messages and exit codes.
 
+pub mod args;
 pub mod backup;
 pub mod check;
 pub mod dump;
@@ -14,7 +15,6 @@ pub mod repo;
 pub mod restore;
 pub mod sidecar;
 pub mod snapshots;
-pub mod stdin;
 pub mod tar;
 pub mod unlock;
 

@@ -3,53 +3,31 @@
 //! schedule or on `POST /backup`, behind an optional consistency gate, applies the retention
 //! policy after each scheduled success, and shuts down within a grace period on SIGTERM.
 //!
-//! Retention rule: whoever can call `POST /backup` must not be able to rotate good snapshots
-//! out faster than the schedule would. So snapshots taken on request are tagged
-//! [`ON_DEMAND_TAG`], the policy runs only after scheduled (and shutdown) backups, and it
-//! neither counts nor removes on-demand snapshots.
-//!
-//! Verification drills (`--verify-schedule`, `--verify-every`, `--verify-after-backup`) check
-//! that the latest snapshot of this sidecar's host and paths can be restored: a rotating share
-//! of its packs is downloaded and verified, a sample of its files is compared with the live
-//! volume (or, for a stream, every member is read back). See [`one_drill`].
-//!
-//! The scheduling, gate, HTTP API and metrics live in `snapback-sidecar`; this module supplies
-//! the backup job and the drill and turns the command line into daemon options.
+//! The scheduling, gate, HTTP API and metrics live in `snapback-sidecar`; the backup job, the
+//! retention rule for on-demand snapshots and the verification drill in
+//! `snapback_podinit::jobs`. This module turns the command line into their options.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use snapback_archive::backup::ParentChoice;
-use snapback_archive::progress::Progress;
-use snapback_archive::sink::SinkOptions;
 use snapback_archive::BackupOptions;
-use snapback_maintenance::drill::{read_back, ReadShare};
-use snapback_maintenance::{ExpirePolicy, ForgetOptions, SnapshotFilter};
-use snapback_repo::{BlobIndex, FileType, Id, Repository};
-use snapback_restore::drill_scan::{scan_snapshot, ScanMode};
+use snapback_maintenance::drill::ReadShare;
+use snapback_maintenance::ExpirePolicy;
+use snapback_podinit::jobs::{self, BackupJob, DrillJob, JobConfig, JobSource, ON_DEMAND_TAG};
 use snapback_sidecar::gate::ReadyUrl;
 use snapback_sidecar::{
-    ApiToken, Daemon, DaemonOptions, DrillFuture, DrillOutcome, DrillReport, Gate, HttpOptions,
-    JobFuture, Metrics, Outcome, Report, RunKind, Schedule, Shared,
+    ApiToken, Daemon, DaemonOptions, Gate, HttpOptions, Outcome, Schedule, Shared,
 };
-use snapback_stream::entry::EntrySource;
-use snapback_stream::{read_exclude_file, WalkOptions, Walker};
+use snapback_stream::WalkOptions;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::stdin::{CommandGate, CommandPipe, StdinMode};
+use super::args::{stream_mode, ExcludeArgs, TuningArgs};
 use super::GlobalArgs;
-
-/// Longest wait between two attempts to reach the repository at startup.
-const OPEN_RETRY_MAX: Duration = Duration::from_secs(60);
-
-/// The tag of snapshots taken on request (`POST /backup`). The retention policy neither counts
-/// nor removes them, so requests cannot rotate scheduled snapshots out; remove them with
-/// `snapback forget --tag on-demand ...` when they are no longer wanted.
-pub const ON_DEMAND_TAG: &str = "on-demand";
 
 fn duration(text: &str) -> Result<Duration, String> {
     snapback_sidecar::parse_duration(text).map_err(|e| e.to_string())
@@ -172,28 +150,15 @@ pub struct SidecarArgs {
     /// Tag the snapshots (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Exclude paths matching this glob (repeatable).
-    #[arg(short = 'e', long = "exclude")]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file (repeatable).
-    #[arg(long = "exclude-file")]
-    pub exclude_files: Vec<PathBuf>,
+    /// Paths to leave out.
+    #[command(flatten)]
+    pub exclude: ExcludeArgs,
     /// Stay on the filesystem of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Compression: auto, off, max, or a zstd level 1-22.
-    #[arg(long, default_value = "auto")]
-    pub compression: String,
-    /// Pack size in MiB.
-    #[arg(long, default_value_t = 8)]
-    pub pack_size: usize,
-    /// Packs uploading at once.
-    #[arg(long, default_value_t = 2)]
-    pub uploads: usize,
-    /// MiB of file data in memory at once, from being read to the end of its pack's upload
-    /// (raised to at least pack size + 8).
-    #[arg(long, default_value_t = 24)]
-    pub blob_memory: usize,
+    /// Compression, pack size and upload concurrency.
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// Sidecar defaults for the global options, applied before logging starts: JSON lines (for the
@@ -205,28 +170,6 @@ pub fn adjust_global(cli: &mut super::Cli) {
             cli.global.verbose = cli.global.verbose.max(1);
         }
     }
-}
-
-/// What every backup run needs, prepared once.
-struct JobConfig {
-    repo: Repository,
-    /// Walk roots, exact (the snapshot's path list is JSON text, lossy where not UTF-8).
-    roots: Vec<PathBuf>,
-    command: Option<(Vec<String>, StdinMode, String)>,
-    walk: WalkOptions,
-    template: BackupOptions,
-    retention: Option<ForgetOptions>,
-}
-
-/// What every drill needs, and the rotation state between drills.
-struct DrillConfig {
-    job: Arc<JobConfig>,
-    share: ReadShare,
-    files: usize,
-    /// The last pack read. Kept in memory only: after a restart the first drill starts at a
-    /// random pack id (ids are SHA-256 hashes, so a random start is a uniform one), which keeps
-    /// a Pod that restarts often from reading the same first packs again and again.
-    cursor: Mutex<Id>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; exit 0, or 1 when the backup running at (or started
@@ -252,7 +195,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         Some(path) => Some(api_token(path)?),
         None => None,
     };
-    let zstd_level = zstd_level(&args.compression)?;
+    let sink = args.tuning.sink_options()?;
     let verify_schedule = match (&args.verify_schedule, args.verify_every) {
         (Some(expr), _) => Schedule::cron(expr)?,
         (None, Some(every)) => Schedule::every(every)?,
@@ -267,10 +210,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         );
     };
     super::repo::location(global)?;
-    let mut excludes = args.excludes.clone();
-    for f in &args.exclude_files {
-        excludes.extend(read_exclude_file(f)?);
-    }
+    let excludes = args.exclude.patterns()?;
 
     // Signals first: a SIGTERM while the repository is still being reached must stop us.
     let shutdown = CancellationToken::new();
@@ -300,7 +240,26 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         "HTTP API listening"
     );
 
-    let Some(repo) = open_with_retry(global, &shutdown, &shared.metrics).await? else {
+    // Storage errors are retried (the object store may be unreachable while the Pod starts);
+    // others (wrong password, unusable key file, no repository) are final.
+    let transient = |err: &anyhow::Error| {
+        err.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<snapback_repo::Error>(),
+                Some(snapback_repo::Error::Backend(_))
+            )
+        })
+    };
+    let opened = jobs::open_with_retry(
+        || super::repo::open(global),
+        transient,
+        super::error_chain,
+        &shutdown,
+        &shared.metrics,
+    )
+    .await
+    .map_err(|e| e.context("cannot open the repository"))?;
+    let Some(repo) = opened else {
         tracing::info!("shutdown before the repository was opened");
         http_stop.cancel();
         let _ = http.await;
@@ -321,16 +280,14 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         .host
         .clone()
         .unwrap_or_else(super::backup::default_host);
-    let (command, snapshot_paths, roots, is_path_backup) = if args.stdin_from_command {
-        let mode = match (args.stdin_tar, args.stdin_raw) {
-            (true, _) => StdinMode::Tar,
-            (_, true) => StdinMode::Raw,
-            _ => StdinMode::Auto,
-        };
+    let (source, snapshot_paths, is_path_backup) = if args.stdin_from_command {
         (
-            Some((args.paths.clone(), mode, args.stdin_filename.clone())),
+            JobSource::Command {
+                argv: args.paths.clone(),
+                mode: stream_mode(args.stdin_tar, args.stdin_raw),
+                name: args.stdin_filename.clone(),
+            },
             vec![format!("/{}", args.stdin_filename)],
-            Vec::new(),
             false,
         )
     } else {
@@ -343,21 +300,20 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
             .iter()
             .map(|r| r.to_string_lossy().into_owned())
             .collect();
-        (None, paths, roots, true)
+        let walk = WalkOptions {
+            one_file_system: args.one_file_system,
+            excludes: excludes.clone(),
+            ..WalkOptions::default()
+        };
+        (JobSource::Paths { roots, walk }, paths, true)
     };
     let mut template = BackupOptions::new(host.clone(), snapshot_paths.clone());
     template.tags = args.tags.clone();
-    template.excludes = excludes.clone();
+    template.excludes = excludes;
     template.reuse_unchanged = is_path_backup;
     template.stat_implicit_dirs = is_path_backup;
     template.parent = ParentChoice::Latest;
-    template.sink = SinkOptions {
-        pack_size: args.pack_size.clamp(1, 128) * 1024 * 1024,
-        max_uploads: args.uploads.max(1),
-        blob_bytes: args.blob_memory.saturating_mul(1024 * 1024),
-        zstd_level,
-        ..SinkOptions::default()
-    };
+    template.sink = sink;
     let policy = ExpirePolicy {
         last: args.keep_last,
         hourly: args.keep_hourly,
@@ -367,59 +323,16 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         ..ExpirePolicy::default()
     };
     // Only this sidecar's own snapshots (its host and paths) are subject to its policy.
-    let retention = (!policy.is_empty()).then(|| ForgetOptions {
-        policy,
-        filter: SnapshotFilter {
-            hosts: vec![host.clone()],
-            paths: snapshot_paths.clone(),
-            exclude_tags: vec![ON_DEMAND_TAG.to_string()],
-            ..SnapshotFilter::default()
-        },
-        ..ForgetOptions::default()
-    });
-    refresh_latest(&repo, &host, &snapshot_paths, &shared.metrics).await;
+    let retention = jobs::retention(policy, &host, &snapshot_paths);
+    jobs::refresh_latest(&repo, &host, &snapshot_paths, &shared.metrics).await;
     let config = Arc::new(JobConfig {
         repo,
-        roots,
-        command,
-        walk: WalkOptions {
-            one_file_system: args.one_file_system,
-            excludes,
-            ..WalkOptions::default()
-        },
+        source,
         template,
         retention,
     });
-    let drill_config = Arc::new(DrillConfig {
-        job: config.clone(),
-        share,
-        files: args.verify_files,
-        cursor: Mutex::new(Id::random()),
-    });
-    let job = {
-        let shared = shared.clone();
-        move |kind: RunKind, cancel: CancellationToken| -> JobFuture {
-            let config = config.clone();
-            let shared = shared.clone();
-            Box::pin(async move {
-                let outcome = one_backup(config.clone(), kind, cancel).await;
-                release_memory();
-                // After failures too: whether the repository answers is what tells a failing
-                // source from an unreachable store.
-                let t = &config.template;
-                refresh_latest(&config.repo, &t.host, &t.paths, &shared.metrics).await;
-                outcome
-            })
-        }
-    };
-    let drill = move |cancel: CancellationToken| -> DrillFuture {
-        let config = drill_config.clone();
-        Box::pin(async move {
-            let outcome = one_drill(&config, cancel).await;
-            release_memory();
-            outcome
-        })
-    };
+    let drill = DrillJob::new(config.clone(), share, args.verify_files);
+    let job = BackupJob::new(config, shared.clone());
 
     let gate = Gate {
         ready_url,
@@ -466,172 +379,6 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     })
 }
 
-/// Opens the repository, retrying storage errors (the object store may be unreachable while
-/// the Pod starts) with a growing pause; `None` when shut down meanwhile. Other errors (wrong
-/// password, unusable key file, no repository) are final.
-async fn open_with_retry(
-    global: &GlobalArgs,
-    shutdown: &CancellationToken,
-    metrics: &Metrics,
-) -> anyhow::Result<Option<Repository>> {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let err = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            r = super::repo::open(global) => match r {
-                Ok(repo) => {
-                    metrics.set_repository_up(true);
-                    return Ok(Some(repo));
-                }
-                Err(e) => e,
-            },
-        };
-        metrics.set_repository_up(false);
-        let transient = err.chain().any(|c| {
-            matches!(
-                c.downcast_ref::<snapback_repo::Error>(),
-                Some(snapback_repo::Error::Backend(_))
-            )
-        });
-        if !transient {
-            return Err(err.context("cannot open the repository"));
-        }
-        tracing::warn!(
-            error = %super::error_chain(&err),
-            retry_in_s = pause.as_secs(),
-            "cannot reach the repository, retrying"
-        );
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(OPEN_RETRY_MAX);
-    }
-}
-
-/// Reads the time of the newest snapshot of `host` and `paths` into the metrics, and whether
-/// the repository answered. Any snapshot counts, on-demand ones too: each is a restore point.
-async fn refresh_latest(repo: &Repository, host: &str, paths: &[String], metrics: &Metrics) {
-    match repo.latest_snapshot(Some(host), paths).await {
-        Ok(latest) => {
-            metrics.set_repository_up(true);
-            let ms = latest.map_or(0, |(_, s)| {
-                u64::try_from(s.time.timestamp_millis()).unwrap_or(0)
-            });
-            metrics.set_latest_snapshot(ms);
-        }
-        Err(e) => {
-            metrics.set_repository_up(false);
-            tracing::warn!(error = %e, "cannot read the latest snapshot from the repository");
-        }
-    }
-}
-
-/// One verification drill over the latest snapshot of this sidecar's host and paths, under a
-/// shared lock (so that a prune cannot delete packs under it):
-///
-/// 1. one walk over its trees collects the packs it uses and either reads every stream member
-///    back or compares a sample of files with the live volume (`snapback_restore::drill_scan`);
-/// 2. the next share of those packs, after the cursor, is downloaded and verified whole
-///    (`snapback_maintenance::drill`), one pack in memory at a time.
-async fn one_drill(config: &DrillConfig, cancel: CancellationToken) -> DrillOutcome {
-    let repo = &config.job.repo;
-    let lock = match repo.lock(false).await {
-        Ok(l) => l,
-        Err(e) => return DrillOutcome::Failed(format!("cannot lock the repository: {e}")),
-    };
-    let outcome = drill_locked(config, &cancel).await;
-    if let Err(e) = lock.release().await {
-        tracing::warn!(error = %e, "drill: cannot remove the repository lock");
-    }
-    match outcome {
-        Ok(report) => DrillOutcome::Done(report),
-        Err(_) if cancel.is_cancelled() => DrillOutcome::Cancelled,
-        Err(e) => DrillOutcome::Failed(super::error_chain(&e)),
-    }
-}
-
-async fn drill_locked(
-    config: &DrillConfig,
-    cancel: &CancellationToken,
-) -> anyhow::Result<DrillReport> {
-    let repo = &config.job.repo;
-    let t = &config.job.template;
-    let Some((snapshot_id, snapshot)) = repo.latest_snapshot(Some(&t.host), &t.paths).await? else {
-        tracing::info!("verification drill: no snapshot of this host and paths yet");
-        return Ok(DrillReport::default());
-    };
-    let index = Arc::new(BlobIndex::load(repo).await?);
-    let mode = if config.job.command.is_some() {
-        ScanMode::Stream
-    } else {
-        ScanMode::Live {
-            sample: config.files,
-            // A different sample each drill.
-            seed: Id::random()
-                .0
-                .iter()
-                .fold(0u64, |a, b| a << 8 | u64::from(*b)),
-        }
-    };
-    let scan = scan_snapshot(repo, index.clone(), snapshot.tree, mode, cancel).await?;
-    let mut report = DrillReport {
-        snapshot: Some(snapshot_id.to_string()),
-        files_verified: scan.files_verified,
-        bytes_verified: scan.bytes_verified,
-        ..DrillReport::default()
-    };
-    for p in scan.problems {
-        let message = if p.path.as_os_str().is_empty() {
-            p.message
-        } else {
-            format!("{}: {}", p.path.display(), p.message)
-        };
-        report.problems.push((p.kind.as_str(), message));
-    }
-    if scan.files_changed > 0 {
-        tracing::info!(
-            files = scan.files_changed,
-            "drill: sampled files changed since the backup were not compared"
-        );
-    }
-    if cancel.is_cancelled() {
-        anyhow::bail!("cancelled");
-    }
-    let stored: std::collections::HashMap<Id, u64> = repo
-        .backend()
-        .list(FileType::Pack)
-        .await?
-        .into_iter()
-        .map(|l| (l.id, l.size))
-        .collect();
-    let mut packs = Vec::with_capacity(scan.packs.len());
-    for id in &scan.packs {
-        match stored.get(id) {
-            Some(&size) => packs.push((*id, size)),
-            None => report.problems.push((
-                "pack",
-                format!("{}: missing from storage", FileType::Pack.path(id)),
-            )),
-        }
-    }
-    let cursor = config.cursor.lock().map(|c| *c).unwrap_or_default();
-    let stop = || cancel.is_cancelled();
-    let read = read_back(repo, &index, &packs, config.share, Some(cursor), &stop).await;
-    if cancel.is_cancelled() {
-        anyhow::bail!("cancelled");
-    }
-    if let (Some(c), Ok(mut slot)) = (read.cursor, config.cursor.lock()) {
-        *slot = c;
-    }
-    report.packs_read = read.packs_read as u64;
-    report.bytes_verified += read.bytes_read;
-    for e in read.errors {
-        report.problems.push(("pack", e.to_string()));
-    }
-    Ok(report)
-}
-
 /// Reads the API token file.
 fn api_token(path: &std::path::Path) -> anyhow::Result<ApiToken> {
     let contents = zeroize::Zeroizing::new(
@@ -639,115 +386,6 @@ fn api_token(path: &std::path::Path) -> anyhow::Result<ApiToken> {
             .with_context(|| format!("cannot read the API token file {}", path.display()))?,
     );
     ApiToken::new(&contents).with_context(|| format!("API token file {}", path.display()))
-}
-
-/// One backup and, after a scheduled or shutdown success, the retention policy.
-async fn one_backup(config: Arc<JobConfig>, kind: RunKind, cancel: CancellationToken) -> Outcome {
-    let source = {
-        let config = config.clone();
-        // Walker setup stats the roots and a producer's output is sniffed: blocking work.
-        tokio::task::spawn_blocking(move || build_source(&config)).await
-    };
-    let source = match source {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Outcome::Failure(super::error_chain(&e)),
-        Err(e) => return Outcome::Failure(format!("preparing the source: {e}")),
-    };
-    let mut opts = config.template.clone();
-    if kind == RunKind::Requested {
-        opts.tags.push(ON_DEMAND_TAG.to_string());
-    }
-    opts.cancel = cancel.clone();
-    opts.progress = Arc::new(Progress::default());
-    let result = snapback_archive::backup(&config.repo, source, opts).await;
-    if cancel.is_cancelled() {
-        return Outcome::Cancelled;
-    }
-    let summary = match result {
-        Ok(s) => s,
-        Err(snapback_archive::Error::Cancelled) => return Outcome::Cancelled,
-        Err(e) => return Outcome::Failure(super::error_chain(&anyhow::Error::new(e))),
-    };
-    for w in &summary.archive.warnings {
-        tracing::warn!(warning = %w, "entry not read completely");
-    }
-    match (&config.retention, kind) {
-        (Some(forget), RunKind::Scheduled | RunKind::Shutdown) => {
-            apply_retention(&config.repo, forget).await;
-        }
-        (Some(_), RunKind::Requested) => {
-            tracing::info!("requested backup: retention runs after scheduled backups only");
-        }
-        (None, _) => {}
-    }
-    let a = &summary.archive;
-    Outcome::Success(Report {
-        snapshot: summary.snapshot_id.to_string(),
-        files_new: a.files_new,
-        files_changed: a.files_changed,
-        files_unchanged: a.files_unchanged,
-        bytes_read: a.bytes_read,
-        bytes_added: a.bytes_new,
-        warnings: a.warnings.len() as u64,
-    })
-}
-
-/// After a run: the index, buffers and pools of the backup are dropped by now; free the
-/// process-wide caches too and hand the allocator's free memory back to the OS, so that the
-/// sidecar waits for its next backup at its start-up size.
-fn release_memory() {
-    snapback_archive::sink::release_idle_contexts();
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: malloc_trim only returns free pages of glibc's arenas; safe from any thread.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(released = released != 0, "returned free memory to the OS");
-    }
-}
-
-/// Forgets this sidecar's snapshots outside the policy; the policy's filter leaves on-demand
-/// snapshots alone. A failure is logged, not fatal: the new snapshot is saved, and the next
-/// success tries again. Data is freed by `prune`, run elsewhere (it needs an exclusive lock for
-/// longer than a sidecar should hold one).
-async fn apply_retention(repo: &Repository, forget: &ForgetOptions) {
-    match snapback_maintenance::forget(repo, forget).await {
-        Ok(report) => tracing::info!(
-            removed = report.removed.len(),
-            snapshots = ?report.removed.iter().map(|id| id.short()).collect::<Vec<_>>(),
-            "retention policy applied"
-        ),
-        Err(e) => tracing::error!(error = %e, "retention policy not applied"),
-    }
-}
-
-fn build_source(config: &JobConfig) -> anyhow::Result<Box<dyn EntrySource + Send>> {
-    match &config.command {
-        Some((argv, mode, name)) => {
-            let pipe = CommandPipe::spawn(argv)?;
-            let (inner, _) = super::stdin::source(Box::new(pipe.clone()), *mode, name)?;
-            Ok(Box::new(CommandGate::new(inner, pipe)))
-        }
-        None => {
-            for p in &config.roots {
-                std::fs::symlink_metadata(p)
-                    .with_context(|| format!("cannot back up {}", p.display()))?;
-            }
-            Ok(Box::new(Walker::new(&config.roots, config.walk.clone())?))
-        }
-    }
-}
-
-/// `--compression` as `snapback backup` reads it.
-fn zstd_level(spec: &str) -> anyhow::Result<Option<i32>> {
-    Ok(match spec {
-        "auto" => Some(snapback_repo::repository::DEFAULT_ZSTD_LEVEL),
-        "off" => None,
-        "max" => Some(19),
-        n => match n.parse::<i32>() {
-            Ok(l) if (1..=22).contains(&l) => Some(l),
-            _ => bail!("--compression must be auto, off, max or 1-22, not {n:?}"),
-        },
-    })
 }
 
 /// Registered now, before anything slow, so that an early SIGTERM is not fatal.

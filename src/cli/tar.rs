@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use snapback_stream::{read_exclude_file, write_tar, WalkOptions, Walker};
+use snapback_stream::{write_tar, WalkOptions, Walker};
+
+use super::args::ExcludeArgs;
 
 /// Output buffer in front of stdout.
 const STDOUT_BUF: usize = 1 << 20;
@@ -21,12 +23,9 @@ pub struct TarArgs {
     /// Do not descend into directories on other filesystems.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Exclude paths matching this glob (repeatable; restic's `--exclude` semantics).
-    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from this file (one per line, `#` comments; repeatable).
-    #[arg(long = "exclude-file", value_name = "FILE")]
-    pub exclude_files: Vec<PathBuf>,
+    /// Paths to leave out.
+    #[command(flatten)]
+    pub exclude: ExcludeArgs,
     /// Mountinfo file to read instead of /proc/self/mountinfo (for tests).
     #[arg(long, hide = true)]
     pub mountinfo: Option<PathBuf>,
@@ -36,10 +35,7 @@ pub struct TarArgs {
 /// ([`super::EXIT_PARTIAL`]) when some entries were skipped or altered (each warning is logged
 /// on stderr), and `Err` (exit 1 in `main`) when the stream could not be produced.
 pub fn run(args: &TarArgs) -> anyhow::Result<ExitCode> {
-    let mut excludes = args.excludes.clone();
-    for file in &args.exclude_files {
-        excludes.extend(read_exclude_file(file)?);
-    }
+    let excludes = args.exclude.patterns()?;
     let options = WalkOptions {
         one_file_system: args.one_file_system,
         excludes,

@@ -19,6 +19,38 @@ pub enum Error {
     /// Reading the tar input stream failed.
     #[error("reading tar stream: {0}")]
     ReadTar(#[source] io::Error),
+    /// Reading the start of an input stream (standard input or a producer's output) failed.
+    #[error("reading the stream: {0}")]
+    ReadStream(#[source] io::Error),
+    /// A producer command was asked for but none was given.
+    #[error("no command given")]
+    NoCommand,
+    /// A producer command could not be started.
+    #[error("cannot start {program}: {source}")]
+    StartCommand {
+        /// The program as given.
+        program: String,
+        /// Why it did not start.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the rest of a producer command's output or waiting for it failed.
+    #[error("command {program}: {source}")]
+    CommandOutput {
+        /// The program as given.
+        program: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A producer command exited unsuccessfully, so its output is not a complete backup.
+    #[error("command {program} failed ({status})")]
+    CommandFailed {
+        /// The program as given.
+        program: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
     /// Writing the tar output stream failed.
     #[error("writing tar stream: {0}")]
     WriteTar(#[source] io::Error),

@@ -3,6 +3,9 @@
 //! * [`walk::Walker`] walks one or more filesystem roots (skipping the pseudo filesystems and
 //!   Kubernetes-managed files of a Pod) and yields [`Entry`]s lazily.
 //! * [`tar_read::TarSource`] yields the entries of any GNU / PAX / ustar tar stream.
+//! * [`command::stream_source`] turns standard input or a producer command's output
+//!   ([`command::CommandPipe`], gated on its exit status by [`command::CommandGate`]) into a
+//!   tar source or a [`command::SingleFile`].
 //! * [`tar_write::write_tar`] turns any [`EntrySource`] into a deterministic PAX tar stream.
 //!
 //! Every source implements [`EntrySource`], a lending iterator: a regular file's content is a
@@ -11,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod entry;
 mod error;
 mod names;
@@ -20,6 +24,7 @@ pub mod tar_read;
 pub mod tar_write;
 pub mod walk;
 
+pub use command::{stream_source, widen_pipe, CommandGate, CommandPipe, SingleFile, StreamMode};
 pub use entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning, Xattr};
 pub use error::Error;
 pub use tar_read::{looks_like_tar, TarSource};

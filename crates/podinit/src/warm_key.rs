@@ -26,10 +26,15 @@
 //! 56+L     80    ChaCha20-Poly1305 ciphertext of the 64-byte master key, then its 16-byte tag
 //! ```
 
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use rand::RngCore;
-use snapback_repo::{Id, Key};
+use snapback_repo::{Id, Key, Repository};
 use zeroize::Zeroizing;
 
 /// First bytes of every warm key file.
@@ -323,6 +328,62 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Seals the open repository's master key to `secret` and writes it to `path` atomically:
+/// readers see the old file or the whole new one, never a partial one, and the file is mode
+/// 0400 from its creation.
+pub fn write_file(path: &Path, repo: &Repository, secret: &PodSecret) -> io::Result<()> {
+    let sealed = seal_with_location(
+        repo.key(),
+        repo.config().id,
+        &repo.backend().location().to_string(),
+        secret,
+    );
+    write_private(path, &sealed)
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`. The file is created 0400
+/// (`O_EXCL`, so an existing file or symlink at the temporary name is never written through)
+/// and is never chmod-ed later.
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ));
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{nanos:08x}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&tmp)?;
+    let written = file
+        .write_all(data)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename durable; a failure here leaves a complete file, so it is not an error.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +392,23 @@ mod tests {
 
     fn secret() -> PodSecret {
         PodSecret::new(UID, None).unwrap()
+    }
+
+    #[test]
+    fn key_file_is_written_whole_and_private_and_replaced_atomically() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("warm.key");
+        write_private(&path, b"first").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400);
+        // A read-only file is replaced by a rename, not written through.
+        write_private(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+        assert!(write_private(Path::new("/"), b"x").is_err());
     }
 
     #[test]
