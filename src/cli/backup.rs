@@ -53,12 +53,18 @@ pub struct BackupArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Exclude paths matching this glob (repeatable).
+    /// Exclude paths matching this pattern (repeatable; restic's rules).
     #[arg(short = 'e', long = "exclude")]
     pub excludes: Vec<String>,
-    /// Read exclude patterns from a file (repeatable).
+    /// Read exclude patterns from a file (repeatable; `#` comments, `$VAR` expanded).
     #[arg(long = "exclude-file")]
     pub exclude_files: Vec<PathBuf>,
+    /// Like `--exclude`, ignoring case (repeatable).
+    #[arg(long = "iexclude")]
+    pub iexcludes: Vec<String>,
+    /// Like `--exclude-file`, ignoring case (repeatable).
+    #[arg(long = "iexclude-file")]
+    pub iexclude_files: Vec<PathBuf>,
     /// Stay on the filesystem of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
@@ -116,6 +122,10 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     for f in &args.exclude_files {
         excludes.extend(read_exclude_file(f)?);
     }
+    let mut iexcludes = args.iexcludes.clone();
+    for f in &args.iexclude_files {
+        iexcludes.extend(read_exclude_file(f)?);
+    }
 
     let mode = match (args.stdin_tar, args.stdin_raw) {
         (true, _) => StdinMode::Tar,
@@ -159,6 +169,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
             let walk = WalkOptions {
                 one_file_system: args.one_file_system,
                 excludes: excludes.clone(),
+                iexcludes: iexcludes.clone(),
                 mountinfo: args.mountinfo.clone(),
                 ..WalkOptions::default()
             };

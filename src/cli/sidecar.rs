@@ -172,12 +172,18 @@ pub struct SidecarArgs {
     /// Tag the snapshots (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Exclude paths matching this glob (repeatable).
+    /// Exclude paths matching this pattern (repeatable; restic's rules).
     #[arg(short = 'e', long = "exclude")]
     pub excludes: Vec<String>,
-    /// Read exclude patterns from a file (repeatable).
+    /// Read exclude patterns from a file (repeatable; `#` comments, `$VAR` expanded).
     #[arg(long = "exclude-file")]
     pub exclude_files: Vec<PathBuf>,
+    /// Like `--exclude`, ignoring case (repeatable).
+    #[arg(long = "iexclude")]
+    pub iexcludes: Vec<String>,
+    /// Like `--exclude-file`, ignoring case (repeatable).
+    #[arg(long = "iexclude-file")]
+    pub iexclude_files: Vec<PathBuf>,
     /// Stay on the filesystem of each path.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
@@ -270,6 +276,10 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     let mut excludes = args.excludes.clone();
     for f in &args.exclude_files {
         excludes.extend(read_exclude_file(f)?);
+    }
+    let mut iexcludes = args.iexcludes.clone();
+    for f in &args.iexclude_files {
+        iexcludes.extend(read_exclude_file(f)?);
     }
 
     // Signals first: a SIGTERM while the repository is still being reached must stop us.
@@ -385,6 +395,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         walk: WalkOptions {
             one_file_system: args.one_file_system,
             excludes,
+            iexcludes,
             ..WalkOptions::default()
         },
         template,

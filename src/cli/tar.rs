@@ -27,6 +27,12 @@ pub struct TarArgs {
     /// Read exclude patterns from this file (one per line, `#` comments; repeatable).
     #[arg(long = "exclude-file", value_name = "FILE")]
     pub exclude_files: Vec<PathBuf>,
+    /// Like `--exclude`, ignoring case (repeatable).
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexcludes: Vec<String>,
+    /// Like `--exclude-file`, ignoring case (repeatable).
+    #[arg(long = "iexclude-file", value_name = "FILE")]
+    pub iexclude_files: Vec<PathBuf>,
     /// Mountinfo file to read instead of /proc/self/mountinfo (for tests).
     #[arg(long, hide = true)]
     pub mountinfo: Option<PathBuf>,
@@ -40,9 +46,14 @@ pub fn run(args: &TarArgs) -> anyhow::Result<ExitCode> {
     for file in &args.exclude_files {
         excludes.extend(read_exclude_file(file)?);
     }
+    let mut iexcludes = args.iexcludes.clone();
+    for file in &args.iexclude_files {
+        iexcludes.extend(read_exclude_file(file)?);
+    }
     let options = WalkOptions {
         one_file_system: args.one_file_system,
         excludes,
+        iexcludes,
         mountinfo: args.mountinfo.clone(),
         ..WalkOptions::default()
     };

@@ -16,7 +16,6 @@
 
 mod content;
 mod fsops;
-mod patterns;
 mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -37,7 +36,7 @@ use crate::{Error, Result};
 use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
 use fsops::LinkSource;
-pub use patterns::PatternList;
+pub use snapback_pattern::Filter as PatternList;
 pub use verify::{verify, VerifySummary};
 
 /// Directories whose metadata waits for a batch.
@@ -55,6 +54,10 @@ pub struct RestoreOptions {
     pub include: Vec<OsString>,
     /// Nodes matching one of these patterns (and everything below them) are skipped.
     pub exclude: Vec<OsString>,
+    /// Like `include`, ignoring case (restic's `--iinclude`).
+    pub iinclude: Vec<OsString>,
+    /// Like `exclude`, ignoring case (restic's `--iexclude`).
+    pub iexclude: Vec<OsString>,
     /// Pack ranges read concurrently (each one request on S3).
     pub pack_reads: usize,
     /// Bytes of blobs in memory at once, over all files (a blob counts its encrypted and its
@@ -75,6 +78,8 @@ impl RestoreOptions {
             target: target.into(),
             include: Vec::new(),
             exclude: Vec::new(),
+            iinclude: Vec::new(),
+            iexclude: Vec::new(),
             pack_reads: 8,
             blob_bytes: 24 << 20,
             batch_files: 2048,
@@ -131,8 +136,8 @@ pub async fn restore(
     start: &Node,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    let include = PatternList::parse(&opts.include)?;
-    let exclude = PatternList::parse(&opts.exclude)?;
+    let include = PatternList::new(&opts.include, &opts.iinclude)?;
+    let exclude = PatternList::new(&opts.exclude, &opts.iexclude)?;
     // The target itself is the caller's choice: created and opened as named, links and all.
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root = rustix::fs::open(
@@ -289,7 +294,7 @@ fn select(include: &PatternList, exclude: &PatternList, path: &Path, node: &Node
     let (mut selected, mut descend) = if include.is_empty() {
         (true, is_dir)
     } else {
-        let (m, child) = include.select(path);
+        let (m, child) = include.matches_with_child(path);
         (m, child && is_dir)
     };
     if !exclude.is_empty() && exclude.matches(path) {

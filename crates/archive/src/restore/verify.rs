@@ -56,8 +56,8 @@ pub async fn verify(
     opts: &RestoreOptions,
     skip: &HashSet<PathBuf>,
 ) -> Result<VerifySummary> {
-    let include = PatternList::parse(&opts.include)?;
-    let exclude = PatternList::parse(&opts.exclude)?;
+    let include = PatternList::new(&opts.include, &opts.iinclude)?;
+    let exclude = PatternList::new(&opts.exclude, &opts.iexclude)?;
     let mut summary = VerifySummary::default();
     let subtree = match start_subtree(start)? {
         Some(id) => id,
