@@ -142,7 +142,12 @@ fn on_disk(dir: &Path) -> BTreeSet<Vec<u8>> {
         for e in entries {
             let e = e.unwrap();
             let path = e.path();
-            let mut rel = path.strip_prefix(base).unwrap().as_os_str().as_bytes().to_vec();
+            let mut rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             if e.file_type().unwrap().is_dir() {
                 rel.push(b'/');
                 out.insert(rel);
@@ -191,6 +196,7 @@ fn backup_excludes_store_what_restic_stores() {
         ("? on a byte that is not UTF-8", e(os("raw?.bin"))),
         ("* on names that are not UTF-8", e(os("raw*"))),
         ("path cleaned", e(os("x/../node_modules"))),
+        ("pattern matching the backup root", e(os("tree"))),
         (
             "negation inside an excluded pattern",
             [e(os("keep/*")), e(os("!keep/k1"))].concat(),
@@ -207,7 +213,10 @@ fn backup_excludes_store_what_restic_stores() {
         ("case-insensitive", vec![os("--iexclude"), os("upper.txt")]),
         (
             "case-insensitive file",
-            vec![os("--iexclude-file"), iexclude_file.clone().into_os_string()],
+            vec![
+                os("--iexclude-file"),
+                iexclude_file.clone().into_os_string(),
+            ],
         ),
         (
             "exact and case-insensitive together",
@@ -240,7 +249,8 @@ fn backup_excludes_store_what_restic_stores() {
 fn restore_includes_and_excludes_write_what_restic_writes() {
     require_restic!();
     let f = Fixture::new();
-    f.restic.run_ok(&[os("backup"), f.tree.clone().into_os_string()]);
+    f.restic
+        .run_ok(&[os("backup"), f.tree.clone().into_os_string()]);
     let i = |p: OsString| vec![os("--include"), p];
     let x = |p: OsString| vec![os("--exclude"), p];
     let cases: Vec<(&str, Vec<OsString>)> = vec![
@@ -263,7 +273,10 @@ fn restore_includes_and_excludes_write_what_restic_writes() {
         ("exclude unanchored dir", x(os("build"))),
         ("exclude anchored dir", x(f.abs("/data"))),
         ("exclude double star", x(os("**/*.o"))),
-        ("exclude with negation", [x(os("*.txt")), x(os("!b.txt"))].concat()),
+        (
+            "exclude with negation",
+            [x(os("*.txt")), x(os("!b.txt"))].concat(),
+        ),
         ("iinclude", vec![os("--iinclude"), os("*.md")]),
         ("iexclude", vec![os("--iexclude"), os("*.txt")]),
     ];
@@ -304,7 +317,12 @@ fn a_malformed_pattern_is_refused_by_both_tools_before_any_snapshot() {
     require_restic!();
     let f = Fixture::new();
     for bad in ["a[", "[]a]", "x\\", "/tree/[^"] {
-        let args = [os("backup"), os("--exclude"), os(bad), f.tree.clone().into_os_string()];
+        let args = [
+            os("backup"),
+            os("--exclude"),
+            os(bad),
+            f.tree.clone().into_os_string(),
+        ];
         let theirs = f.restic.run(&args);
         let ours = f.snapback.run(&args);
         assert!(!theirs.status.success(), "restic accepted {bad}");

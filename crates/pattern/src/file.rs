@@ -164,7 +164,8 @@ mod tests {
 
     #[test]
     fn lines_comments_blanks_and_crlf() {
-        let text = b"# comment\n\n  *.log  \r\n\t/abs/dir/\n  # indented comment\n$HOME/c\nname\xff\n";
+        let text =
+            b"# comment\n\n  *.log  \r\n\t/abs/dir/\n  # indented comment\n$HOME/c\nname\xff\n";
         let got = parse_pattern_lines(text, env);
         let want: Vec<OsString> = vec![
             "*.log".into(),

@@ -229,7 +229,9 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_reported_even_without_a_match() {
-        for bad in ["[", "a[", "[]a]", "[a-]", "[-a]", "a\\", "[a", "[^]", "x*[", "[\\"] {
+        for bad in [
+            "[", "a[", "[]a]", "[a-]", "[-a]", "a\\", "[a", "[^]", "x*[", "[\\",
+        ] {
             assert_eq!(validate(bad.as_bytes()), Err(BadPattern), "{bad}");
         }
         assert_eq!(glob_match(b"*x[", b"ab"), Err(BadPattern));
@@ -251,9 +253,15 @@ mod tests {
     fn bytes_that_are_not_utf8() {
         assert!(glob_match(b"a\xff", b"a\xff").unwrap());
         assert!(!glob_match(b"a\xff", b"a\xfe").unwrap());
-        assert!(glob_match(b"a?", b"a\xfe").unwrap(), "an invalid byte is one character");
+        assert!(
+            glob_match(b"a?", b"a\xfe").unwrap(),
+            "an invalid byte is one character"
+        );
         assert!(!glob_match(b"a?", b"a\xfe\xfe").unwrap());
         assert!(glob_match("[\u{fffd}]".as_bytes(), b"\xff").unwrap());
-        assert!(glob_match(b"*\xbc", "ü".as_bytes()).unwrap(), "a star skips bytes");
+        assert!(
+            glob_match(b"*\xbc", "ü".as_bytes()).unwrap(),
+            "a star skips bytes"
+        );
     }
 }

@@ -47,7 +47,10 @@ fn relative_patterns_match_a_run_of_components_at_any_depth() {
     assert!(!m(&["*.log"], "/var/app.txt"));
     assert!(m(&["b/c"], "/a/b/c/d"));
     assert!(!m(&["b/d"], "/a/b/c/d"));
-    assert_eq!(list(&["*.log"]).matches_with_child(Path::new("/var")), (false, true));
+    assert_eq!(
+        list(&["*.log"]).matches_with_child(Path::new("/var")),
+        (false, true)
+    );
     // The root marker is not a component a relative pattern can match.
     assert!(!m(&["*/tmp"], "/tmp/x"));
     assert!(m(&["*/tmp"], "/a/tmp/x"));

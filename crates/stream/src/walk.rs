@@ -182,11 +182,12 @@ impl Walker {
         listed_file: bool,
     ) -> Result<Option<Prepared>, Error> {
         let rel = abs.strip_prefix("/").unwrap_or(abs).to_path_buf();
+        // Like restic, a root the patterns exclude is left out too.
+        if self.rules.is_excluded(abs) {
+            tracing::debug!(path = %abs.display(), "excluded");
+            return Ok(None);
+        }
         if !is_root {
-            if self.rules.is_excluded(abs) {
-                tracing::debug!(path = %abs.display(), "excluded");
-                return Ok(None);
-            }
             match self.rules.skip_reason(abs) {
                 Some(SkipReason::PseudoMount(fstype)) => {
                     tracing::info!(path = %abs.display(), fstype, "skipping pseudo filesystem mount");
