@@ -37,7 +37,7 @@ pub(crate) fn glob_match(mut pattern: &[u8], mut name: &[u8]) -> Result<bool, Ba
             let mut i = 0;
             while i < name.len() && name[i] != SEP {
                 if let Some(t) = match_chunk(chunk, &name[i + 1..])? {
-                    if !(pattern.is_empty() && !t.is_empty()) {
+                    if t.is_empty() || !pattern.is_empty() {
                         name = t;
                         continue 'chunks;
                     }
