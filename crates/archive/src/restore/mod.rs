@@ -36,7 +36,7 @@ use crate::{Error, Result};
 use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
 use fsops::LinkSource;
-pub use snapback_pattern::Filter as PatternList;
+use snapback_pattern::Filter;
 pub use verify::{verify, VerifySummary};
 
 /// Directories whose metadata waits for a batch.
@@ -136,8 +136,8 @@ pub async fn restore(
     start: &Node,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    let include = PatternList::new(&opts.include, &opts.iinclude)?;
-    let exclude = PatternList::new(&opts.exclude, &opts.iexclude)?;
+    let include = Filter::new(&opts.include, &opts.iinclude)?;
+    let exclude = Filter::new(&opts.exclude, &opts.iexclude)?;
     // The target itself is the caller's choice: created and opened as named, links and all.
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root = rustix::fs::open(
@@ -289,7 +289,7 @@ fn node_name(node: &Node) -> Result<&OsStr, String> {
 }
 
 /// restic's selection: (restore this node, descend into it).
-fn select(include: &PatternList, exclude: &PatternList, path: &Path, node: &Node) -> (bool, bool) {
+fn select(include: &Filter, exclude: &Filter, path: &Path, node: &Node) -> (bool, bool) {
     let is_dir = node.node_type == NodeType::Dir;
     let (mut selected, mut descend) = if include.is_empty() {
         (true, is_dir)

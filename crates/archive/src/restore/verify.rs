@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use super::{node_name, select, start_subtree, PatternList, RestoreOptions, RestoreProblem};
+use super::{node_name, select, start_subtree, Filter, RestoreOptions, RestoreProblem};
 use crate::tree_walk::{join_path, TreeWalker, WalkItem};
 use crate::Result;
 
@@ -56,8 +56,8 @@ pub async fn verify(
     opts: &RestoreOptions,
     skip: &HashSet<PathBuf>,
 ) -> Result<VerifySummary> {
-    let include = PatternList::new(&opts.include, &opts.iinclude)?;
-    let exclude = PatternList::new(&opts.exclude, &opts.iexclude)?;
+    let include = Filter::new(&opts.include, &opts.iinclude)?;
+    let exclude = Filter::new(&opts.exclude, &opts.iexclude)?;
     let mut summary = VerifySummary::default();
     let subtree = match start_subtree(start)? {
         Some(id) => id,
