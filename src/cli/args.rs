@@ -64,21 +64,32 @@ pub fn stream_mode(tar: bool, raw: bool) -> StreamMode {
 /// Which paths a walk leaves out: `backup`, `sidecar` and `tar`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExcludeArgs {
-    /// Exclude paths matching this glob (repeatable; restic's `--exclude` semantics).
+    /// Exclude paths matching this pattern (repeatable; restic's rules).
     #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
     pub excludes: Vec<String>,
-    /// Read exclude patterns from this file (one per line, `#` comments; repeatable).
+    /// Read exclude patterns from this file (repeatable; `#` comments, `$VAR` expanded).
     #[arg(long = "exclude-file", value_name = "FILE")]
     pub exclude_files: Vec<PathBuf>,
+    /// Like `--exclude`, ignoring case (repeatable).
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexcludes: Vec<String>,
+    /// Like `--exclude-file`, ignoring case (repeatable).
+    #[arg(long = "iexclude-file", value_name = "FILE")]
+    pub iexclude_files: Vec<PathBuf>,
 }
 
 impl ExcludeArgs {
-    /// The patterns given, then those of the files, in order.
-    pub fn patterns(&self) -> anyhow::Result<Vec<String>> {
+    /// The case-sensitive and the case-insensitive patterns: those given, then those of the
+    /// files, in order.
+    pub fn patterns(&self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         let mut excludes = self.excludes.clone();
         for f in &self.exclude_files {
             excludes.extend(read_exclude_file(f)?);
         }
-        Ok(excludes)
+        let mut iexcludes = self.iexcludes.clone();
+        for f in &self.iexclude_files {
+            iexcludes.extend(read_exclude_file(f)?);
+        }
+        Ok((excludes, iexcludes))
     }
 }

@@ -86,7 +86,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
     }
     let repo = super::repo::open(global).await?;
     let host = args.host.clone().unwrap_or_else(default_host);
-    let excludes = args.exclude.patterns()?;
+    let (excludes, iexcludes) = args.exclude.patterns()?;
 
     let mode = stream_mode(args.stdin_tar, args.stdin_raw);
     let (source, snapshot_paths, scan): (Box<dyn EntrySource + Send>, Vec<String>, Option<Walker>) =
@@ -128,6 +128,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
             let walk = WalkOptions {
                 one_file_system: args.one_file_system,
                 excludes: excludes.clone(),
+                iexcludes: iexcludes.clone(),
                 mountinfo: args.mountinfo.clone(),
                 ..WalkOptions::default()
             };

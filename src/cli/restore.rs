@@ -28,6 +28,12 @@ pub struct RestoreArgs {
     /// Do not restore paths matching this pattern (repeatable).
     #[arg(short = 'e', long = "exclude")]
     pub exclude: Vec<OsString>,
+    /// Like `--include`, ignoring case (repeatable).
+    #[arg(long = "iinclude")]
+    pub iinclude: Vec<OsString>,
+    /// Like `--exclude`, ignoring case (repeatable).
+    #[arg(long = "iexclude")]
+    pub iexclude: Vec<OsString>,
     /// Pack ranges read concurrently (each pack is read once, in as few ranges as it takes;
     /// one request each on S3).
     #[arg(long, default_value_t = 8)]
@@ -90,6 +96,8 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
         target: args.target.clone(),
         include: args.include.clone(),
         exclude: args.exclude.clone(),
+        iinclude: args.iinclude.clone(),
+        iexclude: args.iexclude.clone(),
         pack_reads: args.pack_reads,
         blob_bytes: args.blob_memory.saturating_mul(1 << 20),
         batch_files: args.batch_files,

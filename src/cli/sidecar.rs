@@ -210,7 +210,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         );
     };
     super::repo::location(global)?;
-    let excludes = args.exclude.patterns()?;
+    let (excludes, iexcludes) = args.exclude.patterns()?;
 
     // Signals first: a SIGTERM while the repository is still being reached must stop us.
     let shutdown = CancellationToken::new();
@@ -303,6 +303,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
         let walk = WalkOptions {
             one_file_system: args.one_file_system,
             excludes: excludes.clone(),
+            iexcludes,
             ..WalkOptions::default()
         };
         (JobSource::Paths { roots, walk }, paths, true)

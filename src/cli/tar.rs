@@ -35,10 +35,11 @@ pub struct TarArgs {
 /// ([`super::EXIT_PARTIAL`]) when some entries were skipped or altered (each warning is logged
 /// on stderr), and `Err` (exit 1 in `main`) when the stream could not be produced.
 pub fn run(args: &TarArgs) -> anyhow::Result<ExitCode> {
-    let excludes = args.exclude.patterns()?;
+    let (excludes, iexcludes) = args.exclude.patterns()?;
     let options = WalkOptions {
         one_file_system: args.one_file_system,
         excludes,
+        iexcludes,
         mountinfo: args.mountinfo.clone(),
         ..WalkOptions::default()
     };

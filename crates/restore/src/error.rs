@@ -33,13 +33,8 @@ pub enum Error {
         reason: String,
     },
     /// An include or exclude pattern is malformed.
-    #[error("invalid pattern {pattern:?}: {reason}")]
-    InvalidPattern {
-        /// The pattern as given.
-        pattern: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidPattern(#[from] snapback_pattern::Error),
     /// A snapshot path names a node of the wrong type for the operation (`dump` of a symlink).
     #[error("{path:?} should be a {expected}, but is a {found}")]
     WrongType {

@@ -23,9 +23,9 @@ use sha2::{Digest, Sha256};
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, Id, Repository};
 
-use crate::restore::{
-    node_name, select, start_subtree, PatternList, RestoreOptions, RestoreProblem,
-};
+use snapback_pattern::Filter;
+
+use crate::restore::{node_name, select, start_subtree, RestoreOptions, RestoreProblem};
 use crate::tree_walk::{join_path, TreeWalker, WalkItem};
 use crate::Result;
 
@@ -58,8 +58,8 @@ pub async fn verify(
     opts: &RestoreOptions,
     skip: &HashSet<PathBuf>,
 ) -> Result<VerifySummary> {
-    let include = PatternList::parse(&opts.include)?;
-    let exclude = PatternList::parse(&opts.exclude)?;
+    let include = Filter::new(&opts.include, &opts.iinclude)?;
+    let exclude = Filter::new(&opts.exclude, &opts.iexclude)?;
     let mut summary = VerifySummary::default();
     let subtree = match start_subtree(start)? {
         Some(id) => id,

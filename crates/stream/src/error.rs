@@ -78,15 +78,9 @@ pub enum Error {
         /// What is unsupported.
         reason: String,
     },
-    /// An exclude pattern is not a valid glob.
-    #[error("invalid exclude pattern {pattern:?}: {source}")]
-    Pattern {
-        /// The pattern as given.
-        pattern: String,
-        /// Why globset rejected it.
-        #[source]
-        source: globset::Error,
-    },
+    /// An exclude pattern is malformed, or an exclude file unreadable.
+    #[error("exclude pattern: {0}")]
+    Pattern(#[from] snapback_pattern::Error),
     /// A walk root is not usable (e.g. empty path).
     #[error("invalid root {}: {reason}", path.display())]
     InvalidRoot {

@@ -1,12 +1,12 @@
 //! What a walk leaves out: Pod-managed files, pseudo filesystem mount points (from
-//! `/proc/self/mountinfo`) and user exclude globs.
+//! `/proc/self/mountinfo`) and user exclude patterns (restic's rules, `snapback-pattern`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use snapback_pattern::Filter;
 
 use crate::Error;
 
@@ -111,9 +111,8 @@ fn strictly_below(path: &Path, root: &Path) -> bool {
 pub(crate) struct SkipRules {
     /// Absolute paths to skip, each strictly below some root.
     skip: HashMap<PathBuf, SkipReason>,
-    excludes: GlobSet,
-    /// Patterns given without a `/`, matched against the base name too.
-    excludes_raw: GlobSet,
+    /// `--exclude` and `--iexclude` patterns.
+    excludes: Filter,
 }
 
 impl SkipRules {
@@ -123,6 +122,7 @@ impl SkipRules {
         mounts: &[(PathBuf, String)],
         default_skips: bool,
         excludes: &[String],
+        iexcludes: &[String],
     ) -> Result<Self, Error> {
         let mut skip = HashMap::new();
         let below_a_root = |p: &Path| roots.iter().any(|r| strictly_below(p, r));
@@ -139,40 +139,9 @@ impl SkipRules {
                 }
             }
         }
-        let mut full = GlobSetBuilder::new();
-        let mut base = GlobSetBuilder::new();
-        for pattern in excludes {
-            let p = pattern.trim_end_matches('/');
-            if p.is_empty() {
-                continue;
-            }
-            let glob = |text: &str| {
-                GlobBuilder::new(text)
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|source| Error::Pattern {
-                        pattern: pattern.clone(),
-                        source,
-                    })
-            };
-            if p.starts_with('/') {
-                full.add(glob(p)?);
-            } else {
-                // Like restic: a relative pattern matches at any depth.
-                full.add(glob(&format!("**/{p}"))?);
-                base.add(glob(p)?);
-            }
-        }
-        let build = |b: GlobSetBuilder| {
-            b.build().map_err(|source| Error::Pattern {
-                pattern: excludes.join(" "),
-                source,
-            })
-        };
         Ok(SkipRules {
             skip,
-            excludes: build(full)?,
-            excludes_raw: build(base)?,
+            excludes: Filter::new(excludes, iexcludes)?,
         })
     }
 
@@ -183,10 +152,7 @@ impl SkipRules {
 
     /// Whether the absolute `path` matches an exclude pattern.
     pub(crate) fn is_excluded(&self, path: &Path) -> bool {
-        self.excludes.is_match(path)
-            || path
-                .file_name()
-                .is_some_and(|name| self.excludes_raw.is_match(Path::new(name)))
+        self.excludes.matches(path)
     }
 
     /// All skipped paths (for tests and diagnostics).
@@ -224,7 +190,7 @@ mod tests {
 
     fn rules_for(roots: &[&str], mountinfo: &str) -> SkipRules {
         let roots: Vec<PathBuf> = roots.iter().map(PathBuf::from).collect();
-        SkipRules::new(&roots, &pseudo_mounts(mountinfo), true, &[]).unwrap()
+        SkipRules::new(&roots, &pseudo_mounts(mountinfo), true, &[], &[]).unwrap()
     }
 
     #[test]
@@ -317,6 +283,7 @@ mod tests {
             &pseudo_mounts(POD_MOUNTINFO),
             false,
             &[],
+            &[],
         )
         .unwrap();
         assert!(rules.skipped().is_empty());
@@ -328,7 +295,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let rules = SkipRules::new(&[PathBuf::from("/data")], &[], true, &pats).unwrap();
+        let rules = SkipRules::new(&[PathBuf::from("/data")], &[], true, &pats, &[]).unwrap();
         for hit in [
             "/data/app.log",
             "/data/deep/x/y.log",
@@ -350,9 +317,12 @@ mod tests {
 
     #[test]
     fn invalid_exclude_glob_is_a_pattern_error() {
-        let err = SkipRules::new(&[], &[], true, &["a[".to_string()]).unwrap_err();
+        let err = SkipRules::new(&[], &[], true, &[], &["a[".to_string()]).unwrap_err();
         assert!(
-            matches!(err, Error::Pattern { ref pattern, .. } if pattern == "a["),
+            matches!(
+                err,
+                Error::Pattern(snapback_pattern::Error::Invalid { ref pattern, .. }) if pattern == "a["
+            ),
             "{err}"
         );
     }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -25,9 +25,11 @@ pub struct WalkOptions {
     /// Do not descend into directories on another filesystem than their root (the mount point
     /// directory itself is still emitted, as GNU tar does).
     pub one_file_system: bool,
-    /// Exclude globs, matched like restic's `--exclude`: a pattern starting with `/` against the
-    /// absolute path, any other pattern against the base name and every path suffix.
+    /// Exclude patterns with restic's `--exclude` rules (see `snapback-pattern`), matched
+    /// against the absolute path.
     pub excludes: Vec<String>,
+    /// Like `excludes`, ignoring case (restic's `--iexclude`).
+    pub iexcludes: Vec<String>,
     /// Apply [`crate::walk::DEFAULT_SKIPS`] and skip pseudo filesystem mount points (default
     /// `true`). Both only apply strictly below a walked root.
     pub default_skips: bool,
@@ -42,6 +44,7 @@ impl Default for WalkOptions {
         WalkOptions {
             one_file_system: false,
             excludes: Vec::new(),
+            iexcludes: Vec::new(),
             default_skips: true,
             mountinfo: None,
             mountinfo_content: None,
@@ -51,19 +54,21 @@ impl Default for WalkOptions {
 
 pub use crate::skip::{DEFAULT_SKIPS, PSEUDO_FILESYSTEMS};
 
-/// Reads an exclude file: one pattern per line; blank lines and lines starting with `#` are
-/// ignored, surrounding whitespace is trimmed.
+/// Reads an exclude file as restic does (see `snapback_pattern::read_pattern_file`: one
+/// pattern per line, blank lines and `#` comments skipped, white space trimmed, `$VAR`
+/// expanded). A pattern that is not UTF-8 is refused.
 pub fn read_exclude_file(path: &Path) -> Result<Vec<String>, Error> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        let line = line.trim();
-        if !line.is_empty() && !line.starts_with('#') {
-            out.push(line.to_string());
-        }
-    }
-    Ok(out)
+    snapback_pattern::read_pattern_file(path)?
+        .into_iter()
+        .map(|p| {
+            p.into_string().map_err(|p| {
+                Error::Pattern(snapback_pattern::Error::Invalid {
+                    pattern: p.to_string_lossy().into_owned(),
+                    reason: "not UTF-8 (match such bytes with ? or *)",
+                })
+            })
+        })
+        .collect()
 }
 
 /// One directory being listed.
@@ -127,6 +132,7 @@ impl Walker {
             &pseudo_mounts(&mountinfo),
             options.default_skips,
             &options.excludes,
+            &options.iexcludes,
         )?;
         Ok(Walker {
             roots: roots.into(),
@@ -176,11 +182,12 @@ impl Walker {
         listed_file: bool,
     ) -> Result<Option<Prepared>, Error> {
         let rel = abs.strip_prefix("/").unwrap_or(abs).to_path_buf();
+        // Like restic, a root the patterns exclude is left out too.
+        if self.rules.is_excluded(abs) {
+            tracing::debug!(path = %abs.display(), "excluded");
+            return Ok(None);
+        }
         if !is_root {
-            if self.rules.is_excluded(abs) {
-                tracing::debug!(path = %abs.display(), "excluded");
-                return Ok(None);
-            }
             match self.rules.skip_reason(abs) {
                 Some(SkipReason::PseudoMount(fstype)) => {
                     tracing::info!(path = %abs.display(), fstype, "skipping pseudo filesystem mount");

@@ -16,7 +16,6 @@
 
 mod content;
 mod fsops;
-mod patterns;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -36,7 +35,7 @@ use crate::{Error, Result};
 use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
 use fsops::LinkSource;
-pub use patterns::PatternList;
+use snapback_pattern::Filter;
 
 /// Directories whose metadata waits for a batch.
 const BATCH_DIRS: usize = 4096;
@@ -53,6 +52,10 @@ pub struct RestoreOptions {
     pub include: Vec<OsString>,
     /// Nodes matching one of these patterns (and everything below them) are skipped.
     pub exclude: Vec<OsString>,
+    /// Like `include`, ignoring case (restic's `--iinclude`).
+    pub iinclude: Vec<OsString>,
+    /// Like `exclude`, ignoring case (restic's `--iexclude`).
+    pub iexclude: Vec<OsString>,
     /// Pack ranges read concurrently (each one request on S3).
     pub pack_reads: usize,
     /// Bytes of blobs in memory at once, over all files (a blob counts its encrypted and its
@@ -73,6 +76,8 @@ impl RestoreOptions {
             target: target.into(),
             include: Vec::new(),
             exclude: Vec::new(),
+            iinclude: Vec::new(),
+            iexclude: Vec::new(),
             pack_reads: 8,
             blob_bytes: 24 << 20,
             batch_files: 2048,
@@ -129,8 +134,8 @@ pub async fn restore(
     start: &Node,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    let include = PatternList::parse(&opts.include)?;
-    let exclude = PatternList::parse(&opts.exclude)?;
+    let include = Filter::new(&opts.include, &opts.iinclude)?;
+    let exclude = Filter::new(&opts.exclude, &opts.iexclude)?;
     // The target itself is the caller's choice: created and opened as named, links and all.
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let root = rustix::fs::open(
@@ -282,17 +287,12 @@ pub(crate) fn node_name(node: &Node) -> Result<&OsStr, String> {
 }
 
 /// restic's selection: (restore this node, descend into it).
-pub(crate) fn select(
-    include: &PatternList,
-    exclude: &PatternList,
-    path: &Path,
-    node: &Node,
-) -> (bool, bool) {
+pub(crate) fn select(include: &Filter, exclude: &Filter, path: &Path, node: &Node) -> (bool, bool) {
     let is_dir = node.node_type == NodeType::Dir;
     let (mut selected, mut descend) = if include.is_empty() {
         (true, is_dir)
     } else {
-        let (m, child) = include.select(path);
+        let (m, child) = include.matches_with_child(path);
         (m, child && is_dir)
     };
     if !exclude.is_empty() && exclude.matches(path) {
