@@ -142,3 +142,59 @@ pub(crate) fn map_err(path: &str, e: opendal::Error) -> BackendError {
         storage(path, e)
     }
 }
+
+/// [`map_err`] for a read of `length` bytes of a range: a range the file cannot fill (it
+/// starts past the end, or opendal received fewer bytes than the range) is a
+/// [`BackendError::ShortRead`].
+pub(crate) fn map_range_err(path: &str, length: u64, e: opendal::Error) -> BackendError {
+    let short = match e.kind() {
+        ErrorKind::RangeNotSatisfied => Some(length),
+        // A range that starts at or past the end: HTTP 416, which opendal's services report
+        // as unexpected (S3 and Azure name it `InvalidRange`).
+        ErrorKind::Unexpected if is_range_not_satisfiable(&e.to_string()) => Some(length),
+        // opendal's check of a response's length ("reader got too little data", with the
+        // expected and actual sizes in its context).
+        ErrorKind::Unexpected if e.to_string().contains("got too little data") => {
+            let text = e.to_string();
+            let actual = text
+                .split_once("actual: ")
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok());
+            Some(actual.map_or(length, |a| length.saturating_sub(a)))
+        }
+        _ => None,
+    };
+    match short {
+        Some(missing) => BackendError::ShortRead {
+            path: path.to_string(),
+            missing,
+        },
+        None => map_err(path, e),
+    }
+}
+
+/// Whether opendal's error text is a 416 answer (in its context or message).
+fn is_range_not_satisfiable(text: &str) -> bool {
+    text.contains("status: 416")
+        || text.contains("416 Range Not Satisfiable")
+        || text.contains("\"InvalidRange\"")
+}
+
+/// An error a streamed read of `length` bytes reported. A stream reports the request's own
+/// failure (a missing object, a refused connection, a range past the end) only when it is
+/// first polled, as opendal's error inside an `io::Error`: that is mapped as the request's
+/// error would be; anything else is a [`BackendError::Read`].
+pub(crate) fn stream_error(path: &str, length: u64, source: std::io::Error) -> BackendError {
+    if source.get_ref().is_some_and(|e| e.is::<opendal::Error>()) {
+        if let Some(Ok(e)) = source.into_inner().map(|e| e.downcast::<opendal::Error>()) {
+            return map_range_err(path, length, *e);
+        }
+        return BackendError::NotFound {
+            path: path.to_string(),
+        };
+    }
+    BackendError::Read {
+        path: path.to_string(),
+        source,
+    }
+}

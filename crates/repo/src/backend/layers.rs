@@ -58,7 +58,8 @@ impl Backend {
                 problem: None,
             } => {
                 let problem =
-                    services::problem(&self.location, self.s3.as_deref(), &source).map(Box::new);
+                    services::problem(&self.location, self.s3.as_deref(), &self.described, &source)
+                        .map(Box::new);
                 tracing::debug!(path = %path, error = ?source, "storage error");
                 BackendError::Storage {
                     path,

@@ -17,7 +17,7 @@
 //! - [`tls`]: trusted certificates and the HTTP client;
 //! - [`local`]: the local fast path, reads and writes past opendal;
 //! - [`range`]: range reads received as they arrive ([`RangeReader`]);
-//! - [`error`]: [`BackendError`];
+//! - [`error`]: the error type, [`BackendError`];
 //! - this module: [`Backend`], the operations the repository needs (read, write, list, delete,
 //!   create-if-absent), the same on every service.
 
@@ -48,7 +48,7 @@ pub use retry::RetryPolicy;
 pub use services::s3::credentials::S3Credentials;
 pub use tls::{TlsError, TlsOptions};
 
-use error::map_err;
+use error::{map_err, map_range_err, stream_error};
 use layers::map_timeout;
 
 /// Files at least this large are uploaded in parts.
@@ -70,6 +70,8 @@ pub struct Backend {
     deadline: Duration,
     /// S3 only: the access key in use (for error messages) and what creating the bucket needs.
     s3: Option<Arc<services::s3::S3State>>,
+    /// The location with the server it talks to, for error messages.
+    described: String,
 }
 
 /// Listing entry: id and size of a stored file.
@@ -99,6 +101,7 @@ impl Backend {
         tls: &TlsOptions,
     ) -> Result<Self, BackendError> {
         let built = services::build(&location, creds, &policy, tls)?;
+        let described = services::describe(&location);
         Ok(Backend {
             op: layers::wrap(built.op, &policy),
             location,
@@ -106,6 +109,7 @@ impl Backend {
             op_prefix: built.op_prefix,
             deadline: policy.deadline(),
             s3: built.s3,
+            described,
         })
     }
 
@@ -210,24 +214,7 @@ impl Backend {
             .map_err(|e| map_err(path, e))?;
             let mut out = Vec::new();
             while let Some(chunk) = stream.next().await {
-                // The stream reports request failures (a missing object, a refused
-                // connection) only when it is first polled, as opendal errors in an io::Error.
-                let chunk = chunk.map_err(|source| {
-                    if source.get_ref().is_some_and(|e| e.is::<opendal::Error>()) {
-                        if let Some(Ok(e)) =
-                            source.into_inner().map(|e| e.downcast::<opendal::Error>())
-                        {
-                            return map_err(path, *e);
-                        }
-                        return BackendError::NotFound {
-                            path: path.to_string(),
-                        };
-                    }
-                    BackendError::Read {
-                        path: path.to_string(),
-                        source,
-                    }
-                })?;
+                let chunk = chunk.map_err(|source| stream_error(path, limit, source))?;
                 if (out.len() + chunk.len()) as u64 > limit {
                     return Err(too_large());
                 }
@@ -243,7 +230,8 @@ impl Backend {
         self.read_path(&ft.path(id)).await
     }
 
-    /// Reads `length` bytes at `offset` of file `id`.
+    /// Reads `length` bytes at `offset` of file `id`: all of them, or
+    /// [`BackendError::ShortRead`] when the file ends before the range does.
     pub async fn read_range(
         &self,
         ft: FileType,
@@ -252,18 +240,29 @@ impl Backend {
         length: u64,
     ) -> Result<Bytes, BackendError> {
         let path = ft.path(id);
-        self.bounded(&path, async {
-            match self
-                .op
-                .read_with(&self.op_path(&path))
-                .range(offset..offset + length)
-                .await
-            {
-                Ok(buf) => Ok(buf.to_bytes()),
-                Err(e) => Err(map_err(&path, e)),
-            }
-        })
-        .await
+        if length == 0 {
+            // opendal would take an empty range for the whole file.
+            return Ok(Bytes::new());
+        }
+        let got = self
+            .bounded(&path, async {
+                match self
+                    .op
+                    .read_with(&self.op_path(&path))
+                    .range(offset..offset + length)
+                    .await
+                {
+                    Ok(buf) => Ok(buf.to_bytes()),
+                    Err(e) => Err(map_range_err(&path, length, e)),
+                }
+            })
+            .await?;
+        match length.checked_sub(got.len() as u64) {
+            Some(0) => Ok(got),
+            // Never more than asked, whatever the server sends.
+            None => Ok(got.slice(..length as usize)),
+            Some(missing) => Err(BackendError::ShortRead { path, missing }),
+        }
     }
 
     /// Opens `length` bytes at `offset` of file `id` to be read front to back as they arrive:
@@ -282,13 +281,16 @@ impl Backend {
             // fresh 2 MiB buffers (and a second copy in tokio's file reader).
             return local::open_range(root, path, offset, length);
         }
+        if length == 0 {
+            return Ok(RangeReader::empty(path));
+        }
         let stream = self
             .bounded(&path, async {
                 match self.op.reader(&self.op_path(&path)).await {
                     Ok(r) => r.into_bytes_stream(offset..offset + length).await,
                     Err(e) => Err(e),
                 }
-                .map_err(|e| map_err(&path, e))
+                .map_err(|e| map_range_err(&path, length, e))
             })
             .await?;
         Ok(RangeReader::stream(path, stream, length))
@@ -387,6 +389,16 @@ impl Backend {
             }
         })
         .await
+    }
+
+    /// Whether [`Backend::write_new`] creates atomically here: of writers racing for one name
+    /// exactly one wins. True where opendal's service can create only if absent: the local
+    /// filesystem and the services that take a condition (S3's `If-None-Match: *`, Azure's, GCS's
+    /// `ifGenerationMatch=0`); false on restic's REST protocol, which has none, where
+    /// `write_new` checks and then writes. A server that ignores the condition (Garage,
+    /// fake-gcs-server) cannot be told apart: there it is true and racing writers all win.
+    pub fn creates_atomically(&self) -> bool {
+        self.op.info().full_capability().write_with_if_not_exists
     }
 
     /// Whether `path` exists.

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::backend::error::stream_error;
 use crate::backend::BackendError;
 
 /// A byte range of a stored file being received; see [`crate::Backend::read_range_stream`].
@@ -16,6 +17,8 @@ pub struct RangeReader {
 enum RangeSource {
     /// A local file, read where the range is up to.
     File { file: std::fs::File, pos: u64 },
+    /// An empty range: nothing to receive.
+    Empty,
     /// A response body, with what was received and not yet consumed.
     Stream {
         stream: Box<opendal::FuturesBytesStream>,
@@ -30,6 +33,15 @@ impl RangeReader {
             path,
             source: RangeSource::File { file, pos: offset },
             left: length,
+        }
+    }
+
+    /// An empty range of `path` (nothing is requested for it).
+    pub(crate) fn empty(path: String) -> Self {
+        RangeReader {
+            path,
+            source: RangeSource::Empty,
+            left: 0,
         }
     }
 
@@ -127,12 +139,7 @@ impl RangeReader {
                     self.left -= keep as u64;
                     *pending = b.slice(..keep);
                 }
-                Some(Err(source)) => {
-                    return Err(BackendError::Read {
-                        path: path.clone(),
-                        source,
-                    })
-                }
+                Some(Err(source)) => return Err(stream_error(path, want, source)),
                 None => return Err(short()),
             }
         }

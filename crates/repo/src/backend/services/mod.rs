@@ -102,17 +102,28 @@ pub(crate) fn server(location: &Location) -> String {
 pub(crate) fn problem(
     location: &Location,
     s3: Option<&s3::S3State>,
+    described: &str,
     source: &opendal::Error,
 ) -> Option<StorageProblem> {
-    let with_server = |server: String| format!("{location} ({server})");
     match location {
         Location::Local { .. } => None,
         Location::S3 {
             endpoint, bucket, ..
         } => s3::problem(s3, source, endpoint, bucket),
-        Location::Azure { .. } => classify_service(source, "Azure", with_server(azure::endpoint())),
-        Location::Gcs { .. } => classify_service(source, "GCS", with_server(gcs::endpoint())),
-        Location::Rest { .. } => classify_service(source, "REST", location.to_string()),
+        Location::Azure { .. } => classify_service(source, "Azure", described.to_string()),
+        Location::Gcs { .. } => classify_service(source, "GCS", described.to_string()),
+        Location::Rest { .. } => classify_service(source, "REST", described.to_string()),
+    }
+}
+
+/// The location with the server it talks to, for error messages: read when the backend is
+/// built, from the same settings as the operator (`problem`'s `described`).
+pub(crate) fn describe(location: &Location) -> String {
+    let with_server = |server: String| format!("{location} ({server})");
+    match location {
+        Location::Azure { .. } => with_server(azure::endpoint()),
+        Location::Gcs { .. } => with_server(gcs::endpoint()),
+        other => other.to_string(),
     }
 }
 
