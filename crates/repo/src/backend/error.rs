@@ -89,7 +89,7 @@ pub enum BackendError {
     /// The storage did not answer in time, retries included.
     #[error("{server} did not answer within {} s ({path})", .secs)]
     Timeout {
-        /// "S3 server at <endpoint>" or the local directory.
+        /// "S3 server at `<endpoint>`" or the local directory.
         server: String,
         /// Repository-relative path of the operation.
         path: String,

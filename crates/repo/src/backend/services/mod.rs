@@ -1,4 +1,4 @@
-//! The storage services, one module each: the local filesystem ([`local`]), S3 ([`s3`]), and
+//! The storage services, one module each: the local filesystem (`local`), S3 ([`s3`]), and
 //! behind cargo features Azure Blob Storage ([`azure`], `backend-azure`), Google Cloud Storage
 //! ([`gcs`], `backend-gcs`) and restic's REST server ([`rest`], `backend-rest`).
 //!

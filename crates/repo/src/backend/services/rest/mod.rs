@@ -1,6 +1,6 @@
 //! restic's REST server (`rest:http(s)://[user:password@]host[:port]/path`), behind the cargo
 //! feature `backend-rest`: the URL form (parsed whatever the build) and the operator over
-//! [`accessor`], the protocol as an opendal service.
+//! `accessor`, the protocol as an opendal service.
 
 #[cfg(feature = "backend-rest")]
 mod accessor;
