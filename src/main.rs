@@ -34,7 +34,8 @@ fn main() -> ExitCode {
 /// more than doubles without this (BENCHMARKS.md, "The allocator setting").
 #[cfg(target_env = "gnu")]
 fn tune_allocator() {
-    // SAFETY: called first thing in main, before any other thread exists.
+    // SAFETY: called first thing in main, before any other thread exists. (mallopt is glibc's
+    // own tuning call: no crate wraps it safely.)
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }

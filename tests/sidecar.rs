@@ -104,9 +104,12 @@ impl Sidecar {
     }
 
     fn sigterm(&self) {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM");
+        // Our own child's pid, which we have not reaped yet.
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("child pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill -TERM");
     }
 
     /// Waits (at most 60 s) for the process to exit; its exit code.

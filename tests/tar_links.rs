@@ -89,6 +89,8 @@ fn wait_peak_kib(child: Child) -> (std::process::ExitStatus, i64) {
     use std::os::unix::process::ExitStatusExt;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
+    // SAFETY: rusage is plain integers, for which all zero bytes are a valid value. (wait4 is
+    // called directly because no crate in the tree returns a child's resource usage.)
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `pid` is our own unwaited child; `status` and `usage` are valid out-pointers.
     let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };

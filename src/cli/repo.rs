@@ -1,8 +1,8 @@
 //! Opening the repository named on the command line with the password from the environment.
 
 use anyhow::{bail, Context};
+use snapback_repo::backend::TlsOptions;
 use snapback_repo::backend::{Location, RetryPolicy, S3Credentials};
-use snapback_repo::s3::TlsOptions;
 use snapback_repo::{Backend, Repository};
 use zeroize::Zeroizing;
 

@@ -2,14 +2,11 @@
 
 /// This machine's host name (empty when unknown).
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    // uname(2)'s node name is what gethostname(2) returns on Linux.
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The current user's name, from `USER` or the uid.
@@ -18,18 +15,19 @@ pub fn username() -> String {
         .ok()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| {
-            // SAFETY: getuid has no failure mode.
-            let uid = unsafe { libc::getuid() };
-            if uid == 0 {
+            let uid = rustix::process::getuid();
+            if uid.is_root() {
                 "root".into()
             } else {
-                uid.to_string()
+                uid.as_raw().to_string()
             }
         })
 }
 
 /// The current process's uid and gid.
 pub fn ids() -> (u32, u32) {
-    // SAFETY: getuid and getgid have no failure modes.
-    unsafe { (libc::getuid(), libc::getgid()) }
+    (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    )
 }

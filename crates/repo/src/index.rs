@@ -27,34 +27,9 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 use crate::backend::FileType;
 use crate::file::{IndexBlob, IndexFile, IndexPack};
-use crate::pack::{BlobType, PackedBlob};
+use crate::pack::{BlobLocation, BlobType, PackedBlob};
 use crate::repository::Repository;
 use crate::{Error, Id, Result};
-
-/// Where one blob is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlobLocation {
-    /// Pack file id.
-    pub pack: Id,
-    /// Data or tree.
-    pub ty: BlobType,
-    /// Offset in the pack.
-    pub offset: u32,
-    /// Encrypted length.
-    pub length: u32,
-    /// Plaintext length when compressed.
-    pub uncompressed_length: Option<u32>,
-}
-
-impl BlobLocation {
-    /// Plaintext length (the encrypted length minus IV and MAC when not compressed).
-    pub fn plain_length(&self) -> u64 {
-        match self.uncompressed_length {
-            Some(u) => u64::from(u),
-            None => u64::from(self.length).saturating_sub(crate::crypto::OVERHEAD as u64),
-        }
-    }
-}
 
 /// Id bytes that tell blobs apart here (see the module docs).
 const PREFIX: usize = 16;

@@ -1,7 +1,7 @@
 //! Reads and writes restic-compatible repositories (format versions 1 and 2).
 //!
 //! Layers, bottom up: [`backend`] stores files (opendal: local filesystem, S3
-//! and the optional [`services`]), [`crypto`]
+//! and the optional [`backend::services`]), [`crypto`]
 //! seals them (AES-256-CTR + Poly1305-AES), [`file`] gives the JSON files their types, [`pack`]
 //! assembles and parses pack files, [`index`] knows where every blob is, and [`Repository`]
 //! ties them together (init, open, load/save files and blobs, snapshots, locks). Blobs held in
@@ -21,13 +21,11 @@ pub mod local_write;
 pub mod locking;
 pub mod pack;
 pub mod repository;
-pub mod s3;
-pub mod services;
 
 pub use backend::{Backend, BackendError, FileType, Location, RangeReader};
 pub use crypto::Key;
 pub use error::{Error, Result};
 pub use id::Id;
-pub use index::{BlobIndex, BlobLocation, IndexWriter};
-pub use pack::BlobType;
+pub use index::{BlobIndex, IndexWriter};
+pub use pack::{BlobLocation, BlobType};
 pub use repository::{InitOptions, InitOutcome, Repository};

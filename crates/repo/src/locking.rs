@@ -560,9 +560,14 @@ fn provably_dead(lock: &LockWithStart, here: &Identity) -> bool {
 /// Whether `pid` exists in our PID namespace (`kill(pid, 0)`: only ESRCH means no; EPERM is a
 /// process of another user). Unlike a look into `/proc`, this is not fooled by `hidepid`.
 fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    // Callers pass only positive PIDs; anything else is no process.
+    let Some(pid) = rustix::process::Pid::from_raw(pid).filter(|_| pid > 0) else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 /// The kernel's boot id: tells a lock written before a reboot from one written after.

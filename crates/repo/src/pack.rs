@@ -38,6 +38,31 @@ pub struct PackedBlob {
     pub uncompressed_length: Option<u32>,
 }
 
+/// Where one blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// Pack file id.
+    pub pack: Id,
+    /// Data or tree.
+    pub ty: BlobType,
+    /// Offset in the pack.
+    pub offset: u32,
+    /// Encrypted length.
+    pub length: u32,
+    /// Plaintext length when compressed.
+    pub uncompressed_length: Option<u32>,
+}
+
+impl BlobLocation {
+    /// Plaintext length (the encrypted length minus IV and MAC when not compressed).
+    pub fn plain_length(&self) -> u64 {
+        match self.uncompressed_length {
+            Some(u) => u64::from(u),
+            None => u64::from(self.length).saturating_sub(OVERHEAD as u64),
+        }
+    }
+}
+
 const ENTRY_PLAIN: usize = 1 + 4 + 32;
 const ENTRY_COMPRESSED: usize = 1 + 4 + 4 + 32;
 

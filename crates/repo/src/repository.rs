@@ -11,7 +11,7 @@ use crate::backend::{Backend, BackendError, FileType};
 use crate::crypto::{CryptoError, Key};
 use crate::file::key::{KdfParams, KeyError};
 use crate::file::{ConfigFile, KeyFile, SnapshotFile};
-use crate::index::BlobLocation;
+use crate::pack::BlobLocation;
 use crate::{Error, Id, Result};
 
 const CONFIG: &str = "config";

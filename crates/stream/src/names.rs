@@ -1,4 +1,8 @@
 //! User and group names for uids/gids, resolved through libc (NSS) with a cache.
+//!
+//! The lookups are `unsafe` libc calls: no crate in the dependency tree wraps
+//! `getpwuid_r`/`getgrgid_r` safely (rustix leaves NSS to libc; `nix` and `uzers` are not
+//! dependencies), and these two are small enough to check by hand.
 
 use std::collections::HashMap;
 use std::ffi::CStr;

@@ -730,9 +730,7 @@ mod tests {
     fn fifo_is_metadata_only_and_never_opened() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("pipe");
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+        rustix::fs::mkfifoat(rustix::fs::CWD, &p, rustix::fs::Mode::from_raw_mode(0o640)).unwrap();
         let mut w = Walker::new([&p], WalkOptions::default()).unwrap();
         let e = w.next_entry().unwrap().unwrap();
         assert_eq!(e.kind, EntryKind::Fifo);
@@ -907,8 +905,13 @@ mod tests {
         fs::remove_file(t.path().join("a")).unwrap();
         std::os::unix::fs::symlink("c", t.path().join("a")).unwrap();
         fs::remove_file(t.path().join("b")).unwrap();
-        let fifo = std::ffi::CString::new(t.path().join("b").as_os_str().as_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let fifo = t.path().join("b");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
         let got: Vec<(EntryKind, Vec<u8>)> =
             collect(&mut w).into_iter().map(|e| (e.1, e.2)).collect();
         assert_eq!(

@@ -17,7 +17,7 @@ use opendal::raw::{
 };
 use opendal::{Buffer, Capability, EntryMode, Error, ErrorKind, Metadata, Result};
 
-use super::RestUrl;
+use crate::backend::location::RestUrl;
 
 /// The v2 listing's media type: entries with sizes.
 const V2: &str = "application/vnd.x.restic.rest.v2";
