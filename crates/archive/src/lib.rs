@@ -11,6 +11,7 @@ pub mod archiver;
 pub mod backup;
 pub mod budget;
 pub mod buffers;
+mod children;
 pub mod dedup;
 pub mod dump;
 pub mod error;
