@@ -412,10 +412,11 @@ impl Archiver {
             let Some(sub) = sub else {
                 return Ok(None);
             };
-            let (nodes, len) = self.load_saved_tree(&sub)?;
-            self.closed
-                .insert(path.to_vec(), Children::from_nodes(&nodes)?, len);
-            at = Listing::Loaded(nodes);
+            let (children, len) = self.load_saved_tree(&sub)?;
+            if len <= CLOSED_CACHE_BYTES {
+                self.closed.insert(path.to_vec(), children.clone(), len);
+            }
+            at = Listing::Loaded(children);
         }
         Ok(self
             .find_node(&at, name)?
@@ -432,15 +433,13 @@ impl Archiver {
                 Some(c) => c,
                 None => return Ok(None),
             },
-            Listing::Loaded(nodes) => {
-                return Ok(nodes.iter().rev().find(|n| n.name == name).cloned())
-            }
+            Listing::Loaded(children) => children,
         };
         Ok(children.find_last(name, |_| true)?.map(|(_, n)| n))
     }
 
-    /// A tree blob this run or an earlier one saved, and its encoded size.
-    fn load_saved_tree(&mut self, id: &Id) -> Result<(Vec<Node>, usize)> {
+    /// A tree blob this run or an earlier one saved, as a listing, and its encoded size.
+    fn load_saved_tree(&mut self, id: &Id) -> Result<(Children, usize)> {
         let loc = match self.index.get(id) {
             Some(loc) => loc,
             None => {
@@ -450,9 +449,11 @@ impl Archiver {
             }
         };
         let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
-        let tree: Tree = serde_json::from_slice(&data)
-            .map_err(|e| Error::Stream(format!("saved tree {}: {e}", id.short())))?;
-        Ok((tree.nodes, data.len()))
+        let children = Children::from_tree_bytes(&data).map_err(|e| match e {
+            Error::Stream(e) => Error::Stream(format!("saved tree {}: {e}", id.short())),
+            e => e,
+        })?;
+        Ok((children, data.len()))
     }
 
     fn implicit_node(&self, comps: &[Vec<u8>]) -> Node {
@@ -666,7 +667,7 @@ enum Listing {
     /// The cached listing of this finished directory.
     Cached(Vec<Vec<u8>>),
     /// A listing read back from its tree blob.
-    Loaded(Vec<Node>),
+    Loaded(Children),
 }
 
 /// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.

@@ -24,6 +24,7 @@ struct Slot {
 }
 
 /// One directory's children, encoded; see the module docs.
+#[derive(Clone)]
 pub struct Children {
     /// [`TREE_HEAD`], then the nodes' JSON separated by `,` (once sorted: the tree blob but its
     /// tail). Removed or replaced children may leave unused bytes until the next sort.
@@ -53,11 +54,31 @@ impl Children {
         Self::default()
     }
 
-    /// A listing of `nodes` (e.g. read back from a tree blob).
+    /// A listing of `nodes`.
+    #[cfg(test)]
     pub fn from_nodes(nodes: &[Node]) -> Result<Self> {
         let mut me = Self::new();
         for n in nodes {
             me.push(n)?;
+        }
+        Ok(me)
+    }
+
+    /// The listing of a tree blob's bytes, decoding one node at a time (a tree decoded whole
+    /// holds a `Node` per entry, several times its encoded size).
+    pub fn from_tree_bytes(data: &[u8]) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct RawTree<'a> {
+            #[serde(borrow)]
+            nodes: Vec<&'a serde_json::value::RawValue>,
+        }
+        let bad = |e: serde_json::Error| Error::Stream(e.to_string());
+        let raw: RawTree<'_> = serde_json::from_slice(data).map_err(bad)?;
+        let mut me = Self::new();
+        me.buf.reserve(data.len());
+        for n in raw.nodes {
+            let node: Node = serde_json::from_str(n.get()).map_err(bad)?;
+            me.push(&node)?;
         }
         Ok(me)
     }
@@ -241,6 +262,21 @@ mod tests {
         let want = vec![file(b"a", 5), file(b"ab", 4), file(b"b", 3)];
         assert_eq!(c.tree_bytes(), tree(want));
         assert_eq!(c.slots.len(), 3);
+    }
+
+    #[test]
+    fn a_tree_blob_reads_back_as_its_listing() {
+        let nodes = vec![
+            file(b"a", 1),
+            Node::new("d", NodeType::Dir),
+            file(b"z\xff", 3),
+        ];
+        let bytes = tree(nodes);
+        let c = Children::from_tree_bytes(&bytes).unwrap();
+        assert!(c.sorted);
+        assert_eq!(c.find_last(b"z\xff", |_| true).unwrap().unwrap().1.size, 3);
+        assert_eq!(c.into_tree_bytes(), bytes);
+        assert!(Children::from_tree_bytes(b"{\"nodes\":[{]}").is_err());
     }
 
     #[test]
