@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Writes a deterministic tar stream of many small files to stdout (issue 13's memory bench).
 
-  gen_tar_files.py FILES [--same] [--links]
+  gen_tar_files.py FILES [--same] [--links] [--per-dir N]
 
-FILES regular files of 8-40 bytes, 1,000 per directory (d0000/, d0001/, ...), each with its own
+FILES regular files of 8-40 bytes, 1,000 per directory (N with --per-dir: FILES for one wide
+directory) (d0000/, d0001/, ...), each with its own
 content (so each is a data blob of its own, as real small files are), or all the same with
 --same (one data blob: what grows is then the archiver, not the repository index). --links adds
 a hard link to every 1,000th file at the end of the stream. Plain ustar headers, written by
@@ -37,13 +38,14 @@ def main():
     files = int(args[0])
     same = "--same" in args
     links = "--links" in args
+    per_dir = int(args[args.index("--per-dir") + 1]) if "--per-dir" in args else 1000
     out = sys.stdout.buffer
     buf = []
     for i in range(files):
-        if i % 1000 == 0:
-            buf.append(header(b"d%04d/" % (i // 1000), b"5", 0))
+        if i % per_dir == 0:
+            buf.append(header(b"d%04d/" % (i // per_dir), b"5", 0))
         data = b"x\n" if same else b"small file %d %s\n" % (i, b"y" * (i % 24))
-        buf.append(header(b"d%04d/f%07d" % (i // 1000, i), b"0", len(data)))
+        buf.append(header(b"d%04d/f%07d" % (i // per_dir, i), b"0", len(data)))
         buf.append(data + b"\0" * (-len(data) % 512))
         if len(buf) > 30000:
             out.write(b"".join(buf))
@@ -51,7 +53,7 @@ def main():
     if links:
         buf.append(header(b"links/", b"5", 0))
         for i in range(0, files, 1000):
-            name = b"d%04d/f%07d" % (i // 1000, i)
+            name = b"d%04d/f%07d" % (i // per_dir, i)
             buf.append(header(b"links/l%07d" % i, b"1", 0, name))
     buf.append(b"\0" * 1024)
     out.write(b"".join(buf))

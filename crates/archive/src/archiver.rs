@@ -41,6 +41,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::children::Children;
 use crate::dedup::{Dedup, Pending, INLINE_BELOW};
 use crate::node::{implicit_dir, node_from_entry, unchanged};
 use crate::progress::Progress;
@@ -99,7 +100,8 @@ struct OpenDir {
     path: Vec<Vec<u8>>,
     /// The directory's own node (without subtree); `None` for the root.
     node: Option<Node>,
-    children: Vec<Node>,
+    /// Encoded, not as `Node`s: see [`Children`].
+    children: Children,
     /// The same directory in the parent snapshot.
     parent: Option<Tree>,
 }
@@ -174,7 +176,7 @@ impl Archiver {
         me.stack.push(OpenDir {
             path: Vec::new(),
             node: None,
-            children: Vec::new(),
+            children: Children::new(),
             parent,
         });
         Ok(me)
@@ -240,7 +242,7 @@ impl Archiver {
                 // A directory listed again after we left it: reopen it, newest metadata wins.
                 let children = match self.take_closed(&comps)? {
                     Some((_, children)) => children,
-                    None => Vec::new(),
+                    None => Children::new(),
                 };
                 let parent = self.parent_subtree(name)?;
                 self.stack.push(OpenDir {
@@ -324,7 +326,7 @@ impl Archiver {
             }
             _ => self.stats.others += 1,
         }
-        self.top_mut().children.push(node);
+        self.top_mut().children.push(&node)?;
         Ok(())
     }
 
@@ -340,7 +342,7 @@ impl Archiver {
             let path = parents[..=depth].to_vec();
             let (node, children) = match self.take_closed(&path)? {
                 Some(reopened) => reopened,
-                None => (self.implicit_node(&path), Vec::new()),
+                None => (self.implicit_node(&path), Children::new()),
             };
             let parent = self.parent_subtree(&name)?;
             self.stack.push(OpenDir {
@@ -390,35 +392,40 @@ impl Archiver {
                 continue;
             }
             let sub = self
-                .find_node(&at, &dir[depth])
+                .find_node(&at, &dir[depth])?
                 .filter(|n| n.node_type == NodeType::Dir)
                 .and_then(|n| n.subtree);
             let Some(sub) = sub else {
                 return Ok(None);
             };
-            let (nodes, len) = self.load_saved_tree(&sub)?;
-            self.closed.insert(path.to_vec(), nodes.clone(), len);
-            at = Listing::Loaded(nodes);
+            let (children, len) = self.load_saved_tree(&sub)?;
+            if len <= CLOSED_CACHE_BYTES {
+                self.closed.insert(path.to_vec(), children.clone(), len);
+            }
+            at = Listing::Loaded(children);
         }
         Ok(self
-            .find_node(&at, name)
+            .find_node(&at, name)?
             .filter(|n| n.node_type == NodeType::File)
             .map(|n| (n.content.unwrap_or_default(), n.size)))
     }
 
     /// The node called `name` in a listing (the last one: a name given twice keeps its last
     /// entry, as in [`Self::write_tree`]).
-    fn find_node(&self, at: &Listing, name: &[u8]) -> Option<Node> {
-        let nodes = match at {
+    fn find_node(&self, at: &Listing, name: &[u8]) -> Result<Option<Node>> {
+        let children = match at {
             Listing::Open(i) => &self.stack[*i].children,
-            Listing::Cached(path) => self.closed.get(path)?,
-            Listing::Loaded(nodes) => nodes,
+            Listing::Cached(path) => match self.closed.get(path) {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+            Listing::Loaded(children) => children,
         };
-        nodes.iter().rev().find(|n| n.name == name).cloned()
+        Ok(children.find_last(name, |_| true)?.map(|(_, n)| n))
     }
 
-    /// A tree blob this run or an earlier one saved, and its encoded size.
-    fn load_saved_tree(&mut self, id: &Id) -> Result<(Vec<Node>, usize)> {
+    /// A tree blob this run or an earlier one saved, as a listing, and its encoded size.
+    fn load_saved_tree(&mut self, id: &Id) -> Result<(Children, usize)> {
         let loc = match self.index.get(id) {
             Some(loc) => loc,
             None => {
@@ -428,9 +435,11 @@ impl Archiver {
             }
         };
         let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
-        let tree: Tree = serde_json::from_slice(&data)
-            .map_err(|e| Error::Stream(format!("saved tree {}: {e}", id.short())))?;
-        Ok((tree.nodes, data.len()))
+        let children = Children::from_tree_bytes(&data).map_err(|e| match e {
+            Error::Stream(e) => Error::Stream(format!("saved tree {}: {e}", id.short())),
+            e => e,
+        })?;
+        Ok((children, data.len()))
     }
 
     fn implicit_node(&self, comps: &[Vec<u8>]) -> Node {
@@ -450,15 +459,14 @@ impl Archiver {
     /// If the top directory already holds a finished directory `path`, removes its node and
     /// returns it with its children, so the stream can add to it (a tar stream that returns to
     /// a directory it left). Its first tree blob stays unreferenced; `prune` removes it.
-    fn take_closed(&mut self, path: &[Vec<u8>]) -> Result<Option<(Node, Vec<Node>)>> {
+    fn take_closed(&mut self, path: &[Vec<u8>]) -> Result<Option<(Node, Children)>> {
         let Some(name) = path.last() else {
             return Ok(None);
         };
-        let Some(pos) = self
+        let Some((pos, mut node)) = self
             .top()
             .children
-            .iter()
-            .rposition(|c| &c.name == name && c.node_type == NodeType::Dir)
+            .find_last(name, |c| c.node_type == NodeType::Dir)?
         else {
             return Ok(None);
         };
@@ -469,7 +477,7 @@ impl Archiver {
                 String::from_utf8_lossy(&path.join(&b'/'))
             )));
         };
-        let mut node = self.top_mut().children.remove(pos);
+        self.top_mut().children.remove(pos);
         node.subtree = None;
         Ok(Some((node, children)))
     }
@@ -507,29 +515,32 @@ impl Archiver {
             .pop()
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
         let (id, children, len) = self.write_tree(dir.children)?;
-        self.closed.insert(dir.path, children, len);
+        if let Some(children) = children {
+            self.closed.insert(dir.path, children, len);
+        }
         let mut node = dir
             .node
             .unwrap_or_else(|| implicit_dir(b"", self.opts.time));
         node.subtree = Some(id);
         node.content = None;
-        self.top_mut().children.push(node);
+        self.top_mut().children.push(&node)?;
         Ok(())
     }
 
-    /// Writes a tree blob; returns its id, its (sorted) nodes and its encoded size.
-    fn write_tree(&mut self, mut nodes: Vec<Node>) -> Result<(Id, Vec<Node>, usize)> {
+    /// Writes a tree blob; returns its id, its sorted listing (unless it is too big for the
+    /// cache of finished listings: then the listing's buffer became the blob) and its encoded
+    /// size.
+    fn write_tree(&mut self, children: Children) -> Result<(Id, Option<Children>, usize)> {
         // Sorted by name bytes (as restic, which sorts Go strings), and a name given twice in a
         // stream keeps its last entry.
-        nodes.reverse();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        nodes.dedup_by(|later, earlier| later.name == earlier.name);
-        let tree = Tree { nodes };
-        let bytes = tree
-            .to_bytes()
-            .map_err(|e| Error::Pipeline(format!("tree encoding: {e}")))?;
-        let len = bytes.len();
-        Ok((self.submit(BlobType::Tree, bytes)?, tree.nodes, len))
+        let children = children.into_sorted()?;
+        let len = children.encoded_len();
+        let (bytes, kept) = if len <= CLOSED_CACHE_BYTES {
+            (children.tree_bytes(), Some(children))
+        } else {
+            (children.into_tree_bytes(), None)
+        };
+        Ok((self.submit(BlobType::Tree, bytes)?, kept, len))
     }
 
     fn submit(&mut self, ty: BlobType, data: Vec<u8>) -> Result<Id> {
@@ -642,12 +653,12 @@ enum Listing {
     /// The cached listing of this finished directory.
     Cached(Vec<Vec<u8>>),
     /// A listing read back from its tree blob.
-    Loaded(Vec<Node>),
+    Loaded(Children),
 }
 
 /// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.
 struct ClosedDirs {
-    map: HashMap<Vec<Vec<u8>>, (Vec<Node>, usize)>,
+    map: HashMap<Vec<Vec<u8>>, (Children, usize)>,
     order: std::collections::VecDeque<Vec<Vec<u8>>>,
     bytes: usize,
     limit: usize,
@@ -663,7 +674,7 @@ impl ClosedDirs {
         }
     }
 
-    fn insert(&mut self, path: Vec<Vec<u8>>, nodes: Vec<Node>, size: usize) {
+    fn insert(&mut self, path: Vec<Vec<u8>>, nodes: Children, size: usize) {
         self.bytes += size;
         if let Some((_, old)) = self.map.insert(path.clone(), (nodes, size)) {
             self.bytes -= old;
@@ -680,11 +691,11 @@ impl ClosedDirs {
         }
     }
 
-    fn get(&self, path: &[Vec<u8>]) -> Option<&Vec<Node>> {
+    fn get(&self, path: &[Vec<u8>]) -> Option<&Children> {
         self.map.get(path).map(|(nodes, _)| nodes)
     }
 
-    fn take(&mut self, path: &[Vec<u8>]) -> Option<Vec<Node>> {
+    fn take(&mut self, path: &[Vec<u8>]) -> Option<Children> {
         let (nodes, size) = self.map.remove(path)?;
         self.bytes -= size;
         Some(nodes)

@@ -11,6 +11,7 @@
 
 pub mod archiver;
 pub mod backup;
+mod children;
 pub mod dedup;
 pub mod error;
 pub mod node;

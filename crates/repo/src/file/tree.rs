@@ -28,6 +28,14 @@ impl Tree {
     }
 }
 
+/// What a tree blob's bytes start with, before the first node: a tree blob is [`TREE_HEAD`],
+/// the nodes as [`Node::encode_into`] writes them separated by `,`, then [`TREE_TAIL`]
+/// (exactly [`Tree::to_bytes`]), so a listing can be kept encoded while it grows.
+pub const TREE_HEAD: &[u8] = b"{\"nodes\":[";
+
+/// What a tree blob's bytes end with, after the last node; see [`TREE_HEAD`].
+pub const TREE_TAIL: &[u8] = b"]}\n";
+
 /// A compact JSON formatter escaping strings like Go's `json.Marshal`.
 struct GoJsonFormatter;
 
@@ -359,6 +367,12 @@ impl Node {
         }
     }
 
+    /// Appends the node's JSON as it stands inside a tree blob (compact, Go's escaping).
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let mut ser = serde_json::Serializer::with_formatter(out, GoJsonFormatter);
+        self.serialize(&mut ser)
+    }
+
     /// The name for messages and text output (lossy: invalid UTF-8 shows as U+FFFD).
     pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.name)
@@ -454,6 +468,25 @@ pub mod go_mode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_encoded_nodes_and_tail_are_the_tree_bytes() {
+        let mut a = Node::new(b"a<b\xff".to_vec(), NodeType::File);
+        a.content = Some(vec![Id([7; 32])]);
+        a.linktarget = b"x\xfe".to_vec();
+        let b = Node::new("dir", NodeType::Dir);
+        for nodes in [vec![], vec![a.clone()], vec![a, b]] {
+            let mut out = TREE_HEAD.to_vec();
+            for (i, n) in nodes.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                n.encode_into(&mut out).unwrap();
+            }
+            out.extend_from_slice(TREE_TAIL);
+            assert_eq!(out, Tree { nodes }.to_bytes().unwrap());
+        }
+    }
 
     #[test]
     fn restic_style_file_node_round_trips() {

@@ -1,0 +1,306 @@
+//! A directory listing kept encoded while it grows (issue 13: a directory of a million entries).
+//!
+//! An open directory holds each child as the JSON it will have in the tree blob, all in one
+//! buffer, plus its raw name in a second buffer and three offsets: about the encoded size per
+//! child, instead of a `Node` (~280 B) with its name and content ids on the heap. Children that
+//! arrive sorted by name (every path backup, `tar --sort=name`) are already the tree blob's body,
+//! so closing the directory only appends the tail; others are sorted and copied once at close.
+
+use snapback_repo::file::tree::{Node, TREE_HEAD, TREE_TAIL};
+
+use crate::error::{Error, Result};
+
+/// [`Slot::start`] and [`Slot::end`] of a removed child.
+const REMOVED: u32 = u32::MAX;
+
+/// Where one child's bytes are in [`Children`]'s buffers.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The node's JSON: `buf[start..end]`.
+    start: u32,
+    end: u32,
+    /// The raw name: `names[previous slot's name_end..name_end]`.
+    name_end: u32,
+}
+
+/// One directory's children, encoded; see the module docs.
+#[derive(Clone)]
+pub struct Children {
+    /// [`TREE_HEAD`], then the nodes' JSON separated by `,` (once sorted: the tree blob but its
+    /// tail). Removed or replaced children may leave unused bytes until the next sort.
+    buf: Vec<u8>,
+    /// Raw names, one after the other.
+    names: Vec<u8>,
+    slots: Vec<Slot>,
+    /// `buf` holds exactly the slots, in order, each name greater than the one before: the tree
+    /// blob needs no sorting.
+    sorted: bool,
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children {
+            buf: TREE_HEAD.to_vec(),
+            names: Vec::new(),
+            slots: Vec::new(),
+            sorted: true,
+        }
+    }
+}
+
+impl Children {
+    /// An empty listing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A listing of `nodes`.
+    #[cfg(test)]
+    pub fn from_nodes(nodes: &[Node]) -> Result<Self> {
+        let mut me = Self::new();
+        for n in nodes {
+            me.push(n)?;
+        }
+        Ok(me)
+    }
+
+    /// The listing of a tree blob's bytes, decoding one node at a time (a tree decoded whole
+    /// holds a `Node` per entry, several times its encoded size).
+    pub fn from_tree_bytes(data: &[u8]) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct RawTree<'a> {
+            #[serde(borrow)]
+            nodes: Vec<&'a serde_json::value::RawValue>,
+        }
+        let bad = |e: serde_json::Error| Error::Stream(e.to_string());
+        let raw: RawTree<'_> = serde_json::from_slice(data).map_err(bad)?;
+        let mut me = Self::new();
+        me.buf.reserve(data.len());
+        for n in raw.nodes {
+            let node: Node = serde_json::from_str(n.get()).map_err(bad)?;
+            me.push(&node)?;
+        }
+        Ok(me)
+    }
+
+    /// Bytes of the encoded nodes (about the tree blob's size).
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len() + TREE_TAIL.len()
+    }
+
+    /// Adds a child; a later child with the same name replaces an earlier one at close.
+    pub fn push(&mut self, node: &Node) -> Result<()> {
+        if self.sorted {
+            if let Some(last) = self.slots.len().checked_sub(1) {
+                if node.name.as_slice() <= self.name(last) {
+                    self.sorted = false;
+                }
+            }
+        }
+        if !self.slots.is_empty() {
+            self.buf.push(b',');
+        }
+        let start = self.buf.len();
+        node.encode_into(&mut self.buf)
+            .map_err(|e| Error::Pipeline(format!("tree encoding: {e}")))?;
+        self.names.extend_from_slice(&node.name);
+        let slot = Slot {
+            start: offset(start)?,
+            end: offset(self.buf.len())?,
+            name_end: offset(self.names.len())?,
+        };
+        self.slots.push(slot);
+        Ok(())
+    }
+
+    fn name(&self, i: usize) -> &[u8] {
+        let from = match i.checked_sub(1) {
+            Some(p) => self.slots[p].name_end as usize,
+            None => 0,
+        };
+        &self.names[from..self.slots[i].name_end as usize]
+    }
+
+    fn removed(&self, i: usize) -> bool {
+        self.slots[i].start == REMOVED
+    }
+
+    fn node(&self, i: usize) -> Result<Node> {
+        let s = self.slots[i];
+        serde_json::from_slice(&self.buf[s.start as usize..s.end as usize])
+            .map_err(|e| Error::Pipeline(format!("tree decoding: {e}")))
+    }
+
+    /// The last child called `name` that `want` accepts, with its position.
+    pub fn find_last(
+        &self,
+        name: &[u8],
+        want: impl Fn(&Node) -> bool,
+    ) -> Result<Option<(usize, Node)>> {
+        for i in (0..self.slots.len()).rev() {
+            if !self.removed(i) && self.name(i) == name {
+                let node = self.node(i)?;
+                if want(&node) {
+                    return Ok(Some((i, node)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the child at `pos` (from [`Self::find_last`]). Its bytes stay until the next sort.
+    pub fn remove(&mut self, pos: usize) {
+        if let Some(s) = self.slots.get_mut(pos) {
+            // A slot stays (its name bytes delimit the next name); it just has no node.
+            s.start = REMOVED;
+            s.end = REMOVED;
+            self.sorted = false;
+        }
+    }
+
+    /// Sorts by name bytes (as restic, which sorts Go strings), keeping the last child of each
+    /// name, and returns the listing with its buffer laid out as the tree blob's body.
+    pub fn into_sorted(self) -> Result<Self> {
+        if self.sorted {
+            return Ok(self);
+        }
+        let mut order: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&i| !self.removed(i as usize))
+            .collect();
+        // Stable: among equal names the latest comes last, and is the one kept.
+        order.sort_by(|&a, &b| self.name(a as usize).cmp(self.name(b as usize)));
+        let mut out = Children::new();
+        out.buf
+            .reserve(self.buf.len().saturating_sub(out.buf.len()));
+        out.names.reserve(self.names.len());
+        out.slots.reserve(order.len());
+        for (k, &i) in order.iter().enumerate() {
+            let i = i as usize;
+            if let Some(&next) = order.get(k + 1) {
+                if self.name(next as usize) == self.name(i) {
+                    continue;
+                }
+            }
+            if !out.slots.is_empty() {
+                out.buf.push(b',');
+            }
+            let s = self.slots[i];
+            let start = out.buf.len();
+            out.buf
+                .extend_from_slice(&self.buf[s.start as usize..s.end as usize]);
+            out.names.extend_from_slice(self.name(i));
+            out.slots.push(Slot {
+                start: offset(start)?,
+                end: offset(out.buf.len())?,
+                name_end: offset(out.names.len())?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The tree blob of a sorted listing (see [`Self::into_sorted`]), leaving the listing as
+    /// it was.
+    pub fn tree_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(&self.buf);
+        out.extend_from_slice(TREE_TAIL);
+        out
+    }
+
+    /// The tree blob of a sorted listing, without a copy.
+    pub fn into_tree_bytes(self) -> Vec<u8> {
+        let mut buf = self.buf;
+        buf.extend_from_slice(TREE_TAIL);
+        buf
+    }
+}
+
+/// An offset into a listing's buffers: a listing of more than 4 GiB is refused, not wrapped.
+fn offset(n: usize) -> Result<u32> {
+    u32::try_from(n)
+        .map_err(|_| Error::Stream("a directory's listing exceeds 4 GiB of tree data".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapback_repo::file::tree::{NodeType, Tree};
+
+    fn file(name: &[u8], size: u64) -> Node {
+        let mut n = Node::new(name.to_vec(), NodeType::File);
+        n.size = size;
+        n
+    }
+
+    fn tree(nodes: Vec<Node>) -> Vec<u8> {
+        Tree { nodes }.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn sorted_children_are_the_tree_blob_as_they_come() {
+        let nodes = vec![file(b"a", 1), file(b"b", 2), file(b"c\xff", 3)];
+        let c = Children::from_nodes(&nodes).unwrap();
+        assert!(c.sorted);
+        let c = c.into_sorted().unwrap();
+        assert_eq!(c.tree_bytes(), tree(nodes.clone()));
+        assert_eq!(c.into_tree_bytes(), tree(nodes));
+        assert_eq!(Children::new().into_tree_bytes(), tree(vec![]));
+    }
+
+    #[test]
+    fn unsorted_children_are_sorted_and_the_last_of_a_name_wins() {
+        let c = Children::from_nodes(&[
+            file(b"b", 1),
+            file(b"a", 2),
+            file(b"b", 3),
+            file(b"ab", 4),
+            file(b"a", 5),
+        ])
+        .unwrap();
+        assert!(!c.sorted);
+        let c = c.into_sorted().unwrap();
+        let want = vec![file(b"a", 5), file(b"ab", 4), file(b"b", 3)];
+        assert_eq!(c.tree_bytes(), tree(want));
+        assert_eq!(c.slots.len(), 3);
+    }
+
+    #[test]
+    fn a_tree_blob_reads_back_as_its_listing() {
+        let nodes = vec![
+            file(b"a", 1),
+            Node::new("d", NodeType::Dir),
+            file(b"z\xff", 3),
+        ];
+        let bytes = tree(nodes);
+        let c = Children::from_tree_bytes(&bytes).unwrap();
+        assert!(c.sorted);
+        assert_eq!(c.find_last(b"z\xff", |_| true).unwrap().unwrap().1.size, 3);
+        assert_eq!(c.into_tree_bytes(), bytes);
+        assert!(Children::from_tree_bytes(b"{\"nodes\":[{]}").is_err());
+    }
+
+    #[test]
+    fn find_and_remove() {
+        let mut c = Children::from_nodes(&[
+            file(b"x", 1),
+            Node::new("d", NodeType::Dir),
+            file(b"d", 2),
+            file(b"y", 3),
+        ])
+        .unwrap();
+        let (pos, n) = c.find_last(b"d", |_| true).unwrap().unwrap();
+        assert_eq!((pos, n.size), (2, 2));
+        let (pos, n) = c
+            .find_last(b"d", |n| n.node_type == NodeType::Dir)
+            .unwrap()
+            .unwrap();
+        assert_eq!((pos, n.node_type), (1, NodeType::Dir));
+        c.remove(pos);
+        assert!(c.find_last(b"zz", |_| true).unwrap().is_none());
+        assert_eq!(c.find_last(b"y", |_| true).unwrap().unwrap().1.size, 3);
+        // Positions stay valid after a removal.
+        c.remove(3);
+        let c = c.into_sorted().unwrap();
+        assert_eq!(c.tree_bytes(), tree(vec![file(b"d", 2), file(b"x", 1)]));
+    }
+}
