@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning};
-use snapback_stream::{looks_like_tar, Prefetch, TarSource};
+use snapback_stream::{looks_like_tar, TarSource};
 
 /// How to interpret the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +37,7 @@ pub fn source(
     };
     let reader: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(input));
     if is_tar {
-        // Parsing the stream on a thread of its own overlaps it with the archiver's work.
-        let tar = Prefetch::new(TarSource::new(reader)).context("starting the tar reader")?;
-        Ok((Box::new(tar), true))
+        Ok((Box::new(TarSource::new(reader)), true))
     } else {
         Ok((Box::new(SingleFile::new(name, reader)), false))
     }

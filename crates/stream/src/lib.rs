@@ -3,7 +3,6 @@
 //! * [`walk::Walker`] walks one or more filesystem roots (skipping the pseudo filesystems and
 //!   Kubernetes-managed files of a Pod) and yields [`Entry`]s lazily.
 //! * [`tar_read::TarSource`] yields the entries of any GNU / PAX / ustar tar stream.
-//! * [`prefetch::Prefetch`] runs a source on a thread of its own (batched hand-over).
 //! * [`tar_write::write_tar`] turns any [`EntrySource`] into a deterministic PAX tar stream.
 //!
 //! Every source implements [`EntrySource`], a lending iterator: a regular file's content is a
@@ -16,7 +15,6 @@ pub mod entry;
 mod error;
 mod names;
 mod pax;
-pub mod prefetch;
 mod skip;
 pub mod tar_read;
 pub mod tar_write;
@@ -24,7 +22,6 @@ pub mod walk;
 
 pub use entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning, Xattr};
 pub use error::Error;
-pub use prefetch::Prefetch;
 pub use tar_read::{looks_like_tar, TarSource};
 pub use tar_write::{write_tar, write_tar_with, Summary, TarOptions};
 pub use walk::{read_exclude_file, WalkOptions, Walker};
