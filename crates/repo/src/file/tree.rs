@@ -45,21 +45,34 @@ impl serde_json::ser::Formatter for GoJsonFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        // Byte-wise (every tree's every name and time passes here): the characters to escape
+        // are the ASCII `<>&` and U+2028/U+2029, which in valid UTF-8 are exactly the byte
+        // sequences E2 80 A8 and E2 80 A9.
+        let bytes = fragment.as_bytes();
         let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            let esc: &[u8] = match c {
-                '<' => b"\\u003c",
-                '>' => b"\\u003e",
-                '&' => b"\\u0026",
-                '\u{2028}' => b"\\u2028",
-                '\u{2029}' => b"\\u2029",
-                _ => continue,
+        let mut i = 0;
+        while i < bytes.len() {
+            let (esc, len): (&[u8], usize) = match bytes[i] {
+                b'<' => (b"\\u003c", 1),
+                b'>' => (b"\\u003e", 1),
+                b'&' => (b"\\u0026", 1),
+                0xe2 if bytes.get(i + 1) == Some(&0x80) && bytes.get(i + 2) == Some(&0xa8) => {
+                    (b"\\u2028", 3)
+                }
+                0xe2 if bytes.get(i + 1) == Some(&0x80) && bytes.get(i + 2) == Some(&0xa9) => {
+                    (b"\\u2029", 3)
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
             };
-            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(&bytes[start..i])?;
             writer.write_all(esc)?;
-            start = i + c.len_utf8();
+            i += len;
+            start = i;
         }
-        writer.write_all(&fragment.as_bytes()[start..])
+        writer.write_all(&bytes[start..])
     }
 
     fn write_char_escape<W: ?Sized + std::io::Write>(
@@ -185,9 +198,9 @@ struct NodeOut<'a> {
     node_type: NodeType,
     #[serde(skip_serializing_if = "is_zero_u32")]
     mode: u32,
-    mtime: &'a DateTime<FixedOffset>,
-    atime: &'a DateTime<FixedOffset>,
-    ctime: &'a DateTime<FixedOffset>,
+    mtime: Time<'a>,
+    atime: Time<'a>,
+    ctime: Time<'a>,
     uid: u32,
     gid: u32,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -299,9 +312,9 @@ impl Serialize for Node {
             name: &self.name,
             node_type: self.node_type,
             mode: self.mode,
-            mtime: &self.mtime,
-            atime: &self.atime,
-            ctime: &self.ctime,
+            mtime: Time(&self.mtime),
+            atime: Time(&self.atime),
+            ctime: Time(&self.ctime),
             uid: self.uid,
             gid: self.gid,
             user: &self.user,
@@ -318,6 +331,77 @@ impl Serialize for Node {
             subtree: self.subtree.as_ref(),
         }
         .serialize(s)
+    }
+}
+
+/// A node time, serialised exactly as chrono's `Serialize` does (RFC 3339, `Z` for UTC, 0, 3,
+/// 6 or 9 fraction digits), but for the common case (UTC, years 0-9999) formatted into a stack
+/// buffer: chrono's goes through `fmt` a field at a time, and every node has three times.
+struct Time<'a>(&'a DateTime<FixedOffset>);
+
+impl Serialize for Time<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use chrono::{Datelike, Timelike};
+        let t = self.0;
+        let nanos = t.nanosecond();
+        if t.offset().local_minus_utc() != 0
+            || !(0..=9999).contains(&t.year())
+            || nanos >= 1_000_000_000
+        {
+            return t.serialize(s);
+        }
+        let mut out = Ascii::default();
+        out.digits(t.year() as u32, 4);
+        let fields = [
+            (b'-', t.month()),
+            (b'-', t.day()),
+            (b'T', t.hour()),
+            (b':', t.minute()),
+            (b':', t.second()),
+        ];
+        for (sep, v) in fields {
+            out.byte(sep);
+            out.digits(v, 2);
+        }
+        let fraction = if nanos == 0 {
+            None
+        } else if nanos % 1_000_000 == 0 {
+            Some((nanos / 1_000_000, 3))
+        } else if nanos % 1_000 == 0 {
+            Some((nanos / 1_000, 6))
+        } else {
+            Some((nanos, 9))
+        };
+        if let Some((v, digits)) = fraction {
+            out.byte(b'.');
+            out.digits(v, digits);
+        }
+        out.byte(b'Z');
+        // Only ASCII digits and separators were written.
+        s.serialize_str(
+            std::str::from_utf8(&out.buf[..out.len]).map_err(serde::ser::Error::custom)?,
+        )
+    }
+}
+
+/// A short ASCII text on the stack.
+#[derive(Default)]
+struct Ascii {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Ascii {
+    fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    /// `v` as exactly `digits` decimal digits (the callers' values fit).
+    fn digits(&mut self, v: u32, digits: u32) {
+        for d in (0..digits).rev() {
+            self.byte(b'0' + (v / 10u32.pow(d) % 10) as u8);
+        }
     }
 }
 
@@ -588,6 +672,64 @@ mod tests {
         assert!(text.ends_with("}]}\n"));
         let back: Tree = serde_json::from_str(&text).unwrap();
         assert_eq!(back, tree);
+    }
+
+    #[test]
+    fn escaping_finds_every_character_go_escapes_and_no_other() {
+        // Other three-byte characters starting E2 80 (`…`, `‰`) or E2 (`€`) stay as they are.
+        let mut n = Node::new("f", NodeType::File);
+        n.user = "&a<\u{2028}…\u{2029}€‰>&".into();
+        n.group = "\u{2028}".into();
+        let text = String::from_utf8(Tree { nodes: vec![n] }.to_bytes().unwrap()).unwrap();
+        assert!(
+            text.contains(r#""user":"\u0026a\u003c\u2028…\u2029€‰\u003e\u0026","group":"\u2028""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        let offsets = [0, 3600, -5 * 3600 - 30 * 60];
+        let secs = [
+            0i64,
+            1,
+            1_704_067_200,
+            -1,
+            -62_135_596_800,
+            253_402_300_799,
+            4_102_444_800,
+        ];
+        let nanos = [
+            0u32,
+            1,
+            120_000_000,
+            123_000_000,
+            123_456_000,
+            123_456_789,
+            999_999_999,
+            1_500_000_000,
+        ];
+        let mut checked = 0;
+        for off in offsets {
+            for s in secs {
+                for ns in nanos {
+                    let Some(t) = DateTime::from_timestamp(s, ns) else {
+                        continue;
+                    };
+                    let t = t.with_timezone(&FixedOffset::east_opt(off).unwrap());
+                    let ours = serde_json::to_string(&Time(&t)).unwrap();
+                    let chrono = serde_json::to_string(&t).unwrap();
+                    assert_eq!(ours, chrono);
+                    checked += 1;
+                }
+            }
+        }
+        let zero = zero_time();
+        assert_eq!(
+            serde_json::to_string(&Time(&zero)).unwrap(),
+            r#""0001-01-01T00:00:00Z""#
+        );
+        assert!(checked > 100);
     }
 
     #[test]
