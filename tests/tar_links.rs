@@ -137,7 +137,7 @@ fn hard_links_to_members_of_long_finished_directories_restore_with_their_content
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let sb = init(&repo);
-    // 60,000 files: their listings (~15 MiB encoded) pass the 8 MiB cache of finished ones.
+    // 60,000 files: their listings (~15 MiB encoded) pass the 2 MiB cache of finished ones.
     backup_peak(&sb, 60_000, 1000, true);
     let expect = [
         ("links/to-first", "the very first member\n"),
@@ -157,6 +157,64 @@ fn hard_links_to_members_of_long_finished_directories_restore_with_their_content
         &tmp.path().join("restic-restore"),
         &expect,
         "restic",
+    );
+}
+
+/// A stream may return to a directory it left long before (its listing evicted from the cache
+/// of finished ones): the directory's saved tree is read back and the new member joins it, so
+/// the snapshot has one `early` with both files (before, this stopped the backup with an error).
+#[test]
+fn a_stream_returning_to_a_long_finished_directory_adds_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let sb = init(&repo);
+    let mut child = sb
+        .command(&["backup", "--stdin", "--stdin-filename", "gen.tar"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdin);
+        member(&mut out, "early/", b'5', b"", "");
+        member(&mut out, "early/first", b'0', b"first\n", "");
+        // 50,000 files in 50 directories: ~12 MiB of listings, past the cache (8 MiB before).
+        for i in 0..50_000 {
+            if i % 1000 == 0 {
+                member(&mut out, &format!("d{:02}/", i / 1000), b'5', b"", "");
+            }
+            member(
+                &mut out,
+                &format!("d{:02}/f{i:05}", i / 1000),
+                b'0',
+                b"x\n",
+                "",
+            );
+        }
+        member(&mut out, "early/second", b'0', b"second\n", "");
+        out.write_all(&[0; 1024]).unwrap();
+        out.flush().unwrap();
+    });
+    let (status, _) = wait_peak_kib(child);
+    writer.join().unwrap();
+    assert!(
+        status.success(),
+        "backup of a stream returning to early/: {status}"
+    );
+    assert_eq!(sb.run_ok(&["dump", "latest", "early/first"]), "first\n");
+    assert_eq!(sb.run_ok(&["dump", "latest", "early/second"]), "second\n");
+    if common::skip_without_restic("a_stream_returning_to_a_long_finished_directory") {
+        return;
+    }
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    restic.run_ok(&["check"]);
+    let listed = restic.run_ok(&["ls", "latest", "/early"]);
+    let early: Vec<&str> = listed.lines().filter(|l| l.starts_with("/early")).collect();
+    assert_eq!(
+        early,
+        ["/early", "/early/first", "/early/second"],
+        "{listed}"
     );
 }
 

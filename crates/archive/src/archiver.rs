@@ -11,9 +11,10 @@
 //! so when an entry lies outside the top directory, that directory is complete and is written
 //! as a tree blob right away. Memory grows with the depth of the tree and the width of the open
 //! directories, never with the size of the data. The width term is inherent to restic's format
-//! (a tree blob is one sorted document): an open directory costs about 440 bytes per entry (a
-//! 280-byte [`Node`], its name and content ids, and the encoded tree when it closes), so a
-//! directory of a million entries needs some 450 MiB.
+//! (a tree blob is one sorted document): an open directory holds its entries already encoded
+//! ([`Children`]), about the size of the tree blob it becomes. Finished listings are cached
+//! (bounded) only for sources that may return to a directory or link into it
+//! ([`EntrySource::may_revisit`]); past the cache, the saved tree blob is read back.
 //!
 //! Hard links: a path backup knows each file's link count, so a file with more links is kept
 //! (its content ids) only until its last link was seen. A tar member has no count, so nothing
@@ -51,7 +52,7 @@ use crate::{Error, Result};
 /// Bytes read from a file per read call.
 const READ_SIZE: usize = 512 * 1024;
 /// Encoded size of finished directory listings kept for streams that return to a directory.
-const CLOSED_CACHE_BYTES: usize = 8 * 1024 * 1024;
+const CLOSED_CACHE_BYTES: usize = 2 * 1024 * 1024;
 /// Capacity of the read window: the longest chunk plus one read.
 const CHUNK_BUF: usize = snapback_chunker::MAX_SIZE + READ_SIZE;
 
@@ -184,6 +185,10 @@ impl Archiver {
 
     /// Consumes the whole source; returns the root tree id.
     pub fn run(mut self, source: &mut dyn EntrySource) -> Result<(Id, ArchiveStats)> {
+        if !source.may_revisit() {
+            // Nothing would read the cache: a walk's links are counted, its directories final.
+            self.closed = ClosedDirs::new(0);
+        }
         while let Some(entry) = source.next_entry()? {
             if self.opts.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
@@ -399,7 +404,7 @@ impl Archiver {
                 return Ok(None);
             };
             let (children, len) = self.load_saved_tree(&sub)?;
-            if len <= CLOSED_CACHE_BYTES {
+            if len <= self.closed.limit {
                 self.closed.insert(path.to_vec(), children.clone(), len);
             }
             at = Listing::Loaded(children);
@@ -470,12 +475,18 @@ impl Archiver {
         else {
             return Ok(None);
         };
-        let Some(children) = self.closed.take(path) else {
-            return Err(Error::Stream(format!(
-                "the stream returns to directory /{} long after leaving it (its listing is no \
-                 longer cached); group each directory's members together, as `tar -c` does",
-                String::from_utf8_lossy(&path.join(&b'/'))
-            )));
+        let children = match self.closed.take(path) {
+            Some(children) => children,
+            // Evicted from the cache: its tree blob was saved, read it back.
+            None => match node.subtree {
+                Some(sub) => self.load_saved_tree(&sub)?.0,
+                None => {
+                    return Err(Error::Pipeline(format!(
+                        "finished directory /{} has no tree",
+                        String::from_utf8_lossy(&path.join(&b'/'))
+                    )))
+                }
+            },
         };
         self.top_mut().children.remove(pos);
         node.subtree = None;
@@ -535,7 +546,7 @@ impl Archiver {
         // stream keeps its last entry.
         let children = children.into_sorted()?;
         let len = children.encoded_len();
-        let (bytes, kept) = if len <= CLOSED_CACHE_BYTES {
+        let (bytes, kept) = if len <= self.closed.limit {
             (children.tree_bytes(), Some(children))
         } else {
             (children.into_tree_bytes(), None)

@@ -134,4 +134,12 @@ pub trait EntrySource {
 
     /// Warnings collected so far (unreadable or changing files, skipped mounts are not warnings).
     fn warnings(&self) -> &[Warning];
+
+    /// Whether a later entry may refer to a directory this source has already left: a tar
+    /// stream may return to a directory or hard-link a member without a link count, while a
+    /// filesystem walk finishes each directory once and counts links. Consumers keep finished
+    /// listings only for sources that may.
+    fn may_revisit(&self) -> bool {
+        true
+    }
 }

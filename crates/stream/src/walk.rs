@@ -500,6 +500,11 @@ impl EntrySource for Walker {
 
     /// Warnings so far. Those of a file's content (shrank, grew, read error) are added when the
     /// next entry is requested, so they are complete once `next_entry` returned `None`.
+    /// A walk finishes each directory once and resolves hard links by their link count.
+    fn may_revisit(&self) -> bool {
+        false
+    }
+
     fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
