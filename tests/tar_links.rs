@@ -1,6 +1,6 @@
 //! Hard links in a long tar stream resolve to their target's content even when the target's
-//! directory finished long before (the guard for any change to how tar members are remembered,
-//! issue 13).
+//! directory finished long before, and neither tar streams nor path backups hold memory per
+//! linked file (the guard for any change to how linked files are remembered, issue 13).
 
 mod common;
 
@@ -216,6 +216,95 @@ fn a_stream_returning_to_a_long_finished_directory_adds_to_it() {
         ["/early", "/early/first", "/early/second"],
         "{listed}"
     );
+}
+
+/// Makes `files` files under `dir/data` (100 per directory), each with a second link outside
+/// `data` when `outside`, or else a link in `dir/data/zz-links` (walked after all of them).
+fn linked_tree(dir: &Path, files: usize, outside: bool) {
+    let data = dir.join("data");
+    let other = if outside {
+        dir.join("other")
+    } else {
+        data.join("zz-links")
+    };
+    std::fs::create_dir_all(&other).unwrap();
+    for i in 0..files {
+        let sub = data.join(format!("d{:04}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&sub).unwrap();
+        }
+        let file = sub.join(format!("f{i:06}"));
+        std::fs::write(&file, format!("file {i}\n")).unwrap();
+        std::fs::hard_link(&file, other.join(format!("l{i:06}"))).unwrap();
+    }
+}
+
+/// Peak RSS (KiB) of a path backup of `dir/data`.
+fn path_backup_peak(sb: &Snapback, dir: &Path) -> i64 {
+    let child = sb
+        .command(&["backup", dir.join("data").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak) = wait_peak_kib(child);
+    assert!(
+        status.success(),
+        "path backup of {}: {status}",
+        dir.display()
+    );
+    peak
+}
+
+/// Files whose other link lies outside the backup (a hard-link farm, a mail store linking
+/// messages between folders) never see their last link: what the walker and the archiver
+/// remember of them is bounded, so 60,000 of them cost about what 6,000 do (before, each
+/// stayed remembered to the end: ~10 MiB more for the larger tree).
+#[test]
+fn files_linked_from_outside_the_backup_do_not_grow_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sb = init(&tmp.path().join("repo"));
+    let small = tmp.path().join("small");
+    let large = tmp.path().join("large");
+    linked_tree(&small, 6_000, true);
+    linked_tree(&large, 60_000, true);
+    let small_peak = path_backup_peak(&sb, &small);
+    let large_peak = path_backup_peak(&sb, &large);
+    eprintln!("peak RSS: 6,000 linked files {small_peak} KiB, 60,000 {large_peak} KiB");
+    assert!(
+        large_peak - small_peak < 6 * 1024,
+        "peak RSS grew from {small_peak} KiB to {large_peak} KiB for 54,000 more linked files"
+    );
+}
+
+/// Links within the backup that come after the bound on remembered files forgot their first
+/// link are read again: every link still has its file's content, and restic agrees.
+#[test]
+fn links_past_the_bound_on_remembered_files_keep_their_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let sb = init(&repo);
+    // 10,000 > the 8,192 files remembered: the first links' targets were forgotten.
+    linked_tree(tmp.path(), 10_000, false);
+    path_backup_peak(&sb, tmp.path());
+    let data = tmp.path().join("data");
+    for i in [0usize, 1_000, 9_999] {
+        let link = data.join(format!("zz-links/l{i:06}"));
+        let snap_path = link.to_str().unwrap().to_string();
+        assert_eq!(
+            sb.run_ok(&["dump", "latest", &snap_path]),
+            format!("file {i}\n")
+        );
+    }
+    if common::skip_without_restic("links_past_the_bound_on_remembered_files") {
+        return;
+    }
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    restic.run_ok(&["check", "--read-data"]);
+    for i in [0usize, 5_000, 9_999] {
+        let link = data.join(format!("zz-links/l{i:06}"));
+        let out = restic.run_ok(&["dump", "latest", link.to_str().unwrap()]);
+        assert_eq!(out, format!("file {i}\n"), "restic dump of link {i}");
+    }
 }
 
 /// Restores `/links` of the latest snapshot with `tool` into `target` and checks each file.

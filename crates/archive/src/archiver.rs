@@ -38,6 +38,7 @@ use snapback_repo::buffers::BufferPool;
 use snapback_repo::file::{Node, NodeType, Tree};
 use snapback_repo::{BlobIndex, BlobType, Id, Repository};
 use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata};
+use snapback_stream::pending_links::{PendingLinks, PENDING_LINKS_MAX};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -116,8 +117,9 @@ pub struct Archiver {
     tables: Arc<Tables>,
     stack: Vec<OpenDir>,
     /// Content of files with more than one link (path backups), by path, while links to them
-    /// are still to come. Tar members (`nlink == 0`) are never kept: see the module docs.
-    links: HashMap<PathBuf, LinkTarget>,
+    /// are still to come (bounded; a forgotten one is looked up in what was built). Tar
+    /// members (`nlink == 0`) are never kept: see the module docs.
+    links: PendingLinks<PathBuf, LinkTarget>,
     /// Where the sink put this run's tree blobs, to read one back for a hard link.
     trees: TreeFinder,
     /// Listings of recently finished directories, for streams that return to them.
@@ -163,7 +165,7 @@ impl Archiver {
             dedup,
             tables,
             stack: Vec::new(),
-            links: HashMap::new(),
+            links: PendingLinks::new(PENDING_LINKS_MAX),
             trees,
             closed: ClosedDirs::new(CLOSED_CACHE_BYTES),
             opts,

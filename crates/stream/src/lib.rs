@@ -19,6 +19,7 @@ pub mod entry;
 mod error;
 mod names;
 mod pax;
+pub mod pending_links;
 mod skip;
 pub mod tar_read;
 pub mod tar_write;

@@ -4,7 +4,7 @@
 //! by name (byte order). Only one directory listing per level and one open file are held, so
 //! memory does not grow with file sizes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::names::NameCache;
+use crate::pending_links::{PendingLinks, PENDING_LINKS_MAX};
 use crate::skip::{pseudo_mounts, SkipReason, SkipRules};
 use crate::{Entry, EntryKind, EntrySource, Error, Metadata, Timestamp, Warning, Xattr};
 
@@ -98,8 +99,8 @@ pub struct Walker {
     rules: SkipRules,
     /// First path seen for each (dev, inode) with nlink > 1, and how many of its links are
     /// still to come: an entry is dropped at its last link, so this holds only files whose
-    /// links are not all seen yet.
-    links: HashMap<(u64, u64), (PathBuf, u64)>,
+    /// links are not all seen yet (bounded: past it a later link is read as a file again).
+    links: PendingLinks<(u64, u64), (PathBuf, u64)>,
     names: NameCache,
     warnings: Vec<Warning>,
     file: Option<FileReader>,
@@ -140,7 +141,7 @@ impl Walker {
             root_dev: 0,
             one_file_system: options.one_file_system,
             rules,
-            links: HashMap::new(),
+            links: PendingLinks::new(PENDING_LINKS_MAX),
             names: NameCache::default(),
             warnings: Vec::new(),
             file: None,
