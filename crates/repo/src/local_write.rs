@@ -3,11 +3,10 @@
 //!
 //! A backup writes each pack once and reads it back rarely, so the pages a buffered write
 //! fills are of no use, and in a VM they are costly: fresh page-cache pages are cold memory
-//! the host must map in. Writing 100 packs of 8 MiB with `fsync` each took 1.1-2.3 s of
-//! wall time (0.9-2.0 s in the kernel) buffered, and 0.43 s (0.2 s) with `RWF_DONTCACHE`,
-//! which writes through the page cache and drops the pages once on disk (Linux 6.14+; older
-//! kernels and file systems without it get a plain buffered write). A sidecar writing
-//! backups next to a database also leaves the database's cache alone.
+//! the host must map in (BENCHMARKS.md has the measurement). `RWF_DONTCACHE` writes through
+//! the page cache and drops the pages once on disk (Linux 6.14+; older kernels and file
+//! systems without it get a plain buffered write). A sidecar writing backups next to a
+//! database also leaves the database's cache alone.
 
 use std::fs::File;
 use std::io::{self, IoSlice};
