@@ -12,7 +12,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{diff_trees, Restic, Snapback};
+use common::{diff_trees, Restic, Scratch, Snapback};
 
 const PASSWORD: &str = "names-test-password";
 
@@ -82,14 +82,14 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
+        let Scratch {
+            dir,
+            root,
+            restic,
+            snapback,
+        } = Scratch::init(PASSWORD);
         let src = root.join("src");
         make_names_tree(&src);
-        let repo = root.join("repo");
-        let restic = Restic::new(repo.to_str().unwrap(), PASSWORD);
-        restic.run_ok(&["init"]);
-        let snapback = Snapback::new(repo.to_str().unwrap(), PASSWORD);
         Fixture {
             _dir: dir,
             root,

@@ -12,7 +12,7 @@ use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use common::{Restic, Snapback};
+use common::{Restic, Scratch, Snapback};
 
 const PASSWORD: &str = "patterns-test-password";
 
@@ -70,16 +70,16 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
+        let Scratch {
+            dir,
+            root,
+            mut restic,
+            mut snapback,
+        } = Scratch::init(PASSWORD);
         let tree = root.join("tree");
         make_tree(&tree);
-        let repo = root.join("repo");
-        let mut restic = Restic::new(repo.to_str().unwrap(), PASSWORD);
-        let mut snapback = Snapback::new(repo.to_str().unwrap(), PASSWORD);
         restic.set_env(ENV_VAR, "data");
         snapback.set_env(ENV_VAR, "data");
-        restic.run_ok(&["init"]);
         Fixture {
             _dir: dir,
             root,

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{diff_trees, make_tree, set_mtime, Restic, Snapback};
+use common::{diff_trees, make_tree, set_mtime, Restic, Scratch, Snapback};
 
 const PASSWORD: &str = "read-side-test-password";
 
@@ -29,9 +29,12 @@ struct Fixture {
 impl Fixture {
     /// Builds the trees and runs `restic init` + `restic backup src special`.
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        // Canonical: the snapshot records the real path (no symlinked /tmp surprises).
-        let root = dir.path().canonicalize().unwrap();
+        let Scratch {
+            dir,
+            root,
+            restic,
+            snapback,
+        } = Scratch::init(PASSWORD);
         let src = root.join("src");
         make_tree(&src);
         // Extras: a hard-link pair across directories, a setuid file, a symlink with its own
@@ -60,11 +63,7 @@ impl Fixture {
             .unwrap();
         assert!(status.success());
 
-        let repo = root.join("repo");
-        let restic = Restic::new(repo.to_str().unwrap(), PASSWORD);
-        restic.run_ok(&["init"]);
         restic.run_ok(&["backup", src.to_str().unwrap(), special.to_str().unwrap()]);
-        let snapback = Snapback::new(repo.to_str().unwrap(), PASSWORD);
         Fixture {
             _dir: dir,
             root,

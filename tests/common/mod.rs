@@ -1131,6 +1131,34 @@ impl DerefMut for Snapback {
     }
 }
 
+/// A scratch directory with a local repository `repo` in it, initialised by restic, and both
+/// tools pointed at it. `root` is the directory's canonical path (snapshots record real paths,
+/// so no symlinked /tmp surprises); the directory goes when `dir` is dropped.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub restic: Restic,
+    pub snapback: Snapback,
+}
+
+impl Scratch {
+    /// A new scratch directory and repository with `password`.
+    pub fn init(password: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let repo = root.join("repo");
+        let restic = Restic::new(repo.to_str().unwrap(), password);
+        restic.run_ok(&["init"]);
+        let snapback = Snapback::new(repo.to_str().unwrap(), password);
+        Scratch {
+            dir,
+            root,
+            restic,
+            snapback,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Test trees
 // ---------------------------------------------------------------------------
