@@ -108,6 +108,18 @@ fn wait_peak_kib(child: Child) -> (std::process::ExitStatus, i64) {
 /// Backs up a generated stream of `files` members, `per_dir` per directory, into `sb`'s
 /// repository; returns peak RSS.
 fn backup_peak(sb: &Snapback, files: usize, per_dir: usize, links: bool) -> i64 {
+    backup_stream_peak(sb, &format!("{files} members"), move |out| {
+        stream(out, files, per_dir, links)
+    })
+}
+
+/// Backs up the tar stream `write` produces (fed through a pipe while the backup reads it)
+/// into `sb`'s repository; asserts it succeeded and returns peak RSS.
+fn backup_stream_peak(
+    sb: &Snapback,
+    what: &str,
+    write: impl FnOnce(&mut std::io::BufWriter<std::process::ChildStdin>) + Send + 'static,
+) -> i64 {
     let mut child = sb
         .command(&["backup", "--stdin", "--stdin-filename", "gen.tar"])
         .stdin(Stdio::piped())
@@ -117,12 +129,12 @@ fn backup_peak(sb: &Snapback, files: usize, per_dir: usize, links: bool) -> i64 
     let stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, stdin);
-        stream(&mut out, files, per_dir, links);
+        write(&mut out);
         out.flush().unwrap();
     });
     let (status, peak) = wait_peak_kib(child);
     writer.join().unwrap();
-    assert!(status.success(), "backup of {files} members: {status}");
+    assert!(status.success(), "backup of {what}: {status}");
     peak
 }
 
@@ -139,25 +151,13 @@ fn hard_links_to_members_of_long_finished_directories_restore_with_their_content
     let sb = init(&repo);
     // 60,000 files: their listings (~15 MiB encoded) pass the 2 MiB cache of finished ones.
     backup_peak(&sb, 60_000, 1000, true);
-    let expect = [
-        ("links/to-first", "the very first member\n"),
-        ("links/to-early-dir", "in an early directory\n"),
-        ("links/to-last-dir", "in the last one\n"),
-    ];
     let out = sb.run_ok(&["dump", "latest", "links/to-first"]);
-    assert_eq!(out, expect[0].1);
-    restore_links(&sb, &tmp.path().join("sb-restore"), &expect, "snapback");
+    assert_eq!(out, LINKS[0].1);
+    restore_links(&sb, &tmp.path().join("sb-restore"), &LINKS, "snapback");
     if common::skip_without_restic("hard_links_to_members_of_long_finished_directories") {
         return;
     }
-    let restic = Restic::new(repo.to_str().unwrap(), PW);
-    restic.run_ok(&["check"]);
-    restore_links(
-        &restic,
-        &tmp.path().join("restic-restore"),
-        &expect,
-        "restic",
-    );
+    restic_restores_the_links(&repo, &tmp.path().join("restic-restore"));
 }
 
 /// A stream may return to a directory it left long before (its listing evicted from the cache
@@ -168,40 +168,19 @@ fn a_stream_returning_to_a_long_finished_directory_adds_to_it() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let sb = init(&repo);
-    let mut child = sb
-        .command(&["backup", "--stdin", "--stdin-filename", "gen.tar"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdin);
-        member(&mut out, "early/", b'5', b"", "");
-        member(&mut out, "early/first", b'0', b"first\n", "");
+    backup_stream_peak(&sb, "a stream returning to early/", |out| {
+        member(out, "early/", b'5', b"", "");
+        member(out, "early/first", b'0', b"first\n", "");
         // 50,000 files in 50 directories: ~12 MiB of listings, past the cache (8 MiB before).
         for i in 0..50_000 {
             if i % 1000 == 0 {
-                member(&mut out, &format!("d{:02}/", i / 1000), b'5', b"", "");
+                member(out, &format!("d{:02}/", i / 1000), b'5', b"", "");
             }
-            member(
-                &mut out,
-                &format!("d{:02}/f{i:05}", i / 1000),
-                b'0',
-                b"x\n",
-                "",
-            );
+            member(out, &format!("d{:02}/f{i:05}", i / 1000), b'0', b"x\n", "");
         }
-        member(&mut out, "early/second", b'0', b"second\n", "");
+        member(out, "early/second", b'0', b"second\n", "");
         out.write_all(&[0; 1024]).unwrap();
-        out.flush().unwrap();
     });
-    let (status, _) = wait_peak_kib(child);
-    writer.join().unwrap();
-    assert!(
-        status.success(),
-        "backup of a stream returning to early/: {status}"
-    );
     assert_eq!(sb.run_ok(&["dump", "latest", "early/first"]), "first\n");
     assert_eq!(sb.run_ok(&["dump", "latest", "early/second"]), "second\n");
     if common::skip_without_restic("a_stream_returning_to_a_long_finished_directory") {
@@ -307,6 +286,20 @@ fn links_past_the_bound_on_remembered_files_keep_their_content() {
     }
 }
 
+/// The links [`stream`] adds at the end, and the content each must restore with.
+const LINKS: [(&str, &str); 3] = [
+    ("links/to-first", "the very first member\n"),
+    ("links/to-early-dir", "in an early directory\n"),
+    ("links/to-last-dir", "in the last one\n"),
+];
+
+/// restic checks the repository and restores [`LINKS`] with their content into `target`.
+fn restic_restores_the_links(repo: &Path, target: &Path) {
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    restic.run_ok(&["check"]);
+    restore_links(&restic, target, &LINKS, "restic");
+}
+
 /// Restores `/links` of the latest snapshot with `tool` into `target` and checks each file.
 fn restore_links(tool: &common::Tool, target: &Path, expect: &[(&str, &str)], who: &str) {
     tool.run_ok(&[
@@ -342,22 +335,10 @@ fn memory_of_a_tar_stream_does_not_grow_with_its_members() {
         large - small < 6 * 1024,
         "peak RSS grew from {small} KiB to {large} KiB for 180,000 more members"
     );
-    let expect = [
-        ("links/to-first", "the very first member\n"),
-        ("links/to-early-dir", "in an early directory\n"),
-        ("links/to-last-dir", "in the last one\n"),
-    ];
     if common::skip_without_restic("memory_of_a_tar_stream_does_not_grow_with_its_members") {
         return;
     }
-    let restic = Restic::new(repo.to_str().unwrap(), PW);
-    restic.run_ok(&["check"]);
-    restore_links(
-        &restic,
-        &tmp.path().join("restic-restore"),
-        &expect,
-        "restic",
-    );
+    restic_restores_the_links(&repo, &tmp.path().join("restic-restore"));
 }
 
 /// A directory of 200,000 members costs about its tree blob's size while it is open, not a

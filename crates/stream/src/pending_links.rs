@@ -51,7 +51,7 @@ impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
             }
         }
         // Removed keys leave stale order entries; drop them before they outnumber the live ones.
-        if self.order.len() > 2 * self.max.max(self.map.len()) {
+        if self.order.len() > 2 * self.max {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
         }
