@@ -1,6 +1,7 @@
 //! Hard links in a long tar stream resolve to their target's content even when the target's
-//! directory finished long before, and neither tar streams nor path backups hold memory per
-//! linked file (the guard for any change to how linked files are remembered, issue 13).
+//! directory finished long before, and neither tar streams, path backups nor restores hold
+//! memory per linked file (the guard for any change to how linked files are remembered, issue
+//! 13).
 
 mod common;
 
@@ -247,12 +248,42 @@ fn files_linked_from_outside_the_backup_do_not_grow_memory() {
     linked_tree(&small, 6_000, true);
     linked_tree(&large, 60_000, true);
     let small_peak = path_backup_peak(&sb, &small);
+    let small_restore = restore_peak(&sb, &tmp.path().join("small-restore"), 6_000);
     let large_peak = path_backup_peak(&sb, &large);
+    let large_restore = restore_peak(&sb, &tmp.path().join("large-restore"), 60_000);
     eprintln!("peak RSS: 6,000 linked files {small_peak} KiB, 60,000 {large_peak} KiB");
+    eprintln!("restore peak RSS: 6,000 {small_restore} KiB, 60,000 {large_restore} KiB");
     assert!(
         large_peak - small_peak < 6 * 1024,
         "peak RSS grew from {small_peak} KiB to {large_peak} KiB for 54,000 more linked files"
     );
+    // Restore remembers up to 32,768 open link groups (~4 MiB), 6,000 of them in the small one.
+    assert!(
+        large_restore - small_restore < 6 * 1024,
+        "restore peak RSS grew from {small_restore} KiB to {large_restore} KiB for 54,000 more \
+         linked files"
+    );
+}
+
+/// Peak RSS (KiB) of restoring the latest snapshot into `target`; checks it restored `files`.
+fn restore_peak(sb: &Snapback, target: &Path, files: usize) -> i64 {
+    let mut child = sb
+        .command(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One summary line: it fits the pipe, so the child does not block before it is reaped.
+    let mut stdout = child.stdout.take().unwrap();
+    let (status, peak) = wait_peak_kib(child);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    assert!(
+        status.success(),
+        "restore into {}: {status}",
+        target.display()
+    );
+    assert!(out.contains(&format!("restored {files} files")), "{out}");
+    peak
 }
 
 /// Links within the backup that come after the bound on remembered files forgot their first
@@ -272,6 +303,26 @@ fn links_past_the_bound_on_remembered_files_keep_their_content() {
         assert_eq!(
             sb.run_ok(&["dump", "latest", &snap_path]),
             format!("file {i}\n")
+        );
+    }
+    // Restore keeps the groups (its bound, 32,768, is not reached): links stay links.
+    let target = tmp.path().join("restored");
+    restore_peak(&sb, &target, 20_000);
+    let restored = target.join(data.strip_prefix("/").unwrap());
+    for i in [0usize, 1_000, 9_999] {
+        use std::os::unix::fs::MetadataExt;
+        let file = restored.join(format!("d{:04}/f{i:06}", i / 100));
+        let link = restored.join(format!("zz-links/l{i:06}"));
+        assert_eq!(
+            std::fs::read_to_string(&link).unwrap(),
+            format!("file {i}\n")
+        );
+        let (f, l) = (file.metadata().unwrap(), link.metadata().unwrap());
+        assert_eq!(
+            (f.ino(), f.nlink()),
+            (l.ino(), 2),
+            "{} and its link",
+            file.display()
         );
     }
     if common::skip_without_restic("links_past_the_bound_on_remembered_files") {

@@ -136,6 +136,15 @@ pub async fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<Exit
             "restored {} files, {} directories, {} other nodes, {} bytes",
             summary.files, summary.dirs, summary.others, summary.bytes
         );
+        if summary.link_groups_forgotten > 0 {
+            println!(
+                "note: {} hard-link groups were still open when forgotten (more than {} at once, \
+                 or their other links are outside the snapshot); a later link of one, if any, \
+                 was restored as a separate copy",
+                summary.link_groups_forgotten,
+                snapback_restore::restore::LINK_GROUPS_MAX
+            );
+        }
     }
     let mut ok = summary.failed.is_empty();
     if !ok {

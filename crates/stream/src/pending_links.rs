@@ -22,6 +22,8 @@ pub struct PendingLinks<K, V> {
     /// Insertion order; keys already removed are skipped when evicting.
     order: VecDeque<K>,
     max: usize,
+    /// Entries forgotten past the bound so far.
+    forgotten: u64,
 }
 
 impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
@@ -31,6 +33,7 @@ impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
             map: HashMap::new(),
             order: VecDeque::new(),
             max,
+            forgotten: 0,
         }
     }
 
@@ -45,7 +48,9 @@ impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
         while self.map.len() > self.max {
             match self.order.pop_front() {
                 Some(oldest) => {
-                    self.map.remove(&oldest);
+                    if self.map.remove(&oldest).is_some() {
+                        self.forgotten += 1;
+                    }
                 }
                 None => break,
             }
@@ -73,6 +78,11 @@ impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
         self.map.remove(key)
     }
 
+    /// Entries forgotten past the bound so far (removed ones do not count).
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
     /// Entries remembered now.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -98,6 +108,7 @@ mod tests {
         assert!(links.get_mut(&6).is_none());
         assert_eq!(links.get_mut(&9), Some(&mut 90));
         assert_eq!(links.get_mut(&7), Some(&mut 70));
+        assert_eq!(links.forgotten(), 7);
     }
 
     #[test]
@@ -108,6 +119,7 @@ mod tests {
             links.remove(&i);
         }
         assert!(links.is_empty());
+        assert_eq!(links.forgotten(), 0);
         assert!(links.order.len() <= 8, "order holds {}", links.order.len());
         links.insert(1, ());
         assert!(links.get_mut(&1).is_some());

@@ -167,28 +167,49 @@ pub(super) fn make_special(
 }
 
 /// Where a file this restore created lives, to hard-link later members of its group to it.
+/// Kept per open link group, so compact: one allocation for the whole path.
 #[derive(Debug, Clone)]
 pub(super) struct LinkSource {
-    /// Its parent directory's components below the target.
-    pub dir: Vec<OsString>,
-    /// Its name.
-    pub name: OsString,
+    /// Its path below the target: its directories' names and its own, joined by `/` (each a
+    /// plain name, checked before the file was made, so the split is unambiguous).
+    path: Box<[u8]>,
     /// Its device and inode, checked before linking so that only that file is shared.
-    pub dev: u64,
+    dev: u64,
     /// See `dev`.
-    pub ino: u64,
+    ino: u64,
 }
 
 impl LinkSource {
-    /// The source for `file`, created as `name` in the directory at `dir`.
-    pub fn of(file: &File, dir: Vec<OsString>, name: OsString) -> io::Result<LinkSource> {
+    /// The source for `file`, created as `name` in the directory whose components below the
+    /// target are `dir`.
+    pub fn of<'a>(
+        file: &File,
+        dir: impl IntoIterator<Item = &'a OsStr>,
+        name: &OsStr,
+    ) -> io::Result<LinkSource> {
         let st = rustix::fs::fstat(file).map_err(io_err)?;
+        let mut path = Vec::new();
+        for c in dir {
+            path.extend_from_slice(c.as_bytes());
+            path.push(b'/');
+        }
+        path.extend_from_slice(name.as_bytes());
         Ok(LinkSource {
-            dir,
-            name,
+            path: path.into_boxed_slice(),
             dev: st.st_dev,
             ino: st.st_ino,
         })
+    }
+
+    /// Its directory's components and its name.
+    fn split(&self) -> (Vec<OsString>, &OsStr) {
+        let mut parts: Vec<&[u8]> = self.path.split(|b| *b == b'/').collect();
+        let name = OsStr::from_bytes(parts.pop().unwrap_or_default());
+        let dir = parts
+            .into_iter()
+            .map(|c| OsStr::from_bytes(c).to_owned())
+            .collect();
+        (dir, name)
     }
 }
 
@@ -200,8 +221,9 @@ pub(super) fn hard_link(
     parent: BorrowedFd<'_>,
     name: &OsStr,
 ) -> io::Result<()> {
-    let dir = open_dir_beneath(root, &source.dir)?;
-    let st = rustix::fs::statat(&dir, &source.name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
+    let (components, source_name) = source.split();
+    let dir = open_dir_beneath(root, &components)?;
+    let st = rustix::fs::statat(&dir, source_name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
         || st.st_dev != source.dev
         || st.st_ino != source.ino
@@ -212,7 +234,7 @@ pub(super) fn hard_link(
     }
     // No AT_SYMLINK_FOLLOW: the link is to that name's own inode, whatever it is by now.
     create_replacing(parent, name, || {
-        rustix::fs::linkat(&dir, &source.name, parent, name, AtFlags::empty())
+        rustix::fs::linkat(&dir, source_name, parent, name, AtFlags::empty())
     })
 }
 
@@ -477,7 +499,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = dir_fd(tmp.path());
         let file = create_file(root.as_fd(), OsStr::new("first")).unwrap();
-        let source = LinkSource::of(&file, Vec::new(), "first".into()).unwrap();
+        let source = LinkSource::of(&file, [], OsStr::new("first")).unwrap();
         hard_link(root.as_fd(), &source, root.as_fd(), OsStr::new("second")).unwrap();
         let (a, b) = (
             std::fs::metadata(tmp.path().join("first")).unwrap(),

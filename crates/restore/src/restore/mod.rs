@@ -17,7 +17,7 @@
 mod content;
 mod fsops;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
@@ -36,9 +36,18 @@ use content::{ContentWriter, Placed};
 pub use fsops::raise_open_file_limit;
 use fsops::LinkSource;
 use snapback_pattern::Filter;
+use snapback_stream::pending_links::PendingLinks;
 
 /// Directories whose metadata waits for a batch.
 const BATCH_DIRS: usize = 4096;
+
+/// Hard-link groups remembered at most (about 130 bytes each: ~4 MiB). A group whose other
+/// links lie outside the snapshot (a hard-link farm, a mail store linking messages between
+/// folders) is never completed, so an unbounded map grew with every such file (184 MiB for
+/// 300,000). Past the bound the oldest group is forgotten: a later link of it is restored as a
+/// separate copy with the same content (counted in [`RestoreSummary::links_forgotten`]).
+/// Four times the backup side's bound because forgetting here costs a link, not a re-read.
+pub const LINK_GROUPS_MAX: usize = 32_768;
 
 /// What to restore and where.
 #[derive(Debug, Clone)]
@@ -112,6 +121,10 @@ pub struct RestoreSummary {
     /// Nodes restored without some of their metadata, or skipped for lack of permission
     /// (device nodes when not root).
     pub warnings: Vec<RestoreProblem>,
+    /// Hard-link groups forgotten before all their links came (more than
+    /// [`LINK_GROUPS_MAX`] open at once); a later link of one was restored as a separate copy.
+    /// Usual when the files' other links lie outside the snapshot, as they then never come.
+    pub link_groups_forgotten: u64,
 }
 
 /// Restores `start` (a directory node such as [`crate::tree_walk::root_node`] or one found with
@@ -159,7 +172,7 @@ pub async fn restore(
         root: Arc::new(root),
         levels: Vec::new(),
         is_root: fsops::is_root(),
-        links: HashMap::new(),
+        links: PendingLinks::new(LINK_GROUPS_MAX),
         queued_links: HashSet::new(),
         summary: RestoreSummary::default(),
     };
@@ -247,6 +260,7 @@ pub async fn restore(
         }
     }
     r.flush().await;
+    r.summary.link_groups_forgotten = r.links.forgotten();
     tracing::info!(
         files = r.summary.files,
         dirs = r.summary.dirs,
@@ -343,8 +357,9 @@ struct Restorer {
     levels: Vec<Level>,
     is_root: bool,
     /// First restored file of each hard-link group, by (device id, inode), and how many of
-    /// the group's links are still to come (the entry goes with the last).
-    links: HashMap<(u64, u64), (LinkSource, u64)>,
+    /// the group's links are still to come (the entry goes with the last). Bounded: a group
+    /// whose other links lie outside the snapshot never sees its last.
+    links: PendingLinks<(u64, u64), (LinkSource, u64)>,
     /// Hard-link groups whose first file is queued.
     queued_links: HashSet<(u64, u64)>,
     summary: RestoreSummary,
@@ -445,18 +460,16 @@ impl Restorer {
                     // it (a link never shares a file that turns out damaged).
                     self.flush().await;
                 }
-                if let Some(k) = key.filter(|k| self.links.contains_key(k)) {
-                    if let Some((first, _)) = self.links.get(&k) {
+                if let Some(k) = key {
+                    if let Some((first, remaining)) = self.links.get_mut(&k) {
                         fsops::hard_link(self.root.as_fd(), first, dir, name)?;
-                    }
-                    if let Some((_, remaining)) = self.links.get_mut(&k) {
                         *remaining = remaining.saturating_sub(1);
                         if *remaining == 0 {
                             self.links.remove(&k);
                         }
+                        self.summary.files += 1;
+                        return Ok(None);
                     }
-                    self.summary.files += 1;
-                    return Ok(None);
                 }
                 // The first of its group (or its first failed): written like any other file.
                 let file = fsops::create_file(dir, name)?;
@@ -470,8 +483,8 @@ impl Restorer {
                 };
                 let link = match key {
                     Some(k) => {
-                        let dirs = self.levels.iter().map(|l| l.name.clone()).collect();
-                        Some((k, LinkSource::of(&file, dirs, name.to_owned())?))
+                        let dirs = self.levels.iter().map(|l| l.name.as_os_str());
+                        Some((k, LinkSource::of(&file, dirs, name)?))
                     }
                     None => None,
                 };
