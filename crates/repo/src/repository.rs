@@ -285,6 +285,36 @@ impl Repository {
     /// decompresses it. Lets a caller read several files at once but open them one by one.
     pub fn open_unpacked(&self, ft: FileType, id: &Id, data: Bytes) -> Result<Vec<u8>> {
         let path = ft.path(id);
+        let plain = self.open_sealed(&path, id, data)?;
+        self.decompress_unpacked(&path, plain)
+    }
+
+    /// Like [`Repository::open_unpacked`], but the plaintext is decompressed as the returned
+    /// reader is read: a large file (an index file of 50,000 blobs is about 8 MB of JSON) is
+    /// never held decompressed. Errors of the decompression surface as read errors.
+    pub fn open_unpacked_reader(
+        &self,
+        ft: FileType,
+        id: &Id,
+        data: Bytes,
+    ) -> Result<Box<dyn std::io::Read + Send>> {
+        let path = ft.path(id);
+        let plain = self.open_sealed(&path, id, data)?;
+        match plain.first() {
+            Some(b'{') | Some(b'[') | None => Ok(Box::new(std::io::Cursor::new(plain))),
+            Some(2) if self.config.version >= 2 => {
+                let mut compressed = std::io::Cursor::new(plain);
+                compressed.set_position(1);
+                let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+                    .map_err(|e| Error::format(&path, format!("cannot decompress: {e}")))?;
+                Ok(Box::new(decoder))
+            }
+            Some(v) => Err(Error::format(path, format!("unknown file encoding {v}"))),
+        }
+    }
+
+    /// Checks a stored file's name and MAC and decrypts it in place.
+    fn open_sealed(&self, path: &str, id: &Id, data: Bytes) -> Result<Vec<u8>> {
         // Hashed before decrypting overwrites the ciphertext; reported after the MAC check,
         // which names the more likely cause (damage, a wrong key).
         let named_right = Id::hash(&data) == *id;
@@ -294,13 +324,13 @@ impl Repository {
         self.key
             .open_in_place(&mut buf)
             .map_err(|source| Error::Auth {
-                file: path.clone(),
+                file: path.to_string(),
                 source,
             })?;
         if !named_right {
             return Err(Error::format(path, "content does not match its name"));
         }
-        self.decompress_unpacked(&path, Vec::from(buf))
+        Ok(Vec::from(buf))
     }
 
     fn decompress_unpacked(&self, path: &str, plain: Vec<u8>) -> Result<Vec<u8>> {
