@@ -129,6 +129,8 @@ pub struct Archiver {
     /// Read window of `chunk_file`, reused for every file: its pages are faulted in once, not
     /// once per chunk.
     window: Vec<u8>,
+    /// Recycled buffers, shared with the dedup stage and the sink.
+    pool: Arc<BufferPool>,
 }
 
 impl Archiver {
@@ -155,7 +157,7 @@ impl Archiver {
             index.clone(),
             tx,
             opts.progress.clone(),
-            buffers,
+            buffers.clone(),
             budget,
         );
         let mut me = Archiver {
@@ -171,6 +173,7 @@ impl Archiver {
             opts,
             stats: ArchiveStats::default(),
             window: Vec::new(),
+            pool: buffers,
         };
         let parent = match me.opts.parent_tree {
             Some(id) => Some(me.load_tree(&id)?),
@@ -546,10 +549,21 @@ impl Archiver {
     fn write_tree(&mut self, children: Children) -> Result<(Id, Option<Children>, usize)> {
         // Sorted by name bytes (as restic, which sorts Go strings), and a name given twice in a
         // stream keeps its last entry.
-        let children = children.into_sorted()?;
+        // Directory listings of a few hundred KiB each would fault in fresh pages for every
+        // directory (a stream of small files: a sixth of all page faults): their buffers come
+        // from the pool and go back to it.
+        let children = if children.is_sorted() {
+            children
+        } else {
+            let spare = self.pool.take(children.encoded_len());
+            let (children, unused) = children.into_sorted_in(spare)?;
+            self.pool.give_back(unused);
+            children
+        };
         let len = children.encoded_len();
         let (bytes, kept) = if len <= self.closed.limit {
-            (children.tree_bytes(), Some(children))
+            let out = self.pool.take(len + snapback_repo::crypto::OVERHEAD);
+            (children.tree_bytes_in(out), Some(children))
         } else {
             (children.into_tree_bytes(), None)
         };
@@ -623,7 +637,10 @@ impl Archiver {
             }
         }
         if filled > 0 {
-            pending.push(self.submit_chunk(&window[..filled])?);
+            // The file's last chunk: its id is waited for right below, so hashing it here
+            // costs less than handing it to another thread and waiting for that thread to be
+            // scheduled (on two cores, behind the sink's compression).
+            pending.push(self.dedup.submit_small(&window[..filled])?);
         }
         let (ids, added) = self.dedup.resolve(pending)?;
         self.stats.bytes_new += added;

@@ -83,6 +83,11 @@ impl Children {
         Ok(me)
     }
 
+    /// Whether the buffer is the tree blob's body already (see [`Self::into_sorted_in`]).
+    pub fn is_sorted(&self) -> bool {
+        self.sorted
+    }
+
     /// Bytes of the encoded nodes (about the tree blob's size).
     pub fn encoded_len(&self) -> usize {
         self.buf.len() + TREE_TAIL.len()
@@ -160,18 +165,31 @@ impl Children {
 
     /// Sorts by name bytes (as restic, which sorts Go strings), keeping the last child of each
     /// name, and returns the listing with its buffer laid out as the tree blob's body.
+    #[cfg(test)]
     pub fn into_sorted(self) -> Result<Self> {
+        self.into_sorted_in(Vec::new()).map(|(sorted, _)| sorted)
+    }
+
+    /// [`Self::into_sorted`], laying the sorted body out in `buf` (an empty buffer, recycled
+    /// by the caller so that its pages are not faulted in again for every directory); returns
+    /// the buffer the listing no longer needs (the unsorted body, or `buf` when it was sorted
+    /// already).
+    pub fn into_sorted_in(self, mut buf: Vec<u8>) -> Result<(Self, Vec<u8>)> {
         if self.sorted {
-            return Ok(self);
+            return Ok((self, buf));
         }
         let mut order: Vec<u32> = (0..self.slots.len() as u32)
             .filter(|&i| !self.removed(i as usize))
             .collect();
         // Stable: among equal names the latest comes last, and is the one kept.
         order.sort_by(|&a, &b| self.name(a as usize).cmp(self.name(b as usize)));
-        let mut out = Children::new();
-        out.buf
-            .reserve(self.buf.len().saturating_sub(out.buf.len()));
+        buf.clear();
+        buf.extend_from_slice(TREE_HEAD);
+        buf.reserve(self.buf.len().saturating_sub(buf.len()));
+        let mut out = Children {
+            buf,
+            ..Children::new()
+        };
         out.names.reserve(self.names.len());
         out.slots.reserve(order.len());
         for (k, &i) in order.iter().enumerate() {
@@ -195,13 +213,20 @@ impl Children {
                 name_end: offset(out.names.len())?,
             });
         }
-        Ok(out)
+        Ok((out, self.buf))
     }
 
     /// The tree blob of a sorted listing (see [`Self::into_sorted`]), leaving the listing as
     /// it was.
+    #[cfg(test)]
     pub fn tree_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
+        self.tree_bytes_in(Vec::new())
+    }
+
+    /// [`Self::tree_bytes`], written into `out` (emptied first; a recycled buffer).
+    pub fn tree_bytes_in(&self, mut out: Vec<u8>) -> Vec<u8> {
+        out.clear();
+        out.reserve(self.encoded_len());
         out.extend_from_slice(&self.buf);
         out.extend_from_slice(TREE_TAIL);
         out
@@ -262,6 +287,25 @@ mod tests {
         let want = vec![file(b"a", 5), file(b"ab", 4), file(b"b", 3)];
         assert_eq!(c.tree_bytes(), tree(want));
         assert_eq!(c.slots.len(), 3);
+    }
+
+    #[test]
+    fn recycled_buffers_leave_no_trace_in_the_tree_blob() {
+        let nodes = vec![file(b"b", 1), file(b"a", 2), file(b"c", 3)];
+        let c = Children::from_nodes(&nodes).unwrap();
+        let garbage = || b"left over from another directory".repeat(100);
+        let (c, unused) = c.into_sorted_in(garbage()).unwrap();
+        assert!(c.is_sorted());
+        assert!(
+            unused.starts_with(TREE_HEAD),
+            "the unsorted body comes back"
+        );
+        let want = tree(vec![file(b"a", 2), file(b"b", 1), file(b"c", 3)]);
+        assert_eq!(c.tree_bytes_in(garbage()), want);
+        // A sorted listing hands the spare back untouched.
+        let sorted = Children::from_nodes(&[file(b"a", 2)]).unwrap();
+        let (_, spare) = sorted.into_sorted_in(garbage()).unwrap();
+        assert_eq!(spare, garbage());
     }
 
     #[test]

@@ -142,8 +142,9 @@ impl Dedup {
         }
     }
 
-    /// Hashes a small data blob (see [`INLINE_BELOW`]) on this thread, where it is: only a new
-    /// blob is copied out (with its budget share) and queued for the sink.
+    /// Hashes a data blob on this thread, where it is: only a new blob is copied out (with its
+    /// budget share) and queued for the sink. For small blobs (see [`INLINE_BELOW`]) and a
+    /// file's last chunk, whose id the archiver waits for at once anyway.
     pub fn submit_small(&mut self, chunk: &[u8]) -> Result<Pending> {
         let id = Id::hash(chunk);
         if self.index.contains(&id)

@@ -460,18 +460,37 @@ const SAMPLE_WINDOWS: usize = 4;
 /// zstd level of the sample's trial compression (the fastest regular level).
 const SAMPLE_LEVEL: i32 = 1;
 
-/// zstd contexts by level.
-type Contexts = Vec<(i32, zstd::bulk::Compressor<'static>)>;
+/// zstd contexts by level and [`size_class`].
+type Contexts = Vec<((i32, u32), zstd::bulk::Compressor<'static>)>;
 
 /// Idle zstd contexts, shared by the encoder threads. Reusing a context saves its setup and
 /// page faults per blob; a shared pool (not one per thread) keeps their number, and memory, at
 /// the number of blobs encoding at once, however many threads the blocking pool has used.
+///
+/// Contexts are kept apart by the size class of what they compress: zstd sizes a context's tables
+/// to the input, and a context that served a big blob and then many small ones frees and
+/// remaps its workspace (it shrinks one found three times too big for 128 uses in a row), so
+/// one pool for a mix of 30-byte files and 300 KiB trees refaulted megabytes of tables over
+/// and over (a third of all page faults of a stream of small files). Output does not depend
+/// on the context's history, only on level and input.
 static IDLE_CONTEXTS: std::sync::Mutex<Contexts> = std::sync::Mutex::new(Vec::new());
 
-/// A zstd context at `level`, from the pool or new.
-fn take_context(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
+/// The size class of a `len`-byte input: up to 16 KiB (small files, a file's tail: zstd's
+/// smallest tier of table sizes) or more. Two classes only: every class holds idle contexts of
+/// its own (up to a few MiB for the biggest), and a class per tier cost more peak RSS than its
+/// refaults saved; tiny blobs among big ones were the churn.
+fn size_class(len: usize) -> u32 {
+    u32::from(len > SMALL_CONTEXT_INPUT)
+}
+
+/// Inputs up to this size are compressed with contexts of their own ([`size_class`]).
+const SMALL_CONTEXT_INPUT: usize = 16 * 1024;
+
+/// A zstd context at `level` for a `len`-byte input, from the pool or new.
+fn take_context(level: i32, len: usize) -> Option<zstd::bulk::Compressor<'static>> {
+    let key = (level, size_class(len));
     let mut idle = IDLE_CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
-    match idle.iter().position(|(l, _)| *l == level) {
+    match idle.iter().position(|(k, _)| *k == key) {
         Some(at) => Some(idle.swap_remove(at).1),
         None => {
             drop(idle);
@@ -487,9 +506,9 @@ pub fn release_idle_contexts() {
     drop(idle);
 }
 
-fn return_context(level: i32, ctx: zstd::bulk::Compressor<'static>) {
+fn return_context(level: i32, len: usize, ctx: zstd::bulk::Compressor<'static>) {
     let mut idle = IDLE_CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
-    idle.push((level, ctx));
+    idle.push(((level, size_class(len)), ctx));
 }
 
 /// Compresses `data` at `level` into a buffer from `buffers` when that makes it smaller; the
@@ -525,11 +544,11 @@ fn sample_shrinks(data: &[u8]) -> bool {
 /// `data` compressed at `level` with a pooled context into `out`, which must have room for
 /// zstd's bound; `out` comes back as the error when there is no context or zstd fails.
 fn zstd_into(data: &[u8], level: i32, mut out: Vec<u8>) -> std::result::Result<Vec<u8>, Vec<u8>> {
-    let Some(mut ctx) = take_context(level) else {
+    let Some(mut ctx) = take_context(level, data.len()) else {
         return Err(out);
     };
     let result = ctx.compress_to_buffer(data, &mut out);
-    return_context(level, ctx);
+    return_context(level, data.len(), ctx);
     match result {
         Ok(_) => Ok(out),
         Err(_) => Err(out),
@@ -539,6 +558,23 @@ fn zstd_into(data: &[u8], level: i32, mut out: Vec<u8>) -> std::result::Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_and_big_inputs_use_contexts_of_their_own() {
+        assert_eq!(size_class(0), 0);
+        assert_eq!(size_class(SMALL_CONTEXT_INPUT), 0);
+        assert_eq!(size_class(SMALL_CONTEXT_INPUT + 1), 1);
+        assert_eq!(size_class(8 << 20), 1);
+        // Whichever context compressed before, the output is the same.
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 97) as u8).collect();
+        let small = b"tiny file, tiny file, tiny file".to_vec();
+        let alone = zstd_into(&small, 3, Vec::with_capacity(1024)).unwrap();
+        let _ = zstd_into(&big, 3, Vec::with_capacity(400_000)).unwrap();
+        assert_eq!(
+            zstd_into(&small, 3, Vec::with_capacity(1024)).unwrap(),
+            alone
+        );
+    }
 
     /// Incompressible bytes: a ciphertext of zeros.
     fn pseudo_random(len: usize) -> Vec<u8> {
