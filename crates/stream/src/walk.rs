@@ -20,6 +20,15 @@ use crate::{Entry, EntryKind, EntrySource, Error, Metadata, Timestamp, Warning, 
 /// The mountinfo read when [`WalkOptions::mountinfo`] is not set.
 const SYSTEM_MOUNTINFO: &str = "/proc/self/mountinfo";
 
+/// How many of the next regular files of a listing are opened ahead of the one being read.
+/// A cold file's read otherwise blocks the archiver on the disk one file at a time; with the
+/// next few already asked for (`POSIX_FADV_WILLNEED`) their reads overlap this one's.
+const READ_AHEAD_FILES: usize = 6;
+
+/// Bytes asked for at the start of each file opened ahead: small files whole, a large file's
+/// first part only (page cache, not our memory, but kept modest).
+const READ_AHEAD_BYTES: u64 = 4 << 20;
+
 /// How a [`Walker`] chooses what to leave out.
 #[derive(Debug, Clone)]
 pub struct WalkOptions {
@@ -78,6 +87,11 @@ struct Frame {
     /// Member names, and whether the listing (`d_type`) called each a regular file.
     names: Vec<(OsString, bool)>,
     next: usize,
+    /// Members opened ahead (index into `names`, the open file, its fstat), in listing order;
+    /// at most [`READ_AHEAD_FILES`], and only in the frame on top of the stack.
+    ahead: VecDeque<(usize, File, fs::Metadata)>,
+    /// The next index [`Walker::read_ahead`] considers.
+    ahead_next: usize,
 }
 
 /// Walks filesystem roots and yields their entries (see the module docs).
@@ -183,12 +197,17 @@ impl Walker {
         listed_file: bool,
     ) -> Result<Option<Prepared>, Error> {
         let rel = abs.strip_prefix("/").unwrap_or(abs).to_path_buf();
+        // A member opened ahead passed the checks below when it was (`read_ahead`).
+        let ahead = match listed_file && !is_root {
+            true => self.take_ahead(),
+            false => None,
+        };
         // Like restic, a root the patterns exclude is left out too.
-        if self.rules.is_excluded(abs) {
+        if ahead.is_none() && self.rules.is_excluded(abs) {
             tracing::debug!(path = %abs.display(), "excluded");
             return Ok(None);
         }
-        if !is_root {
+        if !is_root && ahead.is_none() {
             match self.rules.skip_reason(abs) {
                 Some(SkipReason::PseudoMount(fstype)) => {
                     tracing::info!(path = %abs.display(), fstype, "skipping pseudo filesystem mount");
@@ -202,7 +221,11 @@ impl Walker {
             }
         }
         let mut opened = match listed_file && !is_root {
-            true => open_regular(abs),
+            true => {
+                let opened = ahead.or_else(|| open_regular(abs));
+                self.read_ahead();
+                opened
+            }
             false => None,
         };
         let st = match opened.as_ref().map(|(_, st)| st.clone()) {
@@ -312,10 +335,18 @@ impl Walker {
         match listing {
             Ok(mut names) => {
                 names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                // Descriptors are held for the directory on top only: the parent's are closed
+                // (and opened again when the walk is back), so deep trees hold no more.
+                if let Some(parent) = self.stack.last_mut() {
+                    parent.ahead.clear();
+                    parent.ahead_next = parent.next;
+                }
                 self.stack.push(Frame {
                     dir: abs.to_path_buf(),
                     names,
                     next: 0,
+                    ahead: VecDeque::new(),
+                    ahead_next: 0,
                 });
                 Ok(())
             }
@@ -325,6 +356,57 @@ impl Walker {
                 Ok(())
             }
         }
+    }
+
+    /// The member just returned by `next_path`, if it was opened ahead. Every member opened
+    /// ahead reaches this point when its turn comes (only listed files that are not excluded
+    /// or skipped are), so anything before it in the queue is stale and dropped.
+    fn take_ahead(&mut self) -> Option<(File, fs::Metadata)> {
+        let top = self.stack.last_mut()?;
+        let current = top.next.checked_sub(1)?;
+        while let Some((index, _, _)) = top.ahead.front() {
+            if *index > current {
+                return None;
+            }
+            let (index, file, st) = top.ahead.pop_front()?;
+            if index == current {
+                return Some((file, st));
+            }
+        }
+        None
+    }
+
+    /// Opens the next few regular files of the listing being walked and asks the kernel to
+    /// start reading them (see [`READ_AHEAD_FILES`]). Opened as [`open_regular`] does, so the
+    /// descriptor and its fstat serve the member when its turn comes: still one open and one
+    /// stat per file. Anything unexpected (not a regular file, gone, unreadable) is simply not
+    /// read ahead; the member's own visit reports it.
+    fn read_ahead(&mut self) {
+        let Some(top) = self.stack.last_mut() else {
+            return;
+        };
+        let mut index = top.ahead_next.max(top.next);
+        while top.ahead.len() < READ_AHEAD_FILES && index < top.names.len() {
+            let (name, is_file) = &top.names[index];
+            index += 1;
+            if !*is_file {
+                continue;
+            }
+            let abs = top.dir.join(name);
+            if self.rules.is_excluded(&abs) || self.rules.skip_reason(&abs).is_some() {
+                continue;
+            }
+            let Some((file, st)) = open_regular(&abs) else {
+                continue;
+            };
+            if st.len() > 0 {
+                // Only a hint: a failure costs nothing but the read-ahead.
+                let len = std::num::NonZeroU64::new(st.len().min(READ_AHEAD_BYTES));
+                let _ = rustix::fs::fadvise(&file, 0, len, rustix::fs::Advice::WillNeed);
+            }
+            top.ahead.push_back((index - 1, file, st));
+        }
+        top.ahead_next = index;
     }
 
     /// Opens a regular file without following a symlink swapped in since the stat, and returns
@@ -933,6 +1015,86 @@ mod tests {
                 (EntryKind::File, b"c".to_vec()),
             ]
         );
+        assert!(w.warnings().is_empty(), "{:?}", w.warnings());
+    }
+
+    #[test]
+    fn next_files_are_opened_ahead_and_at_most_a_few() {
+        // Once the first file is yielded, the next READ_AHEAD_FILES are already open (and
+        // their reads asked for): removing them now does not lose them, the one after is gone.
+        let t = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..READ_AHEAD_FILES + 2)
+            .map(|i| format!("f{i:02}"))
+            .collect();
+        for name in &names {
+            fs::write(t.path().join(name), name).unwrap();
+        }
+        let mut w = Walker::new([t.path()], WalkOptions::default()).unwrap();
+        assert_eq!(w.next_entry().unwrap().unwrap().kind, EntryKind::Dir);
+        assert_eq!(
+            w.next_entry().unwrap().unwrap().path,
+            rel(&t.path().join(&names[0]))
+        );
+        for name in &names[1..] {
+            fs::remove_file(t.path().join(name)).unwrap();
+        }
+        let got: Vec<(PathBuf, Vec<u8>)> =
+            collect(&mut w).into_iter().map(|e| (e.0, e.2)).collect();
+        let want: Vec<(PathBuf, Vec<u8>)> = names[1..=READ_AHEAD_FILES]
+            .iter()
+            .map(|n| (rel(&t.path().join(n)), n.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(w.warnings().len(), 1, "{:?}", w.warnings());
+        assert_eq!(
+            w.warnings()[0].path,
+            rel(&t.path().join(&names[READ_AHEAD_FILES + 1]))
+        );
+    }
+
+    #[test]
+    fn files_opened_ahead_are_closed_while_a_subdirectory_is_walked() {
+        let t = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "sub/x", "sub/y", "z"] {
+            let p = t.path().join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, name).unwrap();
+        }
+        let mut w = Walker::new([t.path()], WalkOptions::default()).unwrap();
+        let mut seen = Vec::new();
+        while let Some(mut e) = w.next_entry().unwrap() {
+            let mut data = Vec::new();
+            if let Some(r) = e.data.as_mut() {
+                r.read_to_end(&mut data).unwrap();
+            }
+            let path = e.path.clone();
+            seen.push((path.clone(), data));
+            if path == rel(&t.path().join("a")) {
+                // The listing's other files, past the subdirectory too.
+                assert_eq!(
+                    w.stack.last().unwrap().ahead.len(),
+                    2,
+                    "b and z opened ahead"
+                );
+            }
+            if path == rel(&t.path().join("sub/x")) {
+                // Descriptors are held for the top directory only: z's was closed.
+                assert!(w.stack[0].ahead.is_empty());
+                assert_eq!(w.stack[1].ahead.len(), 1);
+            }
+        }
+        let want: Vec<(PathBuf, Vec<u8>)> = ["", "a", "b", "sub", "sub/x", "sub/y", "z"]
+            .iter()
+            .map(|n| {
+                let data = if n.is_empty() || *n == "sub" { "" } else { n };
+                (rel(&t.path().join(n)), data.as_bytes().to_vec())
+            })
+            .collect();
+        let want: Vec<(PathBuf, Vec<u8>)> = want
+            .into_iter()
+            .map(|(p, d)| (p.components().collect(), d))
+            .collect();
+        assert_eq!(seen, want);
         assert!(w.warnings().is_empty(), "{:?}", w.warnings());
     }
 
