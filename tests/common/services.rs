@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use super::{find_on_path, free_port, http_request, on_ci, unique_suffix};
 
 /// Runs `"$@"` in the background with its output in `$1`, prints its pid, and kills it
-/// when stdin closes (the test process ended or dropped the handle).
+/// when stdin closes (the test process ended or dropped the handle); then removes the log and
+/// the server's data directory `$2`.
 const WRAPPER: &str = r#"
-log="$1"; shift
+log="$1"; data="$2"; shift 2
 "$@" </dev/null >"$log" 2>&1 &
 pid=$!
 echo "$pid"
@@ -24,6 +25,7 @@ cat >/dev/null
 kill "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
 rm -f "$log"
+rm -rf "$data"
 "#;
 
 /// A server process started through [`WRAPPER`].
@@ -80,6 +82,8 @@ impl ServerProcess {
             .arg(WRAPPER)
             .arg(format!("snapback-{name}-wrapper"))
             .arg(&log)
+            // Removed by the wrapper too: a server kept in a `static` is never dropped.
+            .arg(data.path())
             .arg(program)
             .args(&args)
             .stdin(Stdio::piped())
