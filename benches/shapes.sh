@@ -24,7 +24,10 @@
 #
 # Steps of many and real, each tool once per run, alternating which goes first:
 #   first      backup OUT/<shape>/work (= data)              fresh repository
+#   first-cold (real only) the same with the tree evicted from the page cache first
 #   tar-first  tar -C OUT/<shape> -cf - work | backup --stdin fresh repository
+#   tar-alone  GNU tar alone, its stream into /dev/null (what paces tar-first)
+#   tar-file   the same stream read from a file (cat FILE | backup --stdin)   fresh repository
 #   changed    backup work after the delta is linked in      parent = first
 #   restore    restore latest of the path repository; the restored regular files are counted and
 #              summed against the source (a mismatch is shown in the table, not hidden)
@@ -61,7 +64,7 @@ restic=$(command -v restic)
 export RESTIC_PASSWORD=e2e-bench-password
 
 cleanup() {
-    rm -rf "$bench/repos" "$bench"/restore-* "$bench/snapback"
+    rm -rf "$bench/repos" "$bench"/restore-* "$bench/snapback" "$bench/work.tar"
     if [[ "${KEEP:-0}" != 1 ]]; then
         for s in many real repo; do rm -rf "${out:?}/$s"; done
     fi
@@ -93,6 +96,23 @@ run() {
 # "FILES BYTES" of the regular files beneath $1 (names may hold newlines: count NULs).
 census() {
     find "$1" -type f -printf '%s\0' | python3 -c 'import sys; v=[int(x) for x in sys.stdin.buffer.read().split(b"\0") if x]; print(len(v), sum(v))'
+}
+
+# Evicts the regular files beneath $1 from the page cache.
+evict() {
+    sync
+    python3 - "$1" <<'EOF'
+import os, sys
+for dp, _ds, fs in os.walk(os.fsencode(sys.argv[1])):
+    for f in fs:
+        p = os.path.join(dp, f)
+        if os.path.isfile(p) and not os.path.islink(p):
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+EOF
 }
 
 backup_cmd() { # tool repo
@@ -153,10 +173,30 @@ tree_shape() { # shape
         for tool in "${order[@]}"; do
             run "$shape" "$tool" first "$r" $c_data -- $(backup_cmd "$tool" "$bench/repos/$tool-path") "$dir/work"
         done
+        # A sidecar's first backup reads files that are not in the page cache: the same backup
+        # with the tree evicted first (posix_fadvise DONTNEED per file; drop_caches needs root
+        # on the host), real tree only (the many-files shape would take minutes per tool).
+        if [[ $shape == real ]]; then
+            for tool in "${order[@]}"; do
+                init_repo "$tool" "$bench/repos/$tool-cold"
+                evict "$dir/work"
+                run "$shape" "$tool" first-cold "$r" $c_data -- $(backup_cmd "$tool" "$bench/repos/$tool-cold") "$dir/work"
+            done
+        fi
         for tool in "${order[@]}"; do
             run "$shape" "$tool" tar-first "$r" $c_data --stdin-cmd "tar -C '$dir' -cf - work" \
                 -- $(backup_cmd "$tool" "$bench/repos/$tool-tar") --stdin --stdin-filename work.tar
         done
+        # The live stream above is paced by GNU tar reading the files; the same stream from a
+        # file shows what each tool consumes, and tar alone what it produces.
+        tar -C "$dir" -cf "$bench/work.tar" work
+        run "$shape" gnu-tar tar-alone "$r" $c_data -- sh -c "tar -C '$dir' -cf - work | cat >/dev/null"
+        for tool in "${order[@]}"; do
+            init_repo "$tool" "$bench/repos/$tool-tarfile"
+            run "$shape" "$tool" tar-file "$r" $c_data --stdin-cmd "cat '$bench/work.tar'" \
+                -- $(backup_cmd "$tool" "$bench/repos/$tool-tarfile") --stdin --stdin-filename work.tar
+        done
+        rm -f "$bench/work.tar"
         stage "$dir" changed
         c_changed=$(census "$dir/work")
         for tool in "${order[@]}"; do
