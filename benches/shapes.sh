@@ -93,6 +93,12 @@ run() {
     printf '%-5s %-8s %-10s run %s (load %s): %s\n' "$shape" "$tool" "$step" "$r" "$load" "$res" >&2
 }
 
+# Records the bytes a repository holds (all of its files), so that speed is compared at the
+# compression each tool reached: stored SHAPE TOOL STEP RUN REPO
+stored() {
+    echo "{\"shape\":\"$1\",\"tool\":\"$2\",\"step\":\"stored\",\"after\":\"$3\",\"run\":$4,\"stored\":$(du -sb "$5" | cut -f1)}" >>"$results"
+}
+
 # "FILES BYTES" of the regular files beneath $1 (names may hold newlines: count NULs).
 census() {
     find "$1" -type f -printf '%s\0' | python3 -c 'import sys; v=[int(x) for x in sys.stdin.buffer.read().split(b"\0") if x]; print(len(v), sum(v))'
@@ -172,6 +178,7 @@ tree_shape() { # shape
         c_data=$(census "$dir/work")
         for tool in "${order[@]}"; do
             run "$shape" "$tool" first "$r" $c_data -- $(backup_cmd "$tool" "$bench/repos/$tool-path") "$dir/work"
+            stored "$shape" "$tool" first "$r" "$bench/repos/$tool-path"
         done
         # A sidecar's first backup reads files that are not in the page cache: the same backup
         # with the tree evicted first (posix_fadvise DONTNEED per file; drop_caches needs root
@@ -186,6 +193,7 @@ tree_shape() { # shape
         for tool in "${order[@]}"; do
             run "$shape" "$tool" tar-first "$r" $c_data --stdin-cmd "tar -C '$dir' -cf - work" \
                 -- $(backup_cmd "$tool" "$bench/repos/$tool-tar") --stdin --stdin-filename work.tar
+            stored "$shape" "$tool" tar-first "$r" "$bench/repos/$tool-tar"
         done
         # The live stream above is paced by GNU tar reading the files; the same stream from a
         # file shows what each tool consumes, and tar alone what it produces.

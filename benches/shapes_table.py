@@ -13,6 +13,7 @@ repo_blobs = int(repo_blobs)
 rows = [json.loads(l) for l in open(path) if l.strip()]
 meas = [r for r in rows if "m" in r]
 restored = [r for r in rows if r["step"] == "restored"]
+stored = [r for r in rows if r["step"] == "stored"]
 MIB = 1 << 20
 
 
@@ -81,6 +82,16 @@ for shape in ["many", "real", "repo"]:
                    f"| {fmt(med(shape, 'snapback', step, 'rss_mib'))} "
                    f"| {fmt(med(shape, 'restic', step, 'rss_mib'))} | {fmt(fps, 0)} "
                    f"| {loads(shape, step)} |")
+    sizes = []
+    for after, what in [("first", "the first path backup"), ("tar-first", "the first tar stream")]:
+        v = {t: [r["stored"] for r in stored if (r["shape"], r["tool"], r["after"]) == (shape, t, after)]
+             for t in ("snapback", "restic")}
+        if v["snapback"] and v["restic"]:
+            sizes.append(f"after {what} snapback {statistics.median(v['snapback']) / MIB:,.1f} MiB, "
+                         f"restic {statistics.median(v['restic']) / MIB:,.1f} MiB")
+    if sizes:
+        out.append("")
+        out.append("Repository size (every file, `du -sb`): " + "; ".join(sizes) + ".")
     alone = med(shape, "gnu-tar", "tar-alone", "wall")
     if alone:
         out.append("")

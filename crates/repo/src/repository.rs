@@ -22,7 +22,12 @@ pub const MAX_KEY_FILE: u64 = 64 * 1024;
 pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
 
 /// zstd level used for repository JSON files and, by default, blobs (restic's "auto").
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+///
+/// restic's "auto" is its Go zstd encoder's default speed, which libzstd does not have: of
+/// libzstd's levels, 2 gives a repository of the same size as restic's on real files (level 3
+/// is a few percent smaller for about an eighth more CPU; see BENCHMARKS.md). `--compression 3`
+/// or `max` trade CPU for size.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
 
 /// How to create a repository.
 #[derive(Debug, Clone)]
