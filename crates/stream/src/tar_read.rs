@@ -520,10 +520,15 @@ fn member(
             nanos: 0,
         },
     };
-    let gnu_time = |f: fn(&tar::GnuHeader) -> io::Result<u64>| {
+    // GNU tar fills atime and ctime only when asked to (`--atime-preserve`, incremental
+    // dumps). An empty field is skipped before parsing: the tar crate reports it as an error
+    // whose message it formats with the member's name, a cost paid for every member.
+    let gnu_time = |field: fn(&tar::GnuHeader) -> &[u8; 12],
+                    parse: fn(&tar::GnuHeader) -> io::Result<u64>| {
         header
             .as_gnu()
-            .and_then(|g| f(g).ok())
+            .filter(|g| field(g).iter().any(|&b| b != 0 && b != b' '))
+            .and_then(|g| parse(g).ok())
             .filter(|&s| s != 0)
             .and_then(|s| i64::try_from(s).ok())
             .map(|secs| Timestamp { secs, nanos: 0 })
@@ -545,8 +550,8 @@ fn member(
         user: name("uname", header.username_bytes()),
         group: name("gname", header.groupname_bytes()),
         mtime,
-        atime: time("atime")?.or_else(|| gnu_time(tar::GnuHeader::atime)),
-        ctime: time("ctime")?.or_else(|| gnu_time(tar::GnuHeader::ctime)),
+        atime: time("atime")?.or_else(|| gnu_time(|g| &g.atime, tar::GnuHeader::atime)),
+        ctime: time("ctime")?.or_else(|| gnu_time(|g| &g.ctime, tar::GnuHeader::ctime)),
         size: if matches!(kind, Ok(EntryKind::File)) {
             size
         } else {
@@ -752,6 +757,64 @@ mod tests {
                 Err(e) => return e.to_string(),
             }
         }
+    }
+
+    /// A GNU file member with the given raw atime and ctime fields, then the end.
+    fn gnu_member_times(atime: [u8; 12], ctime: [u8; 12]) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(5);
+        let g = h.as_gnu_mut().unwrap();
+        g.atime = atime;
+        g.ctime = ctime;
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    fn first_times(stream: Vec<u8>) -> (Option<Timestamp>, Option<Timestamp>) {
+        let mut src = TarSource::new(io::Cursor::new(stream));
+        let entry = src.next_entry().unwrap().unwrap();
+        (entry.meta.atime, entry.meta.ctime)
+    }
+
+    #[test]
+    fn gnu_atime_and_ctime_are_read_when_filled_and_absent_when_empty() {
+        let octal = |v: &[u8]| {
+            let mut f = [0u8; 12];
+            f[..v.len()].copy_from_slice(v);
+            f
+        };
+        let at = |secs| Some(Timestamp { secs, nanos: 0 });
+        assert_eq!(
+            first_times(gnu_member_times(
+                octal(b"00000000017"),
+                octal(b"00000000144")
+            )),
+            (at(0o17), at(0o144))
+        );
+        // Empty (NUL or blank, as GNU tar writes them by default) and zero fields are no time.
+        assert_eq!(
+            first_times(gnu_member_times([0; 12], octal(b"           "))),
+            (None, None)
+        );
+        assert_eq!(
+            first_times(gnu_member_times(
+                octal(b"00000000000"),
+                octal(b"00000000001")
+            )),
+            (None, at(1))
+        );
+        // Garbage is no time either, not an error: these fields are a GNU extension.
+        assert_eq!(
+            first_times(gnu_member_times(octal(b"zz"), [0; 12])),
+            (None, None)
+        );
     }
 
     #[test]
