@@ -3,6 +3,7 @@
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
+use crate::id::HEX;
 use crate::Id;
 
 /// A directory listing stored as a tree blob. Nodes must be sorted by name without duplicates.
@@ -573,9 +574,6 @@ impl Node {
     }
 }
 
-/// Lower-case hex digits, as Go writes them in escapes and ids.
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// `\u00XX`: how Go (and serde_json) escape a control character or, in Go, `<`, `>`, `&`.
 fn control_escape(b: u8) -> [u8; 6] {
     [
@@ -594,7 +592,6 @@ mod enc {
     use chrono::{DateTime, FixedOffset};
     use serde::Serialize;
 
-    use super::HEX;
     use crate::Id;
 
     /// An unsigned integer in decimal (as serde_json's `itoa`).
@@ -691,10 +688,7 @@ mod enc {
     /// An id as its lowercase hex string.
     pub(super) fn id(out: &mut Vec<u8>, id: &Id) {
         out.push(b'"');
-        for b in id.0 {
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        }
+        out.extend_from_slice(&id.hex_digits());
         out.push(b'"');
     }
 
