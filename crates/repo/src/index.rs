@@ -1311,16 +1311,15 @@ mod tests {
         assert_eq!(index.len(), 50 * 100 + total);
         for (pack, blobs) in &added {
             for b in blobs {
-                let loc = index.get(&b.id).unwrap();
                 assert_eq!(
-                    (
-                        loc.pack,
-                        loc.ty,
-                        loc.offset,
-                        loc.length,
-                        loc.uncompressed_length
-                    ),
-                    (*pack, b.ty, b.offset, b.length, b.uncompressed_length)
+                    index.get(&b.id).unwrap(),
+                    BlobLocation {
+                        pack: *pack,
+                        ty: b.ty,
+                        offset: b.offset,
+                        length: b.length,
+                        uncompressed_length: b.uncompressed_length
+                    }
                 );
             }
         }
@@ -1392,16 +1391,15 @@ mod tests {
         let mut b = Builder::default();
         b.add_reader(ByteAtATime(json.as_bytes())).unwrap();
         let index = b.finish();
-        let loc = index.get(&id).unwrap();
         assert_eq!(
-            (
-                loc.pack,
-                loc.ty,
-                loc.offset,
-                loc.length,
-                loc.uncompressed_length
-            ),
-            (pack, BlobType::Tree, 5, 60, Some(70))
+            index.get(&id).unwrap(),
+            BlobLocation {
+                pack,
+                ty: BlobType::Tree,
+                offset: 5,
+                length: 60,
+                uncompressed_length: Some(70)
+            }
         );
         assert_eq!(index.len(), 1);
         for bad in [

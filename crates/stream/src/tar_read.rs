@@ -735,17 +735,23 @@ mod tests {
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(data);
         out.resize(out.len() + pad(data.len() as u64) as usize, 0);
-        let mut f = Header::new_gnu();
-        f.set_path("f").unwrap();
-        f.set_size(0);
-        f.set_mode(0o644);
-        f.set_uid(0);
-        f.set_gid(0);
-        f.set_mtime(0);
+        let mut f = empty_file_header();
         f.set_cksum();
         out.extend_from_slice(f.as_bytes());
         out.resize(out.len() + 1024, 0);
         out
+    }
+
+    /// A GNU header of an empty regular file `f` (checksum not yet set).
+    fn empty_file_header() -> Header {
+        let mut h = Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
     }
 
     fn first_error(stream: Vec<u8>) -> String {
@@ -761,13 +767,7 @@ mod tests {
 
     /// A GNU file member with the given raw atime and ctime fields, then the end.
     fn gnu_member_times(atime: [u8; 12], ctime: [u8; 12]) -> Vec<u8> {
-        let mut h = Header::new_gnu();
-        h.set_path("f").unwrap();
-        h.set_size(0);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(5);
+        let mut h = empty_file_header();
         let g = h.as_gnu_mut().unwrap();
         g.atime = atime;
         g.ctime = ctime;
