@@ -45,7 +45,7 @@ const BATCH_DIRS: usize = 4096;
 /// links lie outside the snapshot (a hard-link farm, a mail store linking messages between
 /// folders) is never completed, so an unbounded map grew with every such file (184 MiB for
 /// 300,000). Past the bound the oldest group is forgotten: a later link of it is restored as a
-/// separate copy with the same content (counted in [`RestoreSummary::links_forgotten`]).
+/// separate copy with the same content (counted in [`RestoreSummary::link_groups_forgotten`]).
 /// Four times the backup side's bound because forgetting here costs a link, not a re-read.
 pub const LINK_GROUPS_MAX: usize = 32_768;
 
