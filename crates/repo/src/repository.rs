@@ -305,17 +305,14 @@ impl Repository {
     ) -> Result<Box<dyn std::io::Read + Send>> {
         let path = ft.path(id);
         let plain = self.open_sealed(&path, id, data)?;
-        match plain.first() {
-            Some(b'{') | Some(b'[') | None => Ok(Box::new(std::io::Cursor::new(plain))),
-            Some(2) if self.config.version >= 2 => {
-                let mut compressed = std::io::Cursor::new(plain);
-                compressed.set_position(1);
-                let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
-                    .map_err(|e| Error::format(&path, format!("cannot decompress: {e}")))?;
-                Ok(Box::new(decoder))
-            }
-            Some(v) => Err(Error::format(path, format!("unknown file encoding {v}"))),
+        if !self.is_compressed(&path, &plain)? {
+            return Ok(Box::new(std::io::Cursor::new(plain)));
         }
+        let mut compressed = std::io::Cursor::new(plain);
+        compressed.set_position(1);
+        let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+            .map_err(|e| Error::format(&path, format!("cannot decompress: {e}")))?;
+        Ok(Box::new(decoder))
     }
 
     /// Checks a stored file's name and MAC and decrypts it in place.
@@ -339,10 +336,19 @@ impl Repository {
     }
 
     fn decompress_unpacked(&self, path: &str, plain: Vec<u8>) -> Result<Vec<u8>> {
+        if !self.is_compressed(path, &plain)? {
+            return Ok(plain);
+        }
+        zstd::stream::decode_all(&plain[1..])
+            .map_err(|e| Error::format(path, format!("cannot decompress: {e}")))
+    }
+
+    /// Whether a decrypted file is zstd behind restic's version-2 marker byte (2), or plain
+    /// JSON; an error for any other first byte.
+    fn is_compressed(&self, path: &str, plain: &[u8]) -> Result<bool> {
         match plain.first() {
-            Some(b'{') | Some(b'[') | None => Ok(plain),
-            Some(2) if self.config.version >= 2 => zstd::stream::decode_all(&plain[1..])
-                .map_err(|e| Error::format(path, format!("cannot decompress: {e}"))),
+            Some(b'{') | Some(b'[') | None => Ok(false),
+            Some(2) if self.config.version >= 2 => Ok(true),
             Some(v) => Err(Error::format(path, format!("unknown file encoding {v}"))),
         }
     }
