@@ -84,23 +84,22 @@ fn backup_and_restore_ride_through_transient_s3_faults() {
     let src = tmp.path().join("src");
     source(&src);
 
-    // Every method meets every kind of fault. The first rule that fires wins; every rule
-    // counts the requests it matches.
+    // PUT, GET and DELETE (a backup sends no HEAD) meet faults, and every kind of fault is
+    // met. The first rule that fires
+    // wins; every rule counts the requests it matches. A transient fault is a finite burst:
+    // "every nth PUT" would be a coin toss per attempt (over two in five failing) that an
+    // upload's bounded retries lose at some point, so each method fails at most five times in
+    // the whole backup, fewer than the six retries one request gets even if every one of
+    // them hit the same upload.
     let backup_rules = vec![
-        Rule {
-            method: Some("PUT"),
-            path: None,
-            when: When::At(vec![5]),
-            fault: Fault::Stall(STALL),
-        },
-        Rule::every(Some("PUT"), 4, Fault::Status(503)),
-        Rule::every(Some("PUT"), 7, Fault::Truncate),
-        Rule::every(Some("PUT"), 9, Fault::Drop),
-        Rule::every(Some("GET"), 3, Fault::Status(500)),
-        Rule::every(Some("GET"), 5, Fault::Drop),
-        Rule::every(Some("GET"), 7, Fault::Truncate),
-        Rule::every(Some("HEAD"), 2, Fault::Status(503)),
-        Rule::every(Some("DELETE"), 2, Fault::Drop),
+        Rule::at("PUT", "/", &[5], Fault::Stall(STALL)),
+        Rule::at("PUT", "/", &[1, 9], Fault::Status(503)),
+        Rule::at("PUT", "/", &[3], Fault::Truncate),
+        Rule::at("PUT", "/", &[7], Fault::Drop),
+        Rule::at("GET", "/", &[0, 6], Fault::Status(500)),
+        Rule::at("GET", "/", &[2], Fault::Drop),
+        Rule::at("GET", "/", &[4], Fault::Truncate),
+        Rule::at("DELETE", "/", &[0], Fault::Drop),
     ];
     let proxy = FaultProxy::start(s3.port(), backup_rules);
     let sb = snapback_via(&s3, &proxy, None);
@@ -279,4 +278,38 @@ fn a_pack_read_cut_off_part_way_is_retried_and_the_restore_completes() {
         fs::read(restored).unwrap() == content,
         "restored content differs"
     );
+}
+
+/// The retry budget is whole: one request that fails on every attempt but its last (six
+/// retries, the default) still succeeds, however long the jittered backoff between them runs
+/// (12.6 to 25.2 s), within the operation's deadline.
+#[test]
+fn a_request_that_fails_on_all_attempts_but_the_last_succeeds() {
+    require_restic!();
+    let s3 = S3Server::start();
+    Snapback::s3(&s3, PREFIX, PW).run_ok(&["init"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    // The snapshot's upload is the backup's last PUT: nothing else is in flight to take
+    // a share of the faults.
+    let proxy = FaultProxy::start(
+        s3.port(),
+        vec![
+            Rule::at("PUT", "/snapshots/", &[0, 2, 4], Fault::Status(503)),
+            Rule::at("PUT", "/snapshots/", &[1, 3, 5], Fault::Drop),
+        ],
+    );
+    let sb = snapback_via(&s3, &proxy, None);
+    let start = Instant::now();
+    let out = sb.run_ok(&["backup", src.to_str().unwrap()]);
+    println!(
+        "faults/budget: saved after {:.1}s; {}",
+        start.elapsed().as_secs_f64(),
+        proxy.summary()
+    );
+    assert!(out.contains("saved"), "{out}");
+    assert_eq!(proxy.injected().len(), 6, "{}", proxy.summary());
+    assert_eq!(snapshot_files(&s3), 1);
+    Restic::s3(&s3, PREFIX, PW).run_ok(&["check", "--read-data"]);
 }

@@ -52,7 +52,7 @@ pub struct GlobalArgs {
     /// More output (repeat for debug logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Seconds one storage request may go unanswered (S3 or local). An operation gets two
+    /// Seconds one storage request may go unanswered (S3 or local). An operation gets three
     /// timed-out attempts plus the retry backoff, then the command fails. Default 60, or
     /// SNAPBACK_IO_TIMEOUT_SECS.
     #[arg(long, value_name = "SECS", global = true)]

@@ -62,12 +62,13 @@ impl RetryPolicy {
         self
     }
 
-    /// Longest one storage operation may take, retries included: two timed-out attempts plus
-    /// the whole backoff schedule, so that a request that timed out once still has every retry
-    /// for the quick transient faults (503, a dropped connection) that may follow it. Without
-    /// this bound the retry layer would turn a server that accepts connections and never
-    /// answers into `max_retries + 1` timeouts plus backoff (over seven minutes with the
-    /// defaults; about two with it).
+    /// Longest one storage operation may take, retries included: three attempts' timeouts
+    /// plus the longest the backoff schedule can last (the retry layer's jitter adds up to
+    /// the delay itself, so twice the delays), so that a request that timed out once or twice
+    /// still has every retry for the quick transient faults (503, a dropped connection) that
+    /// may follow it. Without this bound the retry layer would turn a server that accepts
+    /// connections and never answers into `max_retries + 1` timeouts plus backoff (over seven
+    /// minutes with the defaults; under three and a half with it).
     pub fn deadline(&self) -> Duration {
         let attempt = self.timeout.max(self.io_timeout);
         let mut backoff = Duration::ZERO;
@@ -76,7 +77,7 @@ impl RetryPolicy {
             backoff += delay.min(self.max_delay);
             delay = delay.saturating_mul(2);
         }
-        attempt * 2 + backoff
+        attempt * 3 + backoff * 2
     }
 }
 
@@ -96,16 +97,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_operation_gets_two_timeouts_and_the_backoff_schedule() {
+    fn an_operation_gets_three_timeouts_and_the_jittered_backoff_schedule() {
         let p = RetryPolicy::default();
-        // 6 retries: 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 6.4 s of backoff.
-        assert_eq!(p.deadline(), Duration::from_millis(120_000 + 12_600));
+        // 6 retries: 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 6.4 s of backoff, each up to twice that.
+        assert_eq!(p.deadline(), Duration::from_millis(180_000 + 25_200));
         let short = p.with_timeout(Duration::from_secs(2));
-        assert_eq!(short.deadline(), Duration::from_millis(4_000 + 12_600));
+        assert_eq!(short.deadline(), Duration::from_millis(6_000 + 25_200));
         let none = RetryPolicy {
             max_retries: 0,
             ..short
         };
-        assert_eq!(none.deadline(), Duration::from_secs(4));
+        assert_eq!(none.deadline(), Duration::from_secs(6));
     }
 }
