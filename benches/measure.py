@@ -71,6 +71,7 @@ def main():
         "cpu": round(float(u) + float(s), 2),
         "rss_mib": round(int(m) / 1024, 1),
         "write_bytes": io.get("write_bytes", -1),
+        "read_bytes": io.get("read_bytes", -1),
         "cancelled_write_bytes": io.get("cancelled_write_bytes", -1),
         "rc": rc,
         "producer_rc": prc,

@@ -62,6 +62,9 @@ const CHUNK_BUF: usize = snapback_chunker::MAX_SIZE + READ_SIZE;
 pub struct ArchiveOptions {
     /// Root tree of the parent snapshot, whose unchanged files are reused without reading.
     pub parent_tree: Option<Id>,
+    /// When the parent snapshot was taken (seconds since the epoch): the source need not read
+    /// ahead files unchanged since ([`EntrySource::read_ahead_since`]).
+    pub parent_time: Option<i64>,
     /// Reuse unchanged files from the parent (path backups only: a stream is always re-read).
     pub reuse_unchanged: bool,
     /// Fill directories the source did not describe from the local filesystem (`/` + path).
@@ -190,6 +193,13 @@ impl Archiver {
 
     /// Consumes the whole source; returns the root tree id.
     pub fn run(mut self, source: &mut dyn EntrySource) -> Result<(Id, ArchiveStats)> {
+        if let (true, Some(_), Some(secs)) = (
+            self.opts.reuse_unchanged,
+            self.opts.parent_tree,
+            self.opts.parent_time,
+        ) {
+            source.read_ahead_since(snapback_stream::Timestamp { secs, nanos: 0 });
+        }
         if !source.may_revisit() {
             // Nothing would read the cache: a walk's links are counted, its directories final.
             self.closed = ClosedDirs::new(0);

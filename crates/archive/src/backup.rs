@@ -154,6 +154,7 @@ async fn run(
         crate::sink::start_with_finder(repo.clone(), opts.sink, buffers.clone());
     let archive_opts = ArchiveOptions {
         parent_tree: parent.as_ref().map(|(_, s)| s.tree),
+        parent_time: parent.as_ref().map(|(_, s)| s.time.timestamp()),
         reuse_unchanged: opts.reuse_unchanged,
         stat_implicit_dirs: opts.stat_implicit_dirs,
         time,

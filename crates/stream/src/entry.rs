@@ -142,4 +142,10 @@ pub trait EntrySource {
     fn may_revisit(&self) -> bool {
         true
     }
+
+    /// Tells the source that its consumer reuses the content of files unchanged since `since`
+    /// (a backup with a parent snapshot taken then) without reading them: a source that reads
+    /// ahead then reads ahead only files changed since, so that an incremental backup of a
+    /// cold volume does not pull every unchanged file from disk. A stream ignores it.
+    fn read_ahead_since(&mut self, _since: Timestamp) {}
 }

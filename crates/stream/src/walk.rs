@@ -118,6 +118,11 @@ pub struct Walker {
     names: NameCache,
     warnings: Vec<Warning>,
     file: Option<FileReader>,
+    /// See [`EntrySource::read_ahead_since`]: files whose ctime is older are opened ahead but
+    /// their reads are not asked for.
+    ahead_since: Option<Timestamp>,
+    /// Files whose reads were asked for ahead (for tests).
+    advised: u64,
 }
 
 impl Walker {
@@ -159,6 +164,8 @@ impl Walker {
             names: NameCache::default(),
             warnings: Vec::new(),
             file: None,
+            ahead_since: None,
+            advised: 0,
         })
     }
 
@@ -399,7 +406,14 @@ impl Walker {
             let Some((file, st)) = open_regular(&abs) else {
                 continue;
             };
-            if st.len() > 0 {
+            // A file not changed since the parent snapshot is reused unread: asking for its
+            // reads would pull it from disk for nothing (ctime moves with every write and
+            // cannot be set back).
+            let unchanged = self
+                .ahead_since
+                .is_some_and(|since| st.ctime() < since.secs);
+            if st.len() > 0 && !unchanged {
+                self.advised += 1;
                 // Only a hint: a failure costs nothing but the read-ahead.
                 let len = std::num::NonZeroU64::new(st.len().min(READ_AHEAD_BYTES));
                 let _ = rustix::fs::fadvise(&file, 0, len, rustix::fs::Advice::WillNeed);
@@ -586,6 +600,10 @@ impl EntrySource for Walker {
     /// A walk finishes each directory once and resolves hard links by their link count.
     fn may_revisit(&self) -> bool {
         false
+    }
+
+    fn read_ahead_since(&mut self, since: Timestamp) {
+        self.ahead_since = Some(since);
     }
 
     fn warnings(&self) -> &[Warning] {
@@ -1050,6 +1068,34 @@ mod tests {
             w.warnings()[0].path,
             rel(&t.path().join(&names[READ_AHEAD_FILES + 1]))
         );
+    }
+
+    #[test]
+    fn files_unchanged_since_the_parent_are_not_read_ahead() {
+        // An incremental backup reuses unchanged files unread: the walker must not ask the
+        // kernel to read them. Files changed since (ctime newer) still are read ahead.
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            fs::write(t.path().join(format!("f{i}")), "data").unwrap();
+        }
+        let walk = |since: Option<i64>| {
+            let mut w = Walker::new([t.path()], WalkOptions::default()).unwrap();
+            if let Some(secs) = since {
+                w.read_ahead_since(Timestamp { secs, nanos: 0 });
+            }
+            let got = collect(&mut w);
+            assert_eq!(got.len(), 5);
+            assert!(got[1..].iter().all(|e| e.2 == b"data"));
+            w.advised
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // f0 is visited first (not ahead); f1..f3 are opened ahead.
+        assert_eq!(walk(None), 3, "a first backup reads ahead");
+        assert_eq!(walk(Some(now - 3600)), 3, "changed since the parent");
+        assert_eq!(walk(Some(now + 3600)), 0, "unchanged since the parent");
     }
 
     #[test]
