@@ -4,7 +4,8 @@
 Starts `snapback sidecar` (manual schedule, HTTP API on 127.0.0.1) on a copy of REPO, triggers
 one backup of DATA with POST /backup, samples VmRSS every 20 ms while it runs, and reads
 VmRSS/VmHWM from /proc once the backup is over (snapback_backup_in_progress 0 and one more
-backup counted). Prints one line per figure, in MiB.
+backup counted). Prints one line per figure, in MiB, and splits RSS into anonymous memory
+(what the process holds) and file-backed pages (its code, paged in by use).
 
     benches/sidecar_rss.py SNAPBACK REPO PASSWORD DATA
 
@@ -29,6 +30,12 @@ def status(pid, field):
             if line.startswith(field):
                 return int(line.split()[1]) / 1024.0
     raise KeyError(field)
+
+
+def split(pid):
+    """(RssAnon, RssFile + RssShmem) in MiB: memory the process holds, and pages of its binary
+    and libraries that the kernel can drop and read back."""
+    return status(pid, "RssAnon:"), status(pid, "RssFile:") + status(pid, "RssShmem:")
 
 
 def metric(port, name):
@@ -67,6 +74,7 @@ def main():
                     time.sleep(0.02)
             time.sleep(0.5)
             start = status(proc.pid, "VmRSS:")
+            start_split = split(proc.pid)
             req = urllib.request.Request(f"http://127.0.0.1:{port}/backup", method="POST")
             urllib.request.urlopen(req, timeout=5)
             began = time.time()
@@ -79,15 +87,19 @@ def main():
             took = time.time() - began
             time.sleep(0.5)
             after = status(proc.pid, "VmRSS:")
+            after_split = split(proc.pid)
             # tokio's idle blocking threads (and their stacks) exit after 10 s.
             time.sleep(11)
             later = status(proc.pid, "VmRSS:")
+            later_split = split(proc.pid)
             if os.environ.get("SHOW_SMAPS"):
                 print(subprocess.run(["sh", "-c", f"awk '/^[0-9a-f]+-[0-9a-f]+ /{{m=$0}} /^Rss:/{{if ($2>400) print $2, m}}' /proc/{proc.pid}/smaps"], capture_output=True, text=True).stdout)
             peak = status(proc.pid, "VmHWM:")
             print(f"start-up RSS: {start:.1f} MiB")
             print(f"peak RSS during the backup: {peak:.1f} MiB (sampled max {sampled:.1f})")
             print(f"RSS after the backup: {after:.1f} MiB; 11 s later: {later:.1f} MiB")
+            for name, (anon, file_) in [("start-up", start_split), ("after", after_split), ("11 s later", later_split)]:
+                print(f"  {name}: anonymous {anon:.1f} MiB, file-backed (code) {file_:.1f} MiB")
             print(f"backup took {took:.1f} s; backups_total {metric(port, 'snapback_backups_total'):.0f}")
         finally:
             proc.terminate()
