@@ -320,8 +320,8 @@ impl Archiver {
                         LinkTarget {
                             content: content.clone(),
                             size: node.size,
-                            remaining: meta.nlink.saturating_sub(1),
                         },
+                        meta.nlink - 1,
                     );
                 }
                 node.content = Some(content);
@@ -379,17 +379,14 @@ impl Archiver {
     /// file with a known link count is forgotten after its last link; any other is looked up
     /// in what was built.
     fn link_target(&mut self, target: &Path) -> Result<Option<(Vec<Id>, u64)>> {
-        let Some(link) = self.links.get_mut(target) else {
-            let comps: Vec<Vec<u8>> = target.iter().map(|c| c.as_bytes().to_vec()).collect();
-            return self.built_file(&comps);
-        };
-        let found = (link.content.clone(), link.size);
-        if link.remaining <= 1 {
-            self.links.remove(target);
-        } else {
-            link.remaining -= 1;
+        if let Some(found) = self
+            .links
+            .next_link(target, |link| (link.content.clone(), link.size))
+        {
+            return Ok(Some(found));
         }
-        Ok(Some(found))
+        let comps: Vec<Vec<u8>> = target.iter().map(|c| c.as_bytes().to_vec()).collect();
+        self.built_file(&comps)
     }
 
     /// Content ids and size of the regular file at `target` (path components from the root),
@@ -682,8 +679,6 @@ impl Archiver {
 struct LinkTarget {
     content: Vec<Id>,
     size: u64,
-    /// Links still to come.
-    remaining: u64,
 }
 
 /// Where [`Archiver::built_file`] looks for a name.

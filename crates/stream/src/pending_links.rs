@@ -15,10 +15,11 @@ use std::hash::Hash;
 /// directory tree to meet within it.
 pub const PENDING_LINKS_MAX: usize = 8192;
 
-/// A map from a file's key to what later links need, oldest entries forgotten past a bound.
+/// A map from a file's key to what later links need and how many of them are still to come,
+/// forgotten at the last one, oldest entries forgotten past a bound.
 #[derive(Debug)]
 pub struct PendingLinks<K, V> {
-    map: HashMap<K, V>,
+    map: HashMap<K, (V, u64)>,
     /// Insertion order; keys already removed are skipped when evicting.
     order: VecDeque<K>,
     max: usize,
@@ -37,12 +38,17 @@ impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
         }
     }
 
-    /// Remembers `value` for `key`, forgetting the oldest entries past the bound.
-    pub fn insert(&mut self, key: K, value: V) {
-        if self.max == 0 {
+    /// Remembers `value` for the `links_to_come` later links of `key` (none: nothing to
+    /// remember), forgetting the oldest entries past the bound.
+    pub fn insert(&mut self, key: K, value: V, links_to_come: u64) {
+        if self.max == 0 || links_to_come == 0 {
             return;
         }
-        if self.map.insert(key.clone(), value).is_none() {
+        if self
+            .map
+            .insert(key.clone(), (value, links_to_come))
+            .is_none()
+        {
             self.order.push_back(key);
         }
         while self.map.len() > self.max {
@@ -62,20 +68,21 @@ impl<K: Hash + Eq + Clone, V> PendingLinks<K, V> {
         }
     }
 
-    /// The entry for `key`, if remembered.
-    pub fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    /// One more link of `key` came: `use_value` gets what was remembered for it, and the
+    /// entry is forgotten if this was its last link. `None` (and `use_value` not called) when
+    /// nothing is remembered for `key`.
+    pub fn next_link<Q, R>(&mut self, key: &Q, use_value: impl FnOnce(&V) -> R) -> Option<R>
     where
         K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
     {
-        self.map.get_mut(key)
-    }
-
-    /// Forgets `key` (its last link came).
-    pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-    {
-        self.map.remove(key)
+        let (value, to_come) = self.map.get_mut(key)?;
+        let out = use_value(value);
+        *to_come -= 1;
+        if *to_come == 0 {
+            self.map.remove(key);
+        }
+        Some(out)
     }
 
     /// Entries forgotten past the bound so far (removed ones do not count).
@@ -102,26 +109,39 @@ mod tests {
     fn the_oldest_entries_are_forgotten_past_the_bound() {
         let mut links = PendingLinks::new(3);
         for i in 0..10u32 {
-            links.insert(i, i * 10);
+            links.insert(i, i * 10, 5);
         }
         assert_eq!(links.len(), 3);
-        assert!(links.get_mut(&6).is_none());
-        assert_eq!(links.get_mut(&9), Some(&mut 90));
-        assert_eq!(links.get_mut(&7), Some(&mut 70));
+        assert_eq!(links.next_link(&6, |v| *v), None);
+        assert_eq!(links.next_link(&9, |v| *v), Some(90));
+        assert_eq!(links.next_link(&7, |v| *v), Some(70));
         assert_eq!(links.forgotten(), 7);
+    }
+
+    #[test]
+    fn an_entry_is_forgotten_at_its_last_link() {
+        let mut links = PendingLinks::new(8);
+        links.insert("a", 1, 2);
+        links.insert("none to come", 2, 0);
+        assert_eq!(links.len(), 1);
+        assert_eq!(links.next_link("a", |v| *v), Some(1));
+        assert_eq!(links.next_link("a", |v| *v), Some(1));
+        assert_eq!(links.next_link("a", |v| *v), None);
+        assert!(links.is_empty());
+        assert_eq!(links.forgotten(), 0);
     }
 
     #[test]
     fn removed_keys_do_not_make_the_order_grow() {
         let mut links = PendingLinks::new(4);
         for i in 0..100_000u32 {
-            links.insert(i, ());
-            links.remove(&i);
+            links.insert(i, (), 1);
+            links.next_link(&i, |_| ());
         }
         assert!(links.is_empty());
         assert_eq!(links.forgotten(), 0);
         assert!(links.order.len() <= 8, "order holds {}", links.order.len());
-        links.insert(1, ());
-        assert!(links.get_mut(&1).is_some());
+        links.insert(1, (), 1);
+        assert_eq!(links.next_link(&1, |_| "found"), Some("found"));
     }
 }

@@ -111,10 +111,10 @@ pub struct Walker {
     root_dev: u64,
     one_file_system: bool,
     rules: SkipRules,
-    /// First path seen for each (dev, inode) with nlink > 1, and how many of its links are
-    /// still to come: an entry is dropped at its last link, so this holds only files whose
-    /// links are not all seen yet (bounded: past it a later link is read as a file again).
-    links: PendingLinks<(u64, u64), (PathBuf, u64)>,
+    /// First path seen for each (dev, inode) with nlink > 1, until its last link came: this
+    /// holds only files whose links are not all seen yet (bounded: past it a later link is
+    /// read as a file again).
+    links: PendingLinks<(u64, u64), PathBuf>,
     names: NameCache,
     warnings: Vec<Warning>,
     file: Option<FileReader>,
@@ -261,12 +261,7 @@ impl Walker {
         } else if ft.is_file() {
             if st.nlink() > 1 {
                 let key = (st.dev(), st.ino());
-                if let Some((target, remaining)) = self.links.get_mut(&key) {
-                    let target = target.clone();
-                    *remaining = remaining.saturating_sub(1);
-                    if *remaining == 0 {
-                        self.links.remove(&key);
-                    }
+                if let Some(target) = self.links.next_link(&key, PathBuf::clone) {
                     let file = opened.as_ref().map(|(f, _)| f);
                     let mut meta = self.metadata(abs, &rel, &st, file);
                     meta.size = 0;
@@ -285,7 +280,7 @@ impl Walker {
                 Some((file, st)) => {
                     if st.nlink() > 1 {
                         self.links
-                            .insert((st.dev(), st.ino()), (rel.clone(), st.nlink() - 1));
+                            .insert((st.dev(), st.ino()), rel.clone(), st.nlink() - 1);
                     }
                     // Attributes through the descriptor: no second path lookup.
                     let meta = self.metadata(abs, &rel, &st, Some(&file));

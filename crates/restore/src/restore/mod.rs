@@ -356,10 +356,10 @@ struct Restorer {
     /// The directories from the target down to the current node's parent.
     levels: Vec<Level>,
     is_root: bool,
-    /// First restored file of each hard-link group, by (device id, inode), and how many of
-    /// the group's links are still to come (the entry goes with the last). Bounded: a group
-    /// whose other links lie outside the snapshot never sees its last.
-    links: PendingLinks<(u64, u64), (LinkSource, u64)>,
+    /// First restored file of each hard-link group, by (device id, inode), until the group's
+    /// last link came ([`PendingLinks`] counts them). Bounded: a group whose other links lie
+    /// outside the snapshot never sees its last.
+    links: PendingLinks<(u64, u64), LinkSource>,
     /// Hard-link groups whose first file is queued.
     queued_links: HashSet<(u64, u64)>,
     summary: RestoreSummary,
@@ -461,12 +461,12 @@ impl Restorer {
                     self.flush().await;
                 }
                 if let Some(k) = key {
-                    if let Some((first, remaining)) = self.links.get_mut(&k) {
-                        fsops::hard_link(self.root.as_fd(), first, dir, name)?;
-                        *remaining = remaining.saturating_sub(1);
-                        if *remaining == 0 {
-                            self.links.remove(&k);
-                        }
+                    let root = self.root.as_fd();
+                    let linked = self
+                        .links
+                        .next_link(&k, |first| fsops::hard_link(root, first, dir, name));
+                    if let Some(linked) = linked {
+                        linked?;
                         self.summary.files += 1;
                         return Ok(None);
                     }
@@ -621,8 +621,7 @@ impl Restorer {
                         self.warn(&q.path, w);
                     }
                     if let Some((k, source)) = q.link {
-                        self.links
-                            .insert(k, (source, q.node.links.saturating_sub(1)));
+                        self.links.insert(k, source, q.node.links.saturating_sub(1));
                     }
                 }
                 Err(message) => {
