@@ -32,18 +32,7 @@ for round in $(seq "${ROUNDS:-2}"); do
         fi
         "${cmd[@]}" >/dev/null
         sync
-        python3 - "$data" <<'PY'
-import os, sys
-for dp, _ds, fs in os.walk(os.fsencode(sys.argv[1])):
-    for f in fs:
-        p = os.path.join(dp, f)
-        if os.path.isfile(p) and not os.path.islink(p):
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-PY
+        python3 "$here/evict.py" "$data"
         echo "$round $tool $(python3 "$here/measure.py" -- "${cmd[@]}")"
     done
 done

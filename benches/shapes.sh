@@ -107,18 +107,7 @@ census() {
 # Evicts the regular files beneath $1 from the page cache.
 evict() {
     sync
-    python3 - "$1" <<'EOF'
-import os, sys
-for dp, _ds, fs in os.walk(os.fsencode(sys.argv[1])):
-    for f in fs:
-        p = os.path.join(dp, f)
-        if os.path.isfile(p) and not os.path.islink(p):
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-EOF
+    python3 "$here/evict.py" "$1"
 }
 
 backup_cmd() { # tool repo
