@@ -193,11 +193,8 @@ impl Archiver {
 
     /// Consumes the whole source; returns the root tree id.
     pub fn run(mut self, source: &mut dyn EntrySource) -> Result<(Id, ArchiveStats)> {
-        if let (true, Some(_), Some(secs)) = (
-            self.opts.reuse_unchanged,
-            self.opts.parent_tree,
-            self.opts.parent_time,
-        ) {
+        // `parent_time` is set exactly when there is a parent.
+        if let (true, Some(secs)) = (self.opts.reuse_unchanged, self.opts.parent_time) {
             source.read_ahead_since(snapback_stream::Timestamp { secs, nanos: 0 });
         }
         if !source.may_revisit() {
