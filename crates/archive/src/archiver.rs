@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::children::Children;
 use crate::dedup::{Dedup, Pending, INLINE_BELOW};
 use crate::node::{implicit_dir, node_from_entry, unchanged};
+use crate::parent_trees::ParentTrees;
 use crate::progress::Progress;
 use crate::sink::{BlobJob, TreeFinder};
 use crate::{Error, Result};
@@ -98,6 +99,8 @@ pub struct ArchiveStats {
     pub bytes_new: u64,
     /// Entries that could not be represented (e.g. a hard link to an unknown member).
     pub warnings: Vec<String>,
+    /// Trees of the parent snapshot that were read ahead of the walk and used.
+    pub parent_trees_read_ahead: u64,
 }
 
 struct OpenDir {
@@ -127,6 +130,8 @@ pub struct Archiver {
     trees: TreeFinder,
     /// Listings of recently finished directories, for streams that return to them.
     closed: ClosedDirs,
+    /// The parent snapshot's trees, read ahead of the walk.
+    parent_trees: ParentTrees,
     opts: ArchiveOptions,
     stats: ArchiveStats,
     /// Read window of `chunk_file`, reused for every file: its pages are faulted in once, not
@@ -163,6 +168,7 @@ impl Archiver {
             buffers.clone(),
             budget,
         );
+        let parent_trees = ParentTrees::new(repo.clone(), index.clone(), handle.clone());
         let mut me = Archiver {
             repo,
             handle,
@@ -173,6 +179,7 @@ impl Archiver {
             links: PendingLinks::new(PENDING_LINKS_MAX),
             trees,
             closed: ClosedDirs::new(CLOSED_CACHE_BYTES),
+            parent_trees,
             opts,
             stats: ArchiveStats::default(),
             window: Vec::new(),
@@ -182,7 +189,7 @@ impl Archiver {
             Some(id) => Some(me.load_tree(&id)?),
             None => None,
         };
-        me.stack.push(OpenDir {
+        me.open_dir(OpenDir {
             path: Vec::new(),
             node: None,
             children: Children::new(),
@@ -221,6 +228,7 @@ impl Archiver {
         let (id, _, _) = self.write_tree(root.children)?;
         // Last: the root tree too may wait in the batch.
         self.dedup.finish()?;
+        self.stats.parent_trees_read_ahead = self.parent_trees.hits();
         self.stats.warnings.extend(
             source
                 .warnings()
@@ -262,7 +270,7 @@ impl Archiver {
                     None => Children::new(),
                 };
                 let parent = self.parent_subtree(name)?;
-                self.stack.push(OpenDir {
+                self.open_dir(OpenDir {
                     path: comps.clone(),
                     node: Some(node),
                     children,
@@ -362,7 +370,7 @@ impl Archiver {
                 None => (self.implicit_node(&path), Children::new()),
             };
             let parent = self.parent_subtree(&name)?;
-            self.stack.push(OpenDir {
+            self.open_dir(OpenDir {
                 path,
                 node: Some(node),
                 children,
@@ -502,7 +510,15 @@ impl Archiver {
         Ok(Some((node, children)))
     }
 
-    fn parent_subtree(&self, name: &[u8]) -> Result<Option<Tree>> {
+    /// Pushes a directory onto the stack and asks for its subdirectories' parent trees.
+    fn open_dir(&mut self, dir: OpenDir) {
+        if let Some(tree) = &dir.parent {
+            self.parent_trees.want_children(tree);
+        }
+        self.stack.push(dir);
+    }
+
+    fn parent_subtree(&mut self, name: &[u8]) -> Result<Option<Tree>> {
         let sub = self
             .top()
             .parent
@@ -514,7 +530,7 @@ impl Archiver {
             })
             .and_then(|n| n.subtree);
         match sub {
-            Some(id) => Ok(Some(self.load_tree(&id)?)),
+            Some(id) => Ok(Some(self.parent_trees.take(&id)?)),
             None => Ok(None),
         }
     }
@@ -534,6 +550,9 @@ impl Archiver {
             .stack
             .pop()
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
+        if let Some(tree) = &dir.parent {
+            self.parent_trees.forget_children(tree);
+        }
         let (id, children, len) = self.write_tree(dir.children)?;
         if let Some(children) = children {
             self.closed.insert(dir.path, children, len);

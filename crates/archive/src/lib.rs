@@ -1,7 +1,8 @@
 //! The backup pipeline: turns a stream of entries into a restic snapshot.
 //!
 //! Data flows one way: an entry source (`snapback_stream`'s walker or tar reader) →
-//! [`archiver`] (tree building, chunking, parent reuse, node metadata from [`node`]) →
+//! [`archiver`] (tree building, chunking, parent reuse with the parent's trees read ahead,
+//! node metadata from [`node`]) →
 //! [`dedup`] (hashing; drops blobs the repository or this run, see [`seen`], already has) →
 //! [`sink`] (compression, encryption, pack assembly, concurrent upload, index flushing) → the
 //! repository; [`backup`](mod@backup) runs the stages side by side under a lock and writes
@@ -15,9 +16,12 @@ mod children;
 pub mod dedup;
 pub mod error;
 pub mod node;
+mod parent_trees;
 pub mod progress;
 pub mod seen;
 pub mod sink;
+#[cfg(test)]
+mod test_repo;
 
 pub use backup::{backup, BackupOptions, BackupSummary};
 pub use error::{Error, Result};

@@ -558,6 +558,7 @@ fn zstd_into(data: &[u8], level: i32, mut out: Vec<u8>) -> std::result::Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_repo::local_repo;
 
     #[test]
     fn small_and_big_inputs_use_contexts_of_their_own() {
@@ -589,26 +590,6 @@ mod tests {
             Some(n) => zstd::bulk::decompress(&plain, n as usize).unwrap(),
             None => plain,
         }
-    }
-
-    /// A new repository in `dir`, with a cheap key derivation.
-    async fn local_repo(dir: &std::path::Path) -> Repository {
-        use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
-        use snapback_repo::file::key::KdfParams;
-        use snapback_repo::repository::InitOptions;
-
-        let location = Location::parse(&dir.to_string_lossy()).unwrap();
-        let backend =
-            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
-        let opts = InitOptions {
-            kdf: KdfParams {
-                n: 1 << 10,
-                r: 8,
-                p: 1,
-            },
-            ..InitOptions::default()
-        };
-        Repository::init(backend, b"pw", opts).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
