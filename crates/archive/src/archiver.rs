@@ -186,7 +186,7 @@ impl Archiver {
             pool: buffers,
         };
         let parent = match me.opts.parent_tree {
-            Some(id) => Some(me.load_tree(&id)?),
+            Some(id) => Some(me.parent_trees.take(&id)?),
             None => None,
         };
         me.open_dir(OpenDir {
@@ -533,16 +533,6 @@ impl Archiver {
             Some(id) => Ok(Some(self.parent_trees.take(&id)?)),
             None => Ok(None),
         }
-    }
-
-    fn load_tree(&self, id: &Id) -> Result<Tree> {
-        let loc = self
-            .index
-            .get(id)
-            .ok_or(snapback_repo::Error::BlobNotFound(*id))?;
-        let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::Stream(format!("parent tree {}: {e}", id.short())))
     }
 
     fn close_top(&mut self) -> Result<()> {

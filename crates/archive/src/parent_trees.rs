@@ -9,8 +9,9 @@
 //! The walk is depth first, so the children of the directory opened last are needed soonest:
 //! they go to the front of the queue. A bounded number of reads is under way, and a bounded
 //! number of trees and bytes is read and waiting to be taken; a tree larger than that bound, or
-//! one whose read had not started, is read when it is needed, as before. Reads a finished directory did
-//! not use (a subdirectory deleted since the parent, or excluded) are dropped when it closes.
+//! one whose read had not started, is read when it is needed, as before (the snapshot's root is
+//! read that way too). Reads a finished directory did not use (a subdirectory deleted since
+//! the parent, or excluded) are dropped when it closes.
 //! Only the raw blob crosses threads: it is opened (authenticated, decompressed) and parsed
 //! on the archiver's thread when taken, like a tree read on demand.
 
