@@ -6,7 +6,7 @@
 Forwards each request unchanged to 127.0.0.1:UPSTREAM_PORT (a local S3 server) on a thread of
 its own, after sleeping LATENCY_MS: a local server then behaves like a remote object store,
 where every request costs a round trip however small it is. Prints (or writes to PORT_FILE)
-the port it listens on. Used by benches/s3_incremental.sh.
+the port it listens on. Used by benches/s3_latency.sh.
 """
 
 import http.client

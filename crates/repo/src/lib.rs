@@ -4,7 +4,8 @@
 //! and the optional [`backend::services`]), [`crypto`]
 //! seals them (AES-256-CTR + Poly1305-AES), [`file`] gives the JSON files their types, [`pack`]
 //! assembles and parses pack files, [`index`] knows where every blob is, and [`Repository`]
-//! ties them together (init, open, load/save files and blobs, snapshots, locks). Blobs held in
+//! ties them together (init, open, load/save files and blobs, snapshots, locks);
+//! [`tree_read_ahead`] reads a walk's trees before it needs them. Blobs held in
 //! memory by a backup or a restore are bounded by a [`budget::ByteBudget`] and live in
 //! recycled [`buffers::BufferPool`] buffers.
 
@@ -21,6 +22,7 @@ pub mod local_write;
 pub mod locking;
 pub mod pack;
 pub mod repository;
+pub mod tree_read_ahead;
 
 pub use backend::{Backend, BackendError, FileType, Location, RangeReader};
 pub use crypto::Key;

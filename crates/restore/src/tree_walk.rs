@@ -1,5 +1,5 @@
 //! Reading a snapshot's trees: loading one tree, resolving a path, a depth-first walk that keeps
-//! only the trees of the current path in memory, and [`SnapshotSource`], which presents a
+//! only the trees of the current path in memory (and reads its next ones ahead), and [`SnapshotSource`], which presents a
 //! (sub)tree of a snapshot as an [`EntrySource`] (for `dump` as tar).
 //!
 //! Paths inside a snapshot are absolute with the snapshot root as `/`, as restic prints them
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use snapback_repo::file::tree::{go_mode, zero_time};
 use snapback_repo::file::{Node, NodeType, Tree};
+use snapback_repo::tree_read_ahead::{subtree_ids, TreeReadAhead, MAX_WANTED};
 use snapback_repo::{BlobIndex, Id, Repository};
 use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning, Xattr};
 use tokio::runtime::Handle;
@@ -27,8 +28,12 @@ pub async fn load_tree(repo: &Repository, index: &BlobIndex, id: &Id) -> Result<
     let loc = index
         .get(id)
         .ok_or(snapback_repo::Error::BlobNotFound(*id))?;
-    let data = repo.load_blob(id, &loc).await?;
-    let tree: Tree = serde_json::from_slice(&data).map_err(|e| snapback_repo::Error::Format {
+    parse_tree(id, &repo.load_blob(id, &loc).await?)
+}
+
+/// Parses tree blob `id`'s plaintext, refusing names that would escape their directory.
+fn parse_tree(id: &Id, data: &[u8]) -> Result<Tree> {
+    let tree: Tree = serde_json::from_slice(data).map_err(|e| snapback_repo::Error::Format {
         file: format!("tree {}", id.short()),
         message: format!("invalid JSON: {e}"),
     })?;
@@ -147,13 +152,19 @@ struct Frame {
     dir: Option<(PathBuf, Node)>,
     path: PathBuf,
     nodes: std::vec::IntoIter<Node>,
+    /// Its subdirectories' trees, asked for ahead of the walk when it was entered.
+    subdirs: Vec<Id>,
 }
 
 /// Depth-first walk of a tree in name order. Only the trees on the path from the root to the
-/// current node are held in memory; a directory's tree is loaded when the walk enters it.
+/// current node are held in memory, and the trees of their subdirectories read ahead (bounded:
+/// [`TreeReadAhead`]), so that a walk of a remote repository does not wait for one round trip
+/// per directory.
 pub struct TreeWalker {
     repo: Repository,
     index: Arc<BlobIndex>,
+    /// Made on the first call, inside the runtime that runs its reads.
+    ahead: Option<TreeReadAhead>,
     /// The root tree, until the first call loads it.
     root: Option<(Id, PathBuf)>,
     stack: Vec<Frame>,
@@ -171,15 +182,24 @@ impl TreeWalker {
             repo,
             index,
             root: Some((root, base.to_path_buf())),
+            ahead: None,
             stack: Vec::new(),
             pending: None,
             skipped: Vec::new(),
         }
     }
 
+    /// Trees the walk took that had been read ahead of it.
+    pub fn trees_read_ahead(&self) -> u64 {
+        self.ahead.as_ref().map_or(0, TreeReadAhead::hits)
+    }
+
     /// Do not descend into the directory returned by the last call.
     pub fn skip_subtree(&mut self) {
-        self.pending = None;
+        let skipped = self.pending.take().and_then(|(_, node)| node.subtree);
+        if let Some(ahead) = &mut self.ahead {
+            ahead.forget(skipped);
+        }
     }
 
     /// The nodes the walk left out since the last call, as (path, reason): a name that a tree
@@ -194,13 +214,12 @@ impl TreeWalker {
     /// [`WalkItem::DirEnd`] still comes).
     pub async fn next(&mut self) -> Result<Option<WalkItem>> {
         if let Some((id, base)) = self.root.take() {
-            let tree = load_tree(&self.repo, &self.index, &id).await?;
-            let f = frame(None, base, tree, &mut self.skipped);
-            self.stack.push(f);
+            let tree = self.load(&id).await?;
+            self.enter(None, base, tree);
         }
         if let Some((path, node)) = self.pending.take() {
             let loaded = match node.subtree {
-                Some(id) => load_tree(&self.repo, &self.index, &id).await,
+                Some(id) => self.load(&id).await,
                 None => Err(Error::InvalidTree {
                     tree: path.display().to_string(),
                     reason: "directory without subtree".into(),
@@ -210,8 +229,7 @@ impl TreeWalker {
                 Ok(t) => (t, None),
                 Err(e) => (Tree::default(), Some(e)),
             };
-            let f = frame(Some((path.clone(), node)), path, tree, &mut self.skipped);
-            self.stack.push(f);
+            self.enter(Some((path.clone(), node)), path, tree);
             if let Some(e) = err {
                 return Err(e);
             }
@@ -230,13 +248,36 @@ impl TreeWalker {
                     return Ok(Some(WalkItem::Node { path, node }));
                 }
                 None => {
-                    let done = self.stack.pop();
-                    if let Some((path, node)) = done.and_then(|f| f.dir) {
+                    let Some(done) = self.stack.pop() else {
+                        continue;
+                    };
+                    if let Some(ahead) = &mut self.ahead {
+                        // What the walk skipped below it is not needed any more.
+                        ahead.forget(done.subdirs);
+                    }
+                    if let Some((path, node)) = done.dir {
                         return Ok(Some(WalkItem::DirEnd { path, node }));
                     }
                 }
             }
         }
+    }
+
+    /// Tree `id`, read ahead if it was.
+    async fn load(&mut self, id: &Id) -> Result<Tree> {
+        let ahead = self.ahead.get_or_insert_with(|| {
+            TreeReadAhead::new(self.repo.clone(), self.index.clone(), Handle::current())
+        });
+        parse_tree(id, &ahead.take(id).await?)
+    }
+
+    /// Pushes a directory's frame and asks for its subdirectories' trees.
+    fn enter(&mut self, dir: Option<(PathBuf, Node)>, path: PathBuf, tree: Tree) {
+        let f = frame(dir, path, tree, &mut self.skipped);
+        if let Some(ahead) = &mut self.ahead {
+            ahead.want(f.subdirs.iter().copied());
+        }
+        self.stack.push(f);
     }
 }
 
@@ -262,10 +303,13 @@ fn frame(
         }
         repeat
     });
+    // The walk asks for no more than the read-ahead queue holds.
+    let subdirs = subtree_ids(&tree).take(MAX_WANTED).collect();
     Frame {
         dir,
         path,
         nodes: tree.nodes.into_iter(),
+        subdirs,
     }
 }
 
@@ -528,6 +572,116 @@ fn trim_slashes(path: &Path) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use snapback_archive::{backup, BackupOptions};
+    use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
+    use snapback_repo::file::key::KdfParams;
+    use snapback_repo::file::SnapshotFile;
+    use snapback_repo::repository::InitOptions;
+    use snapback_repo::FileType;
+    use snapback_stream::walk::{WalkOptions, Walker};
+
+    /// A repository in `repo_dir` holding one snapshot of `data/dNN/eN/file` (40 directories
+    /// of 3); returns it, its index and the path of `data` in the snapshot.
+    async fn snapshot_of_dirs(
+        repo_dir: &Path,
+        data: &Path,
+    ) -> (Repository, Arc<BlobIndex>, Id, PathBuf) {
+        for d in 0..40 {
+            for e in 0..3 {
+                let dir = data.join(format!("d{d:02}")).join(format!("e{e}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("file"), format!("{d} {e}")).unwrap();
+            }
+        }
+        let location = Location::parse(&repo_dir.to_string_lossy()).unwrap();
+        let backend =
+            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
+        let kdf = KdfParams {
+            n: 1 << 10,
+            r: 8,
+            p: 1,
+        };
+        let opts = InitOptions {
+            kdf,
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        let walker = Walker::new([data], WalkOptions::default()).unwrap();
+        let paths = vec![data.to_string_lossy().into_owned()];
+        let summary = backup(&repo, Box::new(walker), BackupOptions::new("t", paths))
+            .await
+            .unwrap();
+        let snapshot: SnapshotFile = repo
+            .load_json(FileType::Snapshot, &summary.snapshot_id)
+            .await
+            .unwrap();
+        let index = Arc::new(BlobIndex::load(&repo).await.unwrap());
+        (repo, index, snapshot.tree, clean_path(data))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_reads_subdirectories_ahead_and_sees_every_node_in_order() {
+        let (repo_dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (repo, index, root, data_path) = snapshot_of_dirs(repo_dir.path(), data.path()).await;
+        let mut walker = TreeWalker::new(repo, index, root, Path::new("/"));
+        let mut files = Vec::new();
+        let mut dir_ends = 0;
+        while let Some(item) = walker.next().await.unwrap() {
+            match item {
+                WalkItem::Node { path, node } if node.node_type == NodeType::File => {
+                    files.push(path)
+                }
+                WalkItem::Node { .. } => {}
+                WalkItem::DirEnd { .. } => dir_ends += 1,
+            }
+        }
+        let want: Vec<PathBuf> = (0..40)
+            .flat_map(|d| (0..3).map(move |e| (d, e)))
+            .map(|(d, e)| data_path.join(format!("d{d:02}/e{e}/file")))
+            .collect();
+        assert_eq!(files, want);
+        let depth = data_path.components().count() as u64 - 1;
+        assert_eq!(dir_ends, 160 + depth);
+        // Every directory below the root but the first one on the way down was read ahead.
+        let read_ahead = walker.trees_read_ahead();
+        assert!((159..=160 + depth).contains(&read_ahead), "{read_ahead}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn skipped_and_finished_directories_drop_their_reads_ahead() {
+        let (repo_dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (repo, index, root, data_path) = snapshot_of_dirs(repo_dir.path(), data.path()).await;
+        let mut walker = TreeWalker::new(repo, index, root, Path::new("/"));
+        let mut entered = Vec::new();
+        while let Some(item) = walker.next().await.unwrap() {
+            if let WalkItem::Node { path, node } = item {
+                // Enter the way down to `data` and every fourth directory below it.
+                let below = path.strip_prefix(&data_path).ok();
+                let keep = match below.and_then(|b| b.to_str()) {
+                    None => data_path.starts_with(&path),
+                    Some(b) => b.is_empty() || b[1..3].parse::<u32>().unwrap() % 4 == 0,
+                };
+                if node.node_type == NodeType::Dir && !keep {
+                    // Its tree was asked for when `data` was entered: the read is dropped now.
+                    let queued =
+                        |w: &TreeWalker| w.ahead.as_ref().map(|a| a.queued().0 + a.queued().1);
+                    let before = queued(&walker);
+                    walker.skip_subtree();
+                    assert_eq!(queued(&walker), before.map(|n| n - 1), "{}", path.display());
+                } else if node.node_type == NodeType::File {
+                    entered.push(path);
+                }
+            }
+            // Nothing skipped is held or queued once the walk has left its directory.
+            if let Some(ahead) = &walker.ahead {
+                let (reading, wanted) = ahead.queued();
+                assert!(reading <= 128 && wanted <= 40, "{reading} {wanted}");
+            }
+        }
+        assert_eq!(entered.len(), 10 * 3);
+        let ahead = walker.ahead.as_ref().unwrap();
+        assert_eq!(ahead.queued(), (0, 0));
+    }
 
     #[test]
     fn components_are_cleaned_like_go_path_clean() {
