@@ -1,6 +1,7 @@
 //! Reading a snapshot's trees: loading one tree, resolving a path, a depth-first walk that keeps
-//! only the trees of the current path in memory (and reads its next ones ahead), and [`SnapshotSource`], which presents a
-//! (sub)tree of a snapshot as an [`EntrySource`] (for `dump` as tar).
+//! only the trees of the current path in memory (and reads the next ones ahead), and
+//! [`SnapshotSource`], which presents a (sub)tree of a snapshot as an [`EntrySource`] (for
+//! `dump` as tar).
 //!
 //! Paths inside a snapshot are absolute with the snapshot root as `/`, as restic prints them
 //! (`/home/user/file`).
