@@ -162,6 +162,35 @@ fn bench_crypto(c: &mut Criterion) {
     g.bench_function("key_decrypt_1MiB", |b| {
         b.iter(|| black_box(key.decrypt(&sealed).unwrap()))
     });
+    // Small blobs (most files of a real tree): the per-message setup is what counts there.
+    // `Key` keys AES and Poly1305 once; the AEAD crate it replaced did so for every message.
+    let small = random_bytes(32, 5);
+    let aead = aes256ctr_poly1305aes::Aes256CtrPoly1305Aes::new(key.as_bytes().into());
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("key_encrypt_32B", |b| {
+        b.iter(|| black_box(key.encrypt(&small)))
+    });
+    g.bench_function("aead_crate_encrypt_32B", |b| {
+        use aes256ctr_poly1305aes::aead::AeadInPlace;
+        b.iter(|| {
+            let mut buf = small.clone();
+            let tag = aead
+                .encrypt_in_place_detached((&[9u8; 16]).into(), &[], &mut buf)
+                .unwrap();
+            black_box((buf, tag))
+        })
+    });
+    g.throughput(Throughput::Bytes(blob.len() as u64));
+    g.bench_function("aead_crate_encrypt_1MiB", |b| {
+        use aes256ctr_poly1305aes::aead::AeadInPlace;
+        let mut buf = blob.clone();
+        b.iter(|| {
+            let tag = aead
+                .encrypt_in_place_detached((&[9u8; 16]).into(), &[], &mut buf)
+                .unwrap();
+            black_box(tag)
+        })
+    });
     // The two halves, to see which one limits Key::encrypt.
     let mut buf = blob.clone();
     g.bench_function("aes256ctr_only_1MiB", |b| {
