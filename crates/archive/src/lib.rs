@@ -20,8 +20,6 @@ mod parent_trees;
 pub mod progress;
 pub mod seen;
 pub mod sink;
-#[cfg(test)]
-mod test_repo;
 
 pub use backup::{backup, BackupOptions, BackupSummary};
 pub use error::{Error, Result};

@@ -60,9 +60,9 @@ impl ParentTrees {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_repo::local_repo;
     use crate::{backup, BackupOptions};
     use snapback_repo::file::SnapshotFile;
+    use snapback_repo::test_util::local_repo;
     use snapback_repo::tree_read_ahead::MAX_IN_FLIGHT;
     use snapback_repo::FileType;
     use snapback_stream::walk::{WalkOptions, Walker};
@@ -94,7 +94,7 @@ mod tests {
         let repo_dir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         let files = make_tree(data.path());
-        let repo = local_repo(repo_dir.path()).await;
+        let repo = local_repo(repo_dir.path()).await.unwrap();
         let first = back_up(&repo, data.path()).await;
         // The first backup's reads moved the files' access times (relatime), which are in
         // their nodes: from the second backup on, nothing changes.
@@ -140,7 +140,7 @@ mod tests {
         let repo_dir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         make_tree(data.path());
-        let repo = local_repo(repo_dir.path()).await;
+        let repo = local_repo(repo_dir.path()).await.unwrap();
         let first = back_up(&repo, data.path()).await;
         let index = Arc::new(BlobIndex::load(&repo).await.unwrap());
         let root = repo

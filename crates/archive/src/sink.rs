@@ -558,7 +558,7 @@ fn zstd_into(data: &[u8], level: i32, mut out: Vec<u8>) -> std::result::Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_repo::local_repo;
+    use snapback_repo::test_util::local_repo;
 
     #[test]
     fn small_and_big_inputs_use_contexts_of_their_own() {
@@ -595,7 +595,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn uploaded_blobs_buffers_come_back_to_the_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = local_repo(dir.path()).await;
+        let repo = local_repo(dir.path()).await.unwrap();
         let pool = Arc::new(BufferPool::new(8 << 20));
         // A pack is closed at 1 MiB: the first three blobs fill one, the last one closes
         // the second at the end. Random blobs are stored raw, in the very buffers sent.
@@ -628,7 +628,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tree_finder_answers_for_trees_in_the_open_pack_in_flight_and_uploaded() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = local_repo(dir.path()).await;
+        let repo = local_repo(dir.path()).await.unwrap();
         let pool = Arc::new(BufferPool::new(8 << 20));
         let sink_opts = SinkOptions {
             pack_size: 1 << 20,

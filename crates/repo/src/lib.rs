@@ -22,6 +22,8 @@ pub mod local_write;
 pub mod locking;
 pub mod pack;
 pub mod repository;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod tree_read_ahead;
 
 pub use backend::{Backend, BackendError, FileType, Location, RangeReader};

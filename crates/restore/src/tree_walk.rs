@@ -574,10 +574,8 @@ fn trim_slashes(path: &Path) -> &[u8] {
 mod tests {
     use super::*;
     use snapback_archive::{backup, BackupOptions};
-    use snapback_repo::backend::{Backend, Location, RetryPolicy, S3Credentials};
-    use snapback_repo::file::key::KdfParams;
     use snapback_repo::file::SnapshotFile;
-    use snapback_repo::repository::InitOptions;
+    use snapback_repo::test_util::local_repo;
     use snapback_repo::FileType;
     use snapback_stream::walk::{WalkOptions, Walker};
 
@@ -594,19 +592,7 @@ mod tests {
                 std::fs::write(dir.join("file"), format!("{d} {e}")).unwrap();
             }
         }
-        let location = Location::parse(&repo_dir.to_string_lossy()).unwrap();
-        let backend =
-            Backend::new(location, &S3Credentials::default(), RetryPolicy::default()).unwrap();
-        let kdf = KdfParams {
-            n: 1 << 10,
-            r: 8,
-            p: 1,
-        };
-        let opts = InitOptions {
-            kdf,
-            ..InitOptions::default()
-        };
-        let repo = Repository::init(backend, b"pw", opts).await.unwrap();
+        let repo = local_repo(repo_dir).await.unwrap();
         let walker = Walker::new([data], WalkOptions::default()).unwrap();
         let paths = vec![data.to_string_lossy().into_owned()];
         let summary = backup(&repo, Box::new(walker), BackupOptions::new("t", paths))
