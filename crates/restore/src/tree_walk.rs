@@ -606,11 +606,18 @@ mod tests {
         (repo, index, snapshot.tree, clean_path(data))
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_walk_reads_subdirectories_ahead_and_sees_every_node_in_order() {
+    /// A walk of a snapshot made by [`snapshot_of_dirs`] (whose directories it holds), and the
+    /// snapshot path of `data`.
+    async fn walker_over_dirs() -> ([tempfile::TempDir; 2], TreeWalker, PathBuf) {
         let (repo_dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (repo, index, root, data_path) = snapshot_of_dirs(repo_dir.path(), data.path()).await;
-        let mut walker = TreeWalker::new(repo, index, root, Path::new("/"));
+        let walker = TreeWalker::new(repo, index, root, Path::new("/"));
+        ([repo_dir, data], walker, data_path)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_reads_subdirectories_ahead_and_sees_every_node_in_order() {
+        let (_dirs, mut walker, data_path) = walker_over_dirs().await;
         let mut files = Vec::new();
         let mut dir_ends = 0;
         while let Some(item) = walker.next().await.unwrap() {
@@ -636,9 +643,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn skipped_and_finished_directories_drop_their_reads_ahead() {
-        let (repo_dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (repo, index, root, data_path) = snapshot_of_dirs(repo_dir.path(), data.path()).await;
-        let mut walker = TreeWalker::new(repo, index, root, Path::new("/"));
+        let (_dirs, mut walker, data_path) = walker_over_dirs().await;
         let mut entered = Vec::new();
         while let Some(item) = walker.next().await.unwrap() {
             if let WalkItem::Node { path, node } = item {
