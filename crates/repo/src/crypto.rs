@@ -154,7 +154,7 @@ impl Key {
 
     /// Poly1305-AES of `ciphertext` with the nonce `iv`.
     fn mac(&self, iv: &[u8; IV_LEN], ciphertext: &[u8]) -> [u8; MAC_LEN] {
-        let mut s = (*iv).into();
+        let mut s = aes::Block::from(*iv);
         self.mac_aes.encrypt_block(&mut s);
         // Whole blocks through the multi-block API (the AVX2 backend's four-block path, faster
         // than `compute_unpadded`'s one block at a time), the partial tail block last.
@@ -163,6 +163,8 @@ impl Key {
         poly.update_padded(&ciphertext[..whole]);
         let h: [u8; MAC_LEN] = poly.compute_unpadded(&ciphertext[whole..]).into();
         let sum = u128::from_le_bytes(h).wrapping_add(u128::from_le_bytes(s.into()));
+        // `s` is this message's one-time key.
+        s.as_mut_slice().zeroize();
         sum.to_le_bytes()
     }
 
