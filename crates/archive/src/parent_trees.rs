@@ -105,11 +105,14 @@ mod tests {
         for run in [&second, &third] {
             assert_eq!(run.archive.files_unchanged, files as u64);
             assert_eq!(run.archive.files_new + run.archive.files_changed, 0);
-            // Every directory below the backed-up one was read ahead: its 40 and their 120
-            // (and the directories on the way down to it from the snapshot's root, mostly).
+            // Directories below the backed-up one were read ahead: on an idle machine all of
+            // its 40 and their 120. How many later reads start before the walk needs them
+            // depends on how soon the earlier ones finish; the first 16 of the 40 start as the
+            // backed-up directory opens, whatever the timing.
             let depth = data.path().components().count() as u64;
             let read_ahead = run.archive.parent_trees_read_ahead;
-            assert!((160..160 + depth).contains(&read_ahead), "{read_ahead}");
+            let least = MAX_IN_FLIGHT as u64;
+            assert!((least..160 + depth).contains(&read_ahead), "{read_ahead}");
         }
         // The directories above the backed-up one are described with each snapshot's time:
         // compare the backed-up directory's own tree.

@@ -636,9 +636,12 @@ mod tests {
         assert_eq!(files, want);
         let depth = data_path.components().count() as u64 - 1;
         assert_eq!(dir_ends, 160 + depth);
-        // Every directory below the root but the first one on the way down was read ahead.
+        // Directories below `data` were read ahead: on an idle machine all 160. How many later
+        // reads start before the walk needs them depends on how soon the earlier ones finish;
+        // the first 16 of the 40 start as `data` is entered, whatever the timing.
         let read_ahead = walker.trees_read_ahead();
-        assert!((159..=160 + depth).contains(&read_ahead), "{read_ahead}");
+        let least = snapback_repo::tree_read_ahead::MAX_IN_FLIGHT as u64;
+        assert!((least..=160 + depth).contains(&read_ahead), "{read_ahead}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
