@@ -62,24 +62,10 @@ mod tests {
     use super::*;
     use crate::{backup, BackupOptions};
     use snapback_repo::file::SnapshotFile;
-    use snapback_repo::test_util::local_repo;
+    use snapback_repo::test_util::{local_repo, write_dirs_of_dirs};
     use snapback_repo::tree_read_ahead::MAX_IN_FLIGHT;
     use snapback_repo::FileType;
     use snapback_stream::walk::{WalkOptions, Walker};
-
-    /// `root/dNN/eNN/file`: 40 directories under the root, 3 under each of those.
-    fn make_tree(root: &std::path::Path) -> usize {
-        let mut files = 0;
-        for d in 0..40 {
-            for e in 0..3 {
-                let dir = root.join(format!("d{d:02}")).join(format!("e{e}"));
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("file"), format!("{d} {e}")).unwrap();
-                files += 1;
-            }
-        }
-        files
-    }
 
     async fn back_up(repo: &Repository, root: &std::path::Path) -> crate::BackupSummary {
         let walker = Walker::new([root], WalkOptions::default()).unwrap();
@@ -93,7 +79,7 @@ mod tests {
     async fn an_incremental_backup_reads_the_parent_trees_ahead_and_builds_the_same_tree() {
         let repo_dir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
-        let files = make_tree(data.path());
+        let files = write_dirs_of_dirs(data.path()).unwrap();
         let repo = local_repo(repo_dir.path()).await.unwrap();
         let first = back_up(&repo, data.path()).await;
         // The first backup's reads moved the files' access times (relatime), which are in
@@ -142,7 +128,7 @@ mod tests {
     async fn reads_ahead_are_bounded_and_dropped_with_their_directory() {
         let repo_dir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
-        make_tree(data.path());
+        write_dirs_of_dirs(data.path()).unwrap();
         let repo = local_repo(repo_dir.path()).await.unwrap();
         let first = back_up(&repo, data.path()).await;
         let index = Arc::new(BlobIndex::load(&repo).await.unwrap());

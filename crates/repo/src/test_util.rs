@@ -24,3 +24,18 @@ pub async fn local_repo(dir: &Path) -> Result<Repository> {
     };
     Repository::init(backend, b"pw", opts).await
 }
+
+/// Writes `root/dNN/eN/file` (40 directories of 3, one small file each, every content
+/// different): a tree with many directories, for tests of tree reads. Returns the file count.
+pub fn write_dirs_of_dirs(root: &Path) -> std::io::Result<usize> {
+    let mut files = 0;
+    for d in 0..40 {
+        for e in 0..3 {
+            let dir = root.join(format!("d{d:02}")).join(format!("e{e}"));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("file"), format!("{d} {e}"))?;
+            files += 1;
+        }
+    }
+    Ok(files)
+}

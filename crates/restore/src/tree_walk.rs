@@ -575,7 +575,7 @@ mod tests {
     use super::*;
     use snapback_archive::{backup, BackupOptions};
     use snapback_repo::file::SnapshotFile;
-    use snapback_repo::test_util::local_repo;
+    use snapback_repo::test_util::{local_repo, write_dirs_of_dirs};
     use snapback_repo::FileType;
     use snapback_stream::walk::{WalkOptions, Walker};
 
@@ -585,13 +585,7 @@ mod tests {
         repo_dir: &Path,
         data: &Path,
     ) -> (Repository, Arc<BlobIndex>, Id, PathBuf) {
-        for d in 0..40 {
-            for e in 0..3 {
-                let dir = data.join(format!("d{d:02}")).join(format!("e{e}"));
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("file"), format!("{d} {e}")).unwrap();
-            }
-        }
+        write_dirs_of_dirs(data).unwrap();
         let repo = local_repo(repo_dir).await.unwrap();
         let walker = Walker::new([data], WalkOptions::default()).unwrap();
         let paths = vec![data.to_string_lossy().into_owned()];
