@@ -35,7 +35,7 @@ use chrono::{DateTime, FixedOffset};
 use snapback_chunker::{Chunker, Tables};
 use snapback_repo::budget::ByteBudget;
 use snapback_repo::buffers::BufferPool;
-use snapback_repo::file::{Node, NodeType, Tree};
+use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, BlobType, Id, Repository};
 use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata};
 use snapback_stream::pending_links::{PendingLinks, PENDING_LINKS_MAX};
@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::children::Children;
 use crate::dedup::{Dedup, Pending, INLINE_BELOW};
 use crate::node::{implicit_dir, node_from_entry, unchanged};
+use crate::parent_dir::ParentDir;
 use crate::parent_trees::ParentTrees;
 use crate::progress::Progress;
 use crate::sink::{BlobJob, TreeFinder};
@@ -76,6 +77,9 @@ pub struct ArchiveOptions {
     pub cancel: CancellationToken,
     /// Live counters.
     pub progress: Arc<Progress>,
+    /// zstd level of the sink (`None`: trees are stored uncompressed), for the tree blobs of
+    /// wide directories, which are compressed as they are merged (see [`Children`]).
+    pub tree_zstd_level: Option<i32>,
 }
 
 /// What the archiver saw.
@@ -111,7 +115,7 @@ struct OpenDir {
     /// Encoded, not as `Node`s: see [`Children`].
     children: Children,
     /// The same directory in the parent snapshot.
-    parent: Option<Tree>,
+    parent: Option<ParentDir>,
 }
 
 /// Builds trees and data blobs from an entry stream; see the module docs.
@@ -186,7 +190,7 @@ impl Archiver {
             pool: buffers,
         };
         let parent = match me.opts.parent_tree {
-            Some(id) => Some(me.parent_trees.take(&id)?),
+            Some(id) => Some(ParentDir::new(me.parent_trees.take(&id)?)),
             None => None,
         };
         me.open_dir(OpenDir {
@@ -283,7 +287,7 @@ impl Archiver {
                     .top()
                     .parent
                     .as_ref()
-                    .and_then(|t| t.nodes.iter().find(|n| &n.name == name))
+                    .and_then(|p| p.find(name, |_| true))
                     .cloned();
                 let reusable = old
                     .as_ref()
@@ -512,25 +516,21 @@ impl Archiver {
 
     /// Pushes a directory onto the stack and asks for its subdirectories' parent trees.
     fn open_dir(&mut self, dir: OpenDir) {
-        if let Some(tree) = &dir.parent {
-            self.parent_trees.want_children(tree);
+        if let Some(parent) = &dir.parent {
+            self.parent_trees.want_children(parent.tree());
         }
         self.stack.push(dir);
     }
 
-    fn parent_subtree(&mut self, name: &[u8]) -> Result<Option<Tree>> {
+    fn parent_subtree(&mut self, name: &[u8]) -> Result<Option<ParentDir>> {
         let sub = self
             .top()
             .parent
             .as_ref()
-            .and_then(|t| {
-                t.nodes
-                    .iter()
-                    .find(|n| n.name == name && n.node_type == NodeType::Dir)
-            })
+            .and_then(|p| p.find(name, |n| n.node_type == NodeType::Dir))
             .and_then(|n| n.subtree);
         match sub {
-            Some(id) => Ok(Some(self.parent_trees.take(&id)?)),
+            Some(id) => Ok(Some(ParentDir::new(self.parent_trees.take(&id)?))),
             None => Ok(None),
         }
     }
@@ -540,8 +540,8 @@ impl Archiver {
             .stack
             .pop()
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
-        if let Some(tree) = &dir.parent {
-            self.parent_trees.forget_children(tree);
+        if let Some(parent) = &dir.parent {
+            self.parent_trees.forget_children(parent.tree());
         }
         let (id, children, len) = self.write_tree(dir.children)?;
         if let Some(children) = children {
@@ -560,6 +560,25 @@ impl Archiver {
     /// cache of finished listings: then the listing's buffer became the blob) and its encoded
     /// size.
     fn write_tree(&mut self, children: Children) -> Result<(Id, Option<Children>, usize)> {
+        if children.has_runs() {
+            // A wide directory: merged from its runs straight into the compressed blob.
+            let merged = children.into_merged(self.opts.tree_zstd_level)?;
+            let compressed_from =
+                match merged.compressed {
+                    true => Some(u32::try_from(merged.plain_len).map_err(|_| {
+                        Error::Stream("a directory's tree blob exceeds 4 GiB".into())
+                    })?),
+                    false => None,
+                };
+            let added = self.dedup.submit_hashed(
+                BlobType::Tree,
+                merged.id,
+                merged.bytes,
+                compressed_from,
+            )?;
+            self.stats.bytes_new += added;
+            return Ok((merged.id, None, merged.plain_len));
+        }
         // Sorted by name bytes (as restic, which sorts Go strings), and a name given twice in a
         // stream keeps its last entry.
         // Directory listings of a few hundred KiB each would fault in fresh pages for every

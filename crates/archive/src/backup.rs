@@ -160,6 +160,7 @@ async fn run(
         time,
         cancel: cancel.clone(),
         progress: opts.progress.clone(),
+        tree_zstd_level: opts.sink.zstd_level.filter(|_| repo.compression()),
     };
     let handle = tokio::runtime::Handle::current();
     let repo2 = repo.clone();

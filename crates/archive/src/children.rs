@@ -5,10 +5,24 @@
 //! child, instead of a `Node` (~280 B) with its name and content ids on the heap. Children that
 //! arrive sorted by name (every path backup, `tar --sort=name`) are already the tree blob's body,
 //! so closing the directory only appends the tail; others are sorted and copied once at close.
+//!
+//! A wide directory does not grow that buffer past [`RUN_BYTES`]: it is sorted into a compressed
+//! [`Run`] and started again, and at close the runs are merged into the tree blob
+//! ([`crate::runs`]).
 
 use snapback_repo::file::tree::{Node, TREE_HEAD, TREE_TAIL};
 
 use crate::error::{Error, Result};
+use crate::runs::{merge, MergedTree, Run};
+
+/// Encoded children held as they come before they are sorted into a compressed run. Below
+/// this (a directory of up to some 15,000 small files) nothing changes: the buffer becomes the
+/// tree blob as before.
+pub const RUN_BYTES: usize = 4 * 1024 * 1024;
+
+/// [`Children::find_last`]'s position of a child found in a compressed run: it cannot be
+/// removed there, but a later child of the same name replaces it when the runs are merged.
+pub const IN_RUN: usize = usize::MAX;
 
 /// [`Slot::start`] and [`Slot::end`] of a removed child.
 const REMOVED: u32 = u32::MAX;
@@ -24,7 +38,6 @@ struct Slot {
 }
 
 /// One directory's children, encoded; see the module docs.
-#[derive(Clone)]
 pub struct Children {
     /// [`TREE_HEAD`], then the nodes' JSON separated by `,` (once sorted: the tree blob but its
     /// tail). Removed or replaced children may leave unused bytes until the next sort.
@@ -35,6 +48,8 @@ pub struct Children {
     /// `buf` holds exactly the slots, in order, each name greater than the one before: the tree
     /// blob needs no sorting.
     sorted: bool,
+    /// Earlier children, sorted and compressed, oldest first (a wide directory only).
+    runs: Vec<Run>,
 }
 
 impl Default for Children {
@@ -44,6 +59,21 @@ impl Default for Children {
             names: Vec::new(),
             slots: Vec::new(),
             sorted: true,
+            runs: Vec::new(),
+        }
+    }
+}
+
+impl Clone for Children {
+    /// Only listings without runs are cloned (the cache of finished listings takes small
+    /// ones); a clone leaves runs behind.
+    fn clone(&self) -> Self {
+        Children {
+            buf: self.buf.clone(),
+            names: self.names.clone(),
+            slots: self.slots.clone(),
+            sorted: self.sorted,
+            runs: Vec::new(),
         }
     }
 }
@@ -85,12 +115,23 @@ impl Children {
 
     /// Whether the buffer is the tree blob's body already (see [`Self::into_sorted_in`]).
     pub fn is_sorted(&self) -> bool {
-        self.sorted
+        self.sorted && self.runs.is_empty()
+    }
+
+    /// Whether children were sorted into runs: the tree blob comes from [`Self::into_merged`].
+    pub fn has_runs(&self) -> bool {
+        !self.runs.is_empty()
     }
 
     /// Bytes of the encoded nodes (about the tree blob's size).
     pub fn encoded_len(&self) -> usize {
-        self.buf.len() + TREE_TAIL.len()
+        let runs: usize = self.runs.iter().map(|r| r.json_bytes() + r.len()).sum();
+        self.buf.len() + TREE_TAIL.len() + runs
+    }
+
+    /// Bytes held for the runs (compressed).
+    pub fn run_bytes(&self) -> usize {
+        self.runs.iter().map(Run::held_bytes).sum()
     }
 
     /// Adds a child; a later child with the same name replaces an earlier one at close.
@@ -115,7 +156,67 @@ impl Children {
             name_end: offset(self.names.len())?,
         };
         self.slots.push(slot);
+        if self.buf.len() >= RUN_BYTES {
+            self.spill()?;
+        }
         Ok(())
+    }
+
+    /// Sorts the children held as they came into a compressed run and starts again, keeping
+    /// the buffers' room for the next run.
+    fn spill(&mut self) -> Result<()> {
+        let order = self.sorted_order();
+        let run = Run::new(order.iter().map(|&i| {
+            let s = self.slots[i as usize];
+            (
+                self.name(i as usize),
+                &self.buf[s.start as usize..s.end as usize],
+            )
+        }))?;
+        self.runs.push(run);
+        self.buf.truncate(TREE_HEAD.len());
+        self.names.clear();
+        self.slots.clear();
+        self.sorted = true;
+        Ok(())
+    }
+
+    /// The positions of the children to keep, sorted by name bytes (as restic, which sorts Go
+    /// strings): of a name given twice, the last.
+    fn sorted_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&i| !self.removed(i as usize))
+            .collect();
+        // Stable: among equal names the latest comes last, and is the one kept.
+        order.sort_by(|&a, &b| self.name(a as usize).cmp(self.name(b as usize)));
+        let mut keep = Vec::with_capacity(order.len());
+        for (k, &i) in order.iter().enumerate() {
+            if let Some(&next) = order.get(k + 1) {
+                if self.name(next as usize) == self.name(i as usize) {
+                    continue;
+                }
+            }
+            keep.push(i);
+        }
+        keep
+    }
+
+    /// The tree blob of a listing with runs: the children held now become the newest run,
+    /// and all runs are merged, compressed at `level` (see [`crate::runs::merge`]).
+    pub fn into_merged(mut self, level: Option<i32>) -> Result<MergedTree> {
+        if !self.slots.is_empty() {
+            self.spill()?;
+        }
+        tracing::debug!(
+            runs = self.runs.len(),
+            held = self.run_bytes(),
+            json = self.encoded_len(),
+            "merging a wide directory's tree"
+        );
+        // The buffers' room is not needed for the merge.
+        let runs = std::mem::take(&mut self.runs);
+        drop(self);
+        merge(runs, level)
     }
 
     fn name(&self, i: usize) -> &[u8] {
@@ -142,6 +243,27 @@ impl Children {
         name: &[u8],
         want: impl Fn(&Node) -> bool,
     ) -> Result<Option<(usize, Node)>> {
+        if self.sorted {
+            // Names strictly increase: one slot at most, found by bisection (every directory
+            // of a stream asks its parent's listing: a scan would cost the square of its width).
+            let (mut lo, mut hi) = (0, self.slots.len());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if self.name(mid) < name {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            let i = lo;
+            if i < self.slots.len() && self.name(i) == name && !self.removed(i) {
+                let node = self.node(i)?;
+                if want(&node) {
+                    return Ok(Some((i, node)));
+                }
+            }
+            return self.find_in_runs(name, want);
+        }
         for i in (0..self.slots.len()).rev() {
             if !self.removed(i) && self.name(i) == name {
                 let node = self.node(i)?;
@@ -150,10 +272,29 @@ impl Children {
                 }
             }
         }
+        self.find_in_runs(name, want)
+    }
+
+    /// [`Self::find_last`] in the runs, newest first; the position is [`IN_RUN`].
+    fn find_in_runs(
+        &self,
+        name: &[u8],
+        want: impl Fn(&Node) -> bool,
+    ) -> Result<Option<(usize, Node)>> {
+        for run in self.runs.iter().rev() {
+            if let Some(json) = run.find(name)? {
+                let node: Node = serde_json::from_slice(&json)
+                    .map_err(|e| Error::Pipeline(format!("tree decoding: {e}")))?;
+                if want(&node) {
+                    return Ok(Some((IN_RUN, node)));
+                }
+            }
+        }
         Ok(None)
     }
 
-    /// Removes the child at `pos` (from [`Self::find_last`]). Its bytes stay until the next sort.
+    /// Removes the child at `pos` (from [`Self::find_last`]). Its bytes stay until the next
+    /// sort. A child in a run ([`IN_RUN`]) stays: the caller adds its replacement later.
     pub fn remove(&mut self, pos: usize) {
         if let Some(s) = self.slots.get_mut(pos) {
             // A slot stays (its name bytes delimit the next name); it just has no node.
@@ -175,14 +316,15 @@ impl Children {
     /// the buffer the listing no longer needs (the unsorted body, or `buf` when it was sorted
     /// already).
     pub fn into_sorted_in(self, mut buf: Vec<u8>) -> Result<(Self, Vec<u8>)> {
+        if self.has_runs() {
+            return Err(Error::Pipeline(
+                "a listing with runs is merged, not sorted".into(),
+            ));
+        }
         if self.sorted {
             return Ok((self, buf));
         }
-        let mut order: Vec<u32> = (0..self.slots.len() as u32)
-            .filter(|&i| !self.removed(i as usize))
-            .collect();
-        // Stable: among equal names the latest comes last, and is the one kept.
-        order.sort_by(|&a, &b| self.name(a as usize).cmp(self.name(b as usize)));
+        let order = self.sorted_order();
         buf.clear();
         buf.extend_from_slice(TREE_HEAD);
         buf.reserve(self.buf.len().saturating_sub(buf.len()));
@@ -192,13 +334,8 @@ impl Children {
         };
         out.names.reserve(self.names.len());
         out.slots.reserve(order.len());
-        for (k, &i) in order.iter().enumerate() {
+        for &i in &order {
             let i = i as usize;
-            if let Some(&next) = order.get(k + 1) {
-                if self.name(next as usize) == self.name(i) {
-                    continue;
-                }
-            }
             if !out.slots.is_empty() {
                 out.buf.push(b',');
             }
@@ -321,6 +458,111 @@ mod tests {
         assert_eq!(c.find_last(b"z\xff", |_| true).unwrap().unwrap().1.size, 3);
         assert_eq!(c.into_tree_bytes(), bytes);
         assert!(Children::from_tree_bytes(b"{\"nodes\":[{]}").is_err());
+    }
+
+    /// Small files as a tar stream lists them: every node with its own content id.
+    fn wide(n: u32, order: impl Fn(u32) -> u32) -> Vec<Node> {
+        (0..n)
+            .map(|i| {
+                let k = order(i);
+                let mut f = file(format!("file-{k:07}").as_bytes(), u64::from(k % 40));
+                f.content = Some(vec![snapback_repo::Id::hash(&k.to_le_bytes())]);
+                f.mode = 0o644;
+                f
+            })
+            .collect()
+    }
+
+    fn sorted_tree(mut nodes: Vec<Node>) -> Vec<u8> {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        tree(nodes)
+    }
+
+    #[test]
+    fn a_wide_directory_is_held_in_compressed_runs_and_merged_into_its_tree_blob() {
+        // Out of order (as a tar stream may be), 40,000 nodes: several runs.
+        let nodes = wide(40_000, |i| (i * 7919) % 40_000);
+        let mut c = Children::new();
+        for n in &nodes {
+            c.push(n).unwrap();
+        }
+        assert!(c.runs.len() >= 2, "{} runs", c.runs.len());
+        assert!(!c.is_sorted() && c.has_runs());
+        let want = sorted_tree(nodes.clone());
+        assert_eq!(c.encoded_len(), want.len());
+        // What is held: the runs compressed, far below the JSON (the ids do not compress).
+        let in_runs = c.encoded_len() - c.buf.len() - TREE_TAIL.len();
+        let held = c.run_bytes();
+        assert!(held * 4 < in_runs, "held {held} for {in_runs} B of JSON");
+        // Lookups reach into the runs.
+        let (pos, n) = c.find_last(b"file-0000007", |_| true).unwrap().unwrap();
+        assert_eq!((pos, n.size), (IN_RUN, 7));
+        assert!(c.find_last(b"file-0040000", |_| true).unwrap().is_none());
+        for level in [Some(3), None] {
+            let mut c = Children::new();
+            for n in &nodes {
+                c.push(n).unwrap();
+            }
+            let m = c.into_merged(level).unwrap();
+            let plain = match level {
+                Some(_) => zstd::stream::decode_all(m.bytes.as_slice()).unwrap(),
+                None => m.bytes.clone(),
+            };
+            assert_eq!(plain, want);
+            assert_eq!(
+                (m.id, m.plain_len),
+                (snapback_repo::Id::hash(&want), want.len())
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_given_again_after_its_run_was_written_replaces_it() {
+        let mut nodes = wide(30_000, |i| i);
+        let mut again = file(b"file-0000003", 999);
+        again.content = Some(Vec::new());
+        nodes.push(again.clone());
+        let mut c = Children::new();
+        for n in &nodes {
+            c.push(n).unwrap();
+        }
+        assert!(c.has_runs());
+        assert_eq!(
+            c.find_last(b"file-0000003", |_| true).unwrap().unwrap().1,
+            again
+        );
+        let m = c.into_merged(None).unwrap();
+        let mut want = wide(30_000, |i| i);
+        want[3] = again;
+        assert_eq!(m.bytes, tree(want));
+    }
+
+    #[test]
+    fn a_sorted_listing_is_bisected() {
+        let names: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| format!("n{:04}", i * 2).into_bytes())
+            .collect();
+        let nodes: Vec<Node> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| file(n, i as u64))
+            .collect();
+        let mut c = Children::from_nodes(&nodes).unwrap();
+        assert!(c.sorted);
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(
+                c.find_last(n, |_| true).unwrap().unwrap(),
+                (i, nodes[i].clone())
+            );
+        }
+        for absent in [&b"a"[..], b"n0001", b"n0599", b"z"] {
+            assert!(c.find_last(absent, |_| true).unwrap().is_none());
+        }
+        assert!(c.find_last(&names[7], |n| n.size != 7).unwrap().is_none());
+        // A removal unsorts the listing; lookups still see what is left.
+        c.remove(7);
+        assert!(c.find_last(&names[7], |_| true).unwrap().is_none());
+        assert_eq!(c.find_last(&names[8], |_| true).unwrap().unwrap().0, 8);
     }
 
     #[test]

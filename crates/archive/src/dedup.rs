@@ -135,11 +135,41 @@ impl Dedup {
                     ty,
                     data,
                     share: None,
+                    compressed_from: None,
                 })?;
                 Ok((id, len))
             }
             None => Ok((id, 0)),
         }
+    }
+
+    /// Queues a blob whose id was computed as it was produced (see [`BlobJob::compressed_from`]
+    /// for `data`), if new; returns the plaintext bytes it added.
+    pub fn submit_hashed(
+        &mut self,
+        ty: BlobType,
+        id: Id,
+        data: Vec<u8>,
+        compressed_from: Option<u32>,
+    ) -> Result<u64> {
+        let new = !self.index.contains(&id)
+            && self
+                .known
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(&id);
+        if !new {
+            return Ok(0);
+        }
+        let plain = compressed_from.map_or(data.len() as u64, u64::from);
+        self.queue(BlobJob {
+            id,
+            ty,
+            data,
+            share: None,
+            compressed_from,
+        })?;
+        Ok(plain)
     }
 
     /// Hashes a data blob on this thread, where it is: only a new blob is copied out (with its
@@ -162,6 +192,7 @@ impl Dedup {
             ty: BlobType::Data,
             data: self.pool.copy_of(chunk, snapback_repo::crypto::OVERHEAD),
             share: Some(share),
+            compressed_from: None,
         })?;
         Ok(Pending::Ready(id, chunk.len() as u64))
     }
@@ -237,6 +268,7 @@ impl Dedup {
                         ty: BlobType::Data,
                         data,
                         share: Some(share),
+                        compressed_from: None,
                     },
                 ),
                 None => Ok(()),

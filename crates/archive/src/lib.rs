@@ -16,8 +16,10 @@ mod children;
 pub mod dedup;
 pub mod error;
 pub mod node;
+mod parent_dir;
 mod parent_trees;
 pub mod progress;
+mod runs;
 pub mod seen;
 pub mod sink;
 

@@ -49,6 +49,9 @@ pub struct BlobJob {
     /// The blob's share of the backup's byte budget (data blobs), held until its pack is
     /// uploaded.
     pub share: Option<Share>,
+    /// `Some(n)`: `data` is zstd-compressed already, from `n` plaintext bytes (a wide
+    /// directory's tree, merged straight into its compressed form); `id` is the plaintext's.
+    pub compressed_from: Option<u32>,
 }
 
 /// Sink tuning.
@@ -432,11 +435,16 @@ fn slot(ty: BlobType) -> usize {
 }
 
 fn encode(key: &Key, job: BlobJob, level: Option<i32>, buffers: &BufferPool) -> Encoded {
-    let plain_len = job.data.len();
     let mut payload = job.data;
-    let mut uncompressed_length = None;
+    let (plain_len, mut uncompressed_length) = match job.compressed_from {
+        Some(n) => (n as usize, Some(n)),
+        None => (payload.len(), None),
+    };
     // Keep the compressed form only when it is smaller (restic reads both forms).
-    if let Some(z) = level.and_then(|l| compress(&payload, l, buffers)) {
+    if let (None, Some(z)) = (
+        job.compressed_from,
+        level.and_then(|l| compress(&payload, l, buffers)),
+    ) {
         buffers.give_back(std::mem::replace(&mut payload, z));
         uncompressed_length = u32::try_from(plain_len).ok();
     }
@@ -614,6 +622,7 @@ mod tests {
                 ty: BlobType::Data,
                 data,
                 share: None,
+                compressed_from: None,
             };
             tx.send(vec![job]).await.unwrap();
         }
@@ -650,6 +659,7 @@ mod tests {
                     ty: BlobType::Tree,
                     data: data.clone(),
                     share: None,
+                    compressed_from: None,
                 }])
                 .await
                 .unwrap();
@@ -709,6 +719,7 @@ mod tests {
                     ty: BlobType::Data,
                     data: data.clone(),
                     share: None,
+                    compressed_from: None,
                 },
                 Some(3),
                 &pool,
@@ -732,6 +743,7 @@ mod tests {
                 ty: BlobType::Tree,
                 data: small.clone(),
                 share: None,
+                compressed_from: None,
             };
             let enc = encode(&key, job, level, &pool);
             assert_eq!(enc.uncompressed_length.is_some(), level.is_some());

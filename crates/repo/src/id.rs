@@ -45,6 +45,28 @@ impl Id {
     }
 }
 
+/// An [`Id`] computed piece by piece, for a blob produced as a stream (a tree merged from
+/// sorted runs) that is never whole in memory as plaintext.
+#[derive(Clone, Default)]
+pub struct IdHasher(Sha256);
+
+impl IdHasher {
+    /// A hasher of nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The id of all bytes added.
+    pub fn finish(self) -> Id {
+        Id(self.0.finalize().into())
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -147,6 +169,17 @@ impl serde::de::Visitor<'_> for IdVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_hashed_in_pieces_is_the_id_of_the_whole() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let mut h = IdHasher::new();
+        for piece in data.chunks(777) {
+            h.update(piece);
+        }
+        assert_eq!(h.finish(), Id::hash(&data));
+        assert_eq!(IdHasher::new().finish(), Id::hash(b""));
+    }
 
     #[test]
     fn hex_round_trip_and_sha256_of_empty_input() {
