@@ -417,5 +417,17 @@ fn an_open_directory_costs_less_than_its_encoded_listing() {
     if common::skip_without_restic("an_open_directory_costs_less_than_its_encoded_listing") {
         return;
     }
-    Restic::new(repo.to_str().unwrap(), PW).run_ok(&["check"]);
+    // restic reads the tree merged from runs: every member once, in order, and of the name
+    // given twice ("unique", first in an early run, again at the end) the last.
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    restic.run_ok(&["check", "--read-data"]);
+    let listed = restic.run_ok(&["ls", "latest", "/d0000"]);
+    let names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("/d0000/"))
+        .collect();
+    assert_eq!(names.len(), members + 1, "restic ls of the wide directory");
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, each name once");
+    assert_eq!(restic.run_ok(&["dump", "latest", "/d0000/unique"]), "in the last one\n");
+    assert_eq!(restic.run_ok(&["dump", "latest", "/d0000/f0123456"]), "x\n");
 }
