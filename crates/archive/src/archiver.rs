@@ -190,7 +190,7 @@ impl Archiver {
             pool: buffers,
         };
         let parent = match me.opts.parent_tree {
-            Some(id) => Some(ParentDir::new(me.parent_trees.take(&id)?)),
+            Some(id) => Some(me.parent_trees.take(&id)?),
             None => None,
         };
         me.open_dir(OpenDir {
@@ -283,12 +283,10 @@ impl Archiver {
                 return Ok(());
             }
             EntryKind::File => {
-                let old = self
-                    .top()
-                    .parent
-                    .as_ref()
-                    .and_then(|p| p.find(name, |_| true))
-                    .cloned();
+                let old = match &mut self.top_mut().parent {
+                    Some(p) => p.find(name, |_| true)?,
+                    None => None,
+                };
                 let reusable = old
                     .as_ref()
                     .filter(|o| self.opts.reuse_unchanged && unchanged(o, &meta))
@@ -517,20 +515,20 @@ impl Archiver {
     /// Pushes a directory onto the stack and asks for its subdirectories' parent trees.
     fn open_dir(&mut self, dir: OpenDir) {
         if let Some(parent) = &dir.parent {
-            self.parent_trees.want_children(parent.tree());
+            self.parent_trees.want_children(parent);
         }
         self.stack.push(dir);
     }
 
     fn parent_subtree(&mut self, name: &[u8]) -> Result<Option<ParentDir>> {
-        let sub = self
-            .top()
-            .parent
-            .as_ref()
-            .and_then(|p| p.find(name, |n| n.node_type == NodeType::Dir))
-            .and_then(|n| n.subtree);
+        let sub = match &mut self.top_mut().parent {
+            Some(p) => p
+                .find(name, |n| n.node_type == NodeType::Dir)?
+                .and_then(|n| n.subtree),
+            None => None,
+        };
         match sub {
-            Some(id) => Ok(Some(ParentDir::new(self.parent_trees.take(&id)?))),
+            Some(id) => Ok(Some(self.parent_trees.take(&id)?)),
             None => Ok(None),
         }
     }
@@ -541,7 +539,7 @@ impl Archiver {
             .pop()
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
         if let Some(parent) = &dir.parent {
-            self.parent_trees.forget_children(parent.tree());
+            self.parent_trees.forget_children(parent);
         }
         let (id, children, len) = self.write_tree(dir.children)?;
         if let Some(children) = children {

@@ -12,15 +12,17 @@
 use std::sync::Arc;
 
 use snapback_repo::file::tree::Tree;
-use snapback_repo::tree_read_ahead::{subtree_ids, TreeReadAhead};
+use snapback_repo::tree_read_ahead::TreeReadAhead;
 use snapback_repo::{BlobIndex, Id, Repository};
 use tokio::runtime::Handle;
 
+use crate::parent_dir::{ParentDir, STREAM_FROM};
 use crate::{Error, Result};
 
 /// Reads the parent snapshot's trees ahead of the walk; see the module docs.
 pub struct ParentTrees {
     ahead: TreeReadAhead,
+    index: Arc<BlobIndex>,
     handle: Handle,
 }
 
@@ -29,7 +31,8 @@ impl ParentTrees {
     /// caller must be on a blocking thread ([`ParentTrees::take`] waits).
     pub fn new(repo: Repository, index: Arc<BlobIndex>, handle: Handle) -> Self {
         ParentTrees {
-            ahead: TreeReadAhead::new(repo, index, handle.clone()),
+            ahead: TreeReadAhead::new(repo, index.clone(), handle.clone()),
+            index,
             handle,
         }
     }
@@ -39,21 +42,31 @@ impl ParentTrees {
         self.ahead.hits()
     }
 
-    /// Asks for the trees of `tree`'s subdirectories: a directory was opened.
-    pub fn want_children(&mut self, tree: &Tree) {
-        self.ahead.want(subtree_ids(tree));
+    /// Asks for the trees of `dir`'s subdirectories: a directory was opened.
+    pub fn want_children(&mut self, dir: &ParentDir) {
+        self.ahead.want(dir.subtree_ids());
     }
 
-    /// Drops what was asked for `tree`'s subdirectories and not taken: the directory is done.
-    pub fn forget_children(&mut self, tree: &Tree) {
-        self.ahead.forget(subtree_ids(tree));
+    /// Drops what was asked for `dir`'s subdirectories and not taken: the directory is done.
+    pub fn forget_children(&mut self, dir: &ParentDir) {
+        self.ahead.forget(dir.subtree_ids());
     }
 
-    /// The tree `id`: read ahead if it was, else read now.
-    pub fn take(&mut self, id: &Id) -> Result<Tree> {
+    /// The tree `id`: read ahead if it was, else read now; a wide one is kept as stored
+    /// ([`ParentDir`]).
+    pub fn take(&mut self, id: &Id) -> Result<ParentDir> {
+        let wide = self
+            .index
+            .get(id)
+            .is_some_and(|loc| loc.plain_length() > STREAM_FROM);
+        if wide {
+            let stored = self.handle.block_on(self.ahead.take_stored(id))?;
+            return ParentDir::streamed(stored);
+        }
         let data = self.handle.block_on(self.ahead.take(id))?;
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::Stream(format!("parent tree {}: {e}", id.short())))
+        let tree: Tree = serde_json::from_slice(&data)
+            .map_err(|e| Error::Stream(format!("parent tree {}: {e}", id.short())))?;
+        Ok(ParentDir::new(tree))
     }
 }
 
@@ -142,18 +155,18 @@ mod tests {
             // Down to the backed-up directory, whose 40 subdirectories are more than the
             // reads allowed under way at once.
             let mut dir = trees.take(&root).unwrap();
-            while dir.nodes.len() == 1 {
-                let id = dir.nodes[0].subtree.unwrap();
+            while dir.subtree_ids().len() == 1 {
+                let id = dir.subtree_ids()[0];
                 dir = trees.take(&id).unwrap();
             }
-            assert_eq!(dir.nodes.len(), 40);
+            let subdirs = dir.subtree_ids();
+            assert_eq!(subdirs.len(), 40);
             trees.want_children(&dir);
             assert_eq!(trees.ahead.queued(), (MAX_IN_FLIGHT, 40 - MAX_IN_FLIGHT));
             // Taking the first one starts the next ones, as far as reads have finished; none
             // is lost on the way.
-            let first_child = dir.nodes[0].subtree.unwrap();
-            let child = trees.take(&first_child).unwrap();
-            assert_eq!(child.nodes.len(), 3);
+            let child = trees.take(&subdirs[0]).unwrap();
+            assert_eq!(child.subtree_ids().len(), 3);
             assert_eq!(trees.hits(), 1);
             let (reading, wanted) = trees.ahead.queued();
             assert!(reading >= MAX_IN_FLIGHT - 1);
@@ -162,8 +175,7 @@ mod tests {
             // on demand.
             trees.forget_children(&dir);
             assert_eq!(trees.ahead.queued(), (0, 0));
-            let last = dir.nodes[39].subtree.unwrap();
-            assert_eq!(trees.take(&last).unwrap().nodes.len(), 3);
+            assert_eq!(trees.take(&subdirs[39]).unwrap().subtree_ids().len(), 3);
             assert_eq!(trees.hits(), 1);
         })
         .await

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::backend::{Backend, BackendError, FileType};
 use crate::crypto::{CryptoError, Key};
 use crate::file::key::{KdfParams, KeyError};
+use crate::file::tree_nodes::StoredTree;
 use crate::file::{ConfigFile, KeyFile, SnapshotFile};
 use crate::pack::BlobLocation;
 use crate::{Error, Id, Result};
@@ -440,6 +441,43 @@ impl Repository {
             )
             .await?;
         self.open_blob_owned(id, loc, data)
+    }
+
+    /// Reads a tree blob and authenticates and decrypts it, leaving it compressed: its nodes are
+    /// read one at a time ([`StoredTree::nodes`]), which also checks its length and id.
+    pub async fn load_tree_stored(&self, id: &Id, loc: &BlobLocation) -> Result<StoredTree> {
+        let data = self
+            .backend
+            .read_range(
+                FileType::Pack,
+                &loc.pack,
+                u64::from(loc.offset),
+                u64::from(loc.length),
+            )
+            .await?;
+        self.open_tree_stored(id, loc, data)
+    }
+
+    /// [`Repository::load_tree_stored`] for an encrypted blob already read from its pack.
+    pub fn open_tree_stored(
+        &self,
+        id: &Id,
+        loc: &BlobLocation,
+        encrypted: Bytes,
+    ) -> Result<StoredTree> {
+        let what = format!("{} (blob {})", FileType::Pack.path(&loc.pack), id.short());
+        let mut buf = encrypted
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let range = self
+            .key
+            .open_slice(&mut buf)
+            .map_err(|source| Error::Auth {
+                file: what.clone(),
+                source,
+            })?;
+        let payload = buf.freeze().slice(range);
+        Ok(StoredTree::new(*id, payload, loc.uncompressed_length, what))
     }
 
     /// Authenticates, decompresses and hash-checks an encrypted blob already read from its pack.

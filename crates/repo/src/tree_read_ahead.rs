@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::file::tree::{NodeType, Tree};
+use crate::file::tree_nodes::StoredTree;
 use crate::pack::BlobLocation;
 use crate::{BlobIndex, FileType, Id, Repository, Result};
 
@@ -114,6 +115,23 @@ impl TreeReadAhead {
 
     /// The plaintext of tree blob `id`: read ahead if it was, else read now.
     pub async fn take(&mut self, id: &Id) -> Result<Bytes> {
+        match self.take_read(id).await? {
+            (loc, Some(raw)) => self.repo.open_blob_owned(id, &loc, raw),
+            (loc, None) => self.repo.load_blob(id, &loc).await,
+        }
+    }
+
+    /// Like [`TreeReadAhead::take`], leaving the tree as stored, to be read a node at a time
+    /// (a wide directory: see [`StoredTree`]).
+    pub async fn take_stored(&mut self, id: &Id) -> Result<StoredTree> {
+        match self.take_read(id).await? {
+            (loc, Some(raw)) => self.repo.open_tree_stored(id, &loc, raw),
+            (loc, None) => self.repo.load_tree_stored(id, &loc).await,
+        }
+    }
+
+    /// Where tree `id` is, and its encrypted bytes if they were read ahead.
+    async fn take_read(&mut self, id: &Id) -> Result<(BlobLocation, Option<Bytes>)> {
         self.wanted_ids.remove(id);
         if let Some(r) = self.reading.remove(id) {
             self.bytes -= u64::from(r.loc.length);
@@ -121,7 +139,7 @@ impl TreeReadAhead {
             match r.task.await {
                 Ok(raw) => {
                     self.hits += 1;
-                    return self.repo.open_blob_owned(id, &r.loc, raw?);
+                    return Ok((r.loc, Some(raw?)));
                 }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // Cancelled with its runtime: read it here, as if it had not been started.
@@ -129,7 +147,7 @@ impl TreeReadAhead {
             }
         }
         let loc = self.index.get(id).ok_or(crate::Error::BlobNotFound(*id))?;
-        self.repo.load_blob(id, &loc).await
+        Ok((loc, None))
     }
 
     /// Starts reads from the front of the queue while the bounds allow.

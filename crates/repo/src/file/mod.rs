@@ -10,6 +10,7 @@ pub mod lock;
 pub mod quote;
 pub mod snapshot;
 pub mod tree;
+pub mod tree_nodes;
 
 pub use config::ConfigFile;
 pub use index::{IndexBlob, IndexFile, IndexPack};
