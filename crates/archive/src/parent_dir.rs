@@ -5,7 +5,7 @@
 //! name, so a sorted tree is bisected; a tree out of order (another tool, or a hostile writer:
 //! every holder of the key can write one) is still searched, by a scan.
 //!
-//! A wide directory's tree (past [`STREAM_FROM`] bytes of JSON) is not decoded whole: several
+//! A wide directory's tree (past [`STREAM_FROM`](snapback_repo::file::tree_nodes::STREAM_FROM) bytes of JSON) is not decoded whole: several
 //! times its 250 B per entry as `Node`s, it was most of the memory of an incremental backup of
 //! a maildir. It stays as stored, compressed, and is read one node at a time
 //! ([`StoredTree`]) by a cursor that moves forward as the walk asks for names in order. What
@@ -13,16 +13,12 @@
 //! cannot be answered cheaply (names asked out of order more than [`MAX_RESTARTS`] times, a
 //! tree out of order) the answer is "not in the parent", and the file is read.
 
-use snapback_repo::file::tree::NodeType;
 use snapback_repo::file::tree_nodes::{NodeReader, StoredTree};
 use snapback_repo::file::{Node, Tree};
 use snapback_repo::tree_read_ahead::{subtree_ids, MAX_WANTED};
 use snapback_repo::Id;
 
 use crate::{Error, Result};
-
-/// Trees with more plaintext than this are read a node at a time.
-pub const STREAM_FROM: u64 = 4 * 1024 * 1024;
 
 /// Times a wide tree's cursor goes back to the start for a name asked out of order (a tar
 /// stream not sorted by name); after that, such names are "not in the parent".
@@ -64,21 +60,8 @@ impl ParentDir {
     /// before anything in it is trusted, to find its subdirectories, and to see that its
     /// names are in order. One that is not is kept empty (see the module docs).
     pub fn streamed(stored: StoredTree) -> Result<Self> {
-        let mut reader = stored.nodes()?;
-        let mut subdirs = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        let mut sorted = true;
-        while let Some(raw) = reader.next_node()? {
-            let node = parse(&stored, raw)?;
-            if node.node_type == NodeType::Dir && subdirs.len() < MAX_WANTED {
-                subdirs.extend(node.subtree);
-            }
-            if last.as_ref().is_some_and(|l| *l > node.name) {
-                sorted = false;
-            }
-            last = Some(node.name);
-        }
-        if !sorted {
+        let survey = stored.survey(MAX_WANTED, |_| {})?;
+        if !survey.sorted {
             tracing::warn!(tree = %stored.id.short(), "a wide parent tree out of order: its directory is read again in full");
             return Ok(ParentDir::new(Tree::default()));
         }
@@ -89,7 +72,7 @@ impl ParentDir {
             asked: Vec::new(),
             equal: Vec::new(),
             restarts: 0,
-            subdirs,
+            subdirs: survey.subdirs,
         })))
     }
 
@@ -169,6 +152,7 @@ fn parse(stored: &StoredTree, raw: &[u8]) -> Result<Node> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use snapback_repo::file::NodeType;
 
     fn node(name: &[u8], ty: NodeType, size: u64) -> Node {
         let mut n = Node::new(name.to_vec(), ty);

@@ -16,7 +16,9 @@ use snapback_repo::tree_read_ahead::TreeReadAhead;
 use snapback_repo::{BlobIndex, Id, Repository};
 use tokio::runtime::Handle;
 
-use crate::parent_dir::{ParentDir, STREAM_FROM};
+use snapback_repo::file::tree_nodes::STREAM_FROM;
+
+use crate::parent_dir::ParentDir;
 use crate::{Error, Result};
 
 /// Reads the parent snapshot's trees ahead of the walk; see the module docs.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use snapback_repo::file::tree::{go_mode, zero_time};
+use snapback_repo::file::tree_nodes::{NodeReader, StoredTree, STREAM_FROM};
 use snapback_repo::file::{Node, NodeType, Tree};
 use snapback_repo::tree_read_ahead::{subtree_ids, TreeReadAhead, MAX_WANTED};
 use snapback_repo::{BlobIndex, Id, Repository};
@@ -152,9 +153,63 @@ struct Frame {
     /// `None` for the walk's root (no node, no [`WalkItem::DirEnd`]).
     dir: Option<(PathBuf, Node)>,
     path: PathBuf,
-    nodes: std::vec::IntoIter<Node>,
+    nodes: Nodes,
     /// Its subdirectories' trees, asked for ahead of the walk when it was entered.
     subdirs: Vec<Id>,
+}
+
+/// A directory's remaining nodes.
+enum Nodes {
+    /// Decoded whole (sorted, each name once).
+    Whole(std::vec::IntoIter<Node>),
+    /// A wide tree (past [`STREAM_FROM`]), read a node at a time from its stored, compressed
+    /// form: checked when it was loaded (id, names, order), so it comes sorted; of a repeated
+    /// name the first node is kept, as for a decoded one.
+    Streamed(Box<StreamedNodes>),
+}
+
+/// See [`Nodes::Streamed`].
+struct StreamedNodes {
+    id: Id,
+    reader: NodeReader,
+    /// The name of the node returned last.
+    last: Option<Vec<u8>>,
+}
+
+impl Nodes {
+    /// The next node; a name repeated is recorded in `skipped` and left out.
+    fn next(&mut self, path: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Option<Node>> {
+        let (id, reader, last) = match self {
+            Nodes::Whole(nodes) => return Ok(nodes.next()),
+            Nodes::Streamed(s) => (&s.id, &mut s.reader, &mut s.last),
+        };
+        while let Some(raw) = reader.next_node()? {
+            let node = parse_node(id, raw)?;
+            if last.as_ref() == Some(&node.name) {
+                repeated(path, &node.name, skipped);
+                continue;
+            }
+            *last = Some(node.name.clone());
+            return Ok(Some(node));
+        }
+        Ok(None)
+    }
+}
+
+/// Records that a tree repeats `name` below `path`.
+fn repeated(path: &Path, name: &[u8], skipped: &mut Vec<(PathBuf, String)>) {
+    let p = join_path(path, name);
+    tracing::warn!(path = %p.display(), "tree repeats a name: only its first node is used");
+    skipped.push((
+        p,
+        "the tree repeats this name: only its first node is used".into(),
+    ));
+}
+
+/// A tree as loaded for a walk.
+enum Loaded {
+    Whole(Tree),
+    Streamed(StoredTree, Vec<Id>),
 }
 
 /// Depth-first walk of a tree in name order. Only the trees on the path from the root to the
@@ -216,7 +271,7 @@ impl TreeWalker {
     pub async fn next(&mut self) -> Result<Option<WalkItem>> {
         if let Some((id, base)) = self.root.take() {
             let tree = self.load(&id).await?;
-            self.enter(None, base, tree);
+            self.enter(None, base, tree)?;
         }
         if let Some((path, node)) = self.pending.take() {
             let loaded = match node.subtree {
@@ -228,9 +283,9 @@ impl TreeWalker {
             };
             let (tree, err) = match loaded {
                 Ok(t) => (t, None),
-                Err(e) => (Tree::default(), Some(e)),
+                Err(e) => (Loaded::Whole(Tree::default()), Some(e)),
             };
-            self.enter(Some((path.clone(), node)), path, tree);
+            self.enter(Some((path.clone(), node)), path, tree)?;
             if let Some(e) = err {
                 return Err(e);
             }
@@ -239,7 +294,15 @@ impl TreeWalker {
             let Some(top) = self.stack.last_mut() else {
                 return Ok(None);
             };
-            match top.nodes.next() {
+            let next = match top.nodes.next(&top.path, &mut self.skipped) {
+                Ok(next) => next,
+                Err(e) => {
+                    // Reported once; the rest of the directory is left out.
+                    top.nodes = Nodes::Whole(Vec::new().into_iter());
+                    return Err(e);
+                }
+            };
+            match next {
                 Some(node) => {
                     let path = join_path(&top.path, &node.name);
                     if node.node_type == NodeType::Dir {
@@ -264,22 +327,74 @@ impl TreeWalker {
         }
     }
 
-    /// Tree `id`, read ahead if it was.
-    async fn load(&mut self, id: &Id) -> Result<Tree> {
+    /// Tree `id`, read ahead if it was; a wide one is left as stored, once checked.
+    async fn load(&mut self, id: &Id) -> Result<Loaded> {
         let ahead = self.ahead.get_or_insert_with(|| {
             TreeReadAhead::new(self.repo.clone(), self.index.clone(), Handle::current())
         });
-        parse_tree(id, &ahead.take(id).await?)
+        let wide = self
+            .index
+            .get(id)
+            .is_some_and(|loc| loc.plain_length() > STREAM_FROM);
+        if !wide {
+            return Ok(Loaded::Whole(parse_tree(id, &ahead.take(id).await?)?));
+        }
+        let stored = ahead.take_stored(id).await?;
+        let mut bad = None;
+        let survey = stored.survey(MAX_WANTED, |n| {
+            if bad.is_none() {
+                bad = check_name(&n.name).err();
+            }
+        })?;
+        if let Some(reason) = bad {
+            return Err(Error::InvalidTree {
+                tree: id.short(),
+                reason,
+            });
+        }
+        if survey.sorted {
+            return Ok(Loaded::Streamed(stored, survey.subdirs));
+        }
+        // Out of order (not restic's): decoded whole and sorted, as a small one.
+        let mut nodes = Vec::new();
+        let mut reader = stored.nodes()?;
+        while let Some(raw) = reader.next_node()? {
+            nodes.push(parse_node(id, raw)?);
+        }
+        Ok(Loaded::Whole(Tree { nodes }))
     }
 
     /// Pushes a directory's frame and asks for its subdirectories' trees.
-    fn enter(&mut self, dir: Option<(PathBuf, Node)>, path: PathBuf, tree: Tree) {
-        let f = frame(dir, path, tree, &mut self.skipped);
+    fn enter(&mut self, dir: Option<(PathBuf, Node)>, path: PathBuf, tree: Loaded) -> Result<()> {
+        let f = match tree {
+            Loaded::Whole(tree) => frame(dir, path, tree, &mut self.skipped),
+            Loaded::Streamed(stored, subdirs) => Frame {
+                dir,
+                path,
+                nodes: Nodes::Streamed(Box::new(StreamedNodes {
+                    id: stored.id,
+                    reader: stored.nodes()?,
+                    last: None,
+                })),
+                subdirs,
+            },
+        };
         if let Some(ahead) = &mut self.ahead {
             ahead.want(f.subdirs.iter().copied());
         }
         self.stack.push(f);
+        Ok(())
     }
+}
+
+/// One node's JSON of tree `id`.
+fn parse_node(id: &Id, raw: &[u8]) -> Result<Node> {
+    Ok(
+        serde_json::from_slice(raw).map_err(|e| snapback_repo::Error::Format {
+            file: format!("tree {}", id.short()),
+            message: format!("invalid JSON: {e}"),
+        })?,
+    )
 }
 
 fn frame(
@@ -295,12 +410,7 @@ fn frame(
     tree.nodes.dedup_by(|later, first| {
         let repeat = later.name == first.name;
         if repeat {
-            let p = join_path(&path, &later.name);
-            tracing::warn!(path = %p.display(), "tree repeats a name: only its first node is used");
-            skipped.push((
-                p,
-                "the tree repeats this name: only its first node is used".into(),
-            ));
+            repeated(&path, &later.name, skipped);
         }
         repeat
     });
@@ -309,7 +419,7 @@ fn frame(
     Frame {
         dir,
         path,
-        nodes: tree.nodes.into_iter(),
+        nodes: Nodes::Whole(tree.nodes.into_iter()),
         subdirs,
     }
 }
@@ -639,6 +749,50 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wide_directory_is_walked_a_node_at_a_time_in_order() {
+        let (repo_dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let wide = data.path().join("wide");
+        std::fs::create_dir(&wide).unwrap();
+        // Past STREAM_FROM of tree JSON (some 230 B per file), and a subdirectory at its end.
+        let names: Vec<String> = (0..24_000).map(|i| format!("file-{i:06}")).collect();
+        for n in &names {
+            std::fs::write(wide.join(n), b"").unwrap();
+        }
+        std::fs::create_dir_all(wide.join("zz-sub")).unwrap();
+        std::fs::write(wide.join("zz-sub/inner"), b"x").unwrap();
+        let repo = local_repo(repo_dir.path()).await.unwrap();
+        let walker = Walker::new([data.path()], WalkOptions::default()).unwrap();
+        let paths = vec![data.path().to_string_lossy().into_owned()];
+        let summary = backup(&repo, Box::new(walker), BackupOptions::new("t", paths))
+            .await
+            .unwrap();
+        let snapshot: SnapshotFile = repo
+            .load_json(FileType::Snapshot, &summary.snapshot_id)
+            .await
+            .unwrap();
+        let index = Arc::new(BlobIndex::load(&repo).await.unwrap());
+        let wide_path = clean_path(&wide);
+        let mut walker = TreeWalker::new(repo, index, snapshot.tree, Path::new("/"));
+        let (mut seen, mut streamed) = (Vec::new(), false);
+        while let Some(item) = walker.next().await.unwrap() {
+            if let WalkItem::Node { path, .. } = item {
+                let rel = path.strip_prefix(&wide_path).ok();
+                if let Some(rel) = rel.filter(|r| !r.as_os_str().is_empty()) {
+                    seen.push(rel.to_string_lossy().into_owned());
+                    let top = walker.stack.last().map(|f| &f.nodes);
+                    streamed |= matches!(top, Some(Nodes::Streamed(_)));
+                }
+            }
+        }
+        assert!(streamed, "the wide directory was read a node at a time");
+        let mut want = names;
+        want.extend(["zz-sub".to_string(), "zz-sub/inner".to_string()]);
+        assert_eq!(seen.len(), want.len());
+        assert!(seen == want, "every node once, in order");
+        assert!(walker.take_skipped().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn skipped_and_finished_directories_drop_their_reads_ahead() {
         let (_dirs, mut walker, data_path) = walker_over_dirs().await;
         let mut entered = Vec::new();
@@ -710,7 +864,10 @@ mod tests {
         };
         let mut skipped = Vec::new();
         let f = frame(None, "/d".into(), tree, &mut skipped);
-        let kept: Vec<(Vec<u8>, NodeType)> = f.nodes.map(|n| (n.name, n.node_type)).collect();
+        let Nodes::Whole(nodes) = f.nodes else {
+            panic!("a small tree is decoded whole")
+        };
+        let kept: Vec<(Vec<u8>, NodeType)> = nodes.map(|n| (n.name, n.node_type)).collect();
         assert_eq!(
             kept,
             vec![

@@ -282,6 +282,21 @@ struct NodeIn {
     subtree: Option<Id>,
 }
 
+/// What a pass over a tree needs of a node (its name, type and subtree): decoded without the
+/// rest (times, content ids), several times faster than a whole [`Node`].
+#[derive(Debug, Deserialize)]
+pub struct NodeHead {
+    /// The name's bytes.
+    #[serde(with = "super::quote::serde_quoted")]
+    pub name: Vec<u8>,
+    /// What the node is.
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    /// A directory's tree.
+    #[serde(default)]
+    pub subtree: Option<Id>,
+}
+
 impl From<NodeIn> for Node {
     fn from(n: NodeIn) -> Self {
         Node {

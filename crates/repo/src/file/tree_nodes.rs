@@ -10,11 +10,25 @@ use std::io::Read;
 
 use bytes::{Buf, Bytes};
 
+use crate::file::tree::{NodeHead, NodeType};
 use crate::id::IdHasher;
 use crate::{Error, Id, Result};
 
 /// Bytes read from the blob at once.
 const READ_BYTES: usize = 64 * 1024;
+
+/// Trees with more plaintext than this (some 16,000 entries) are read a node at a time by a
+/// backup's parent lookups and by walks of a snapshot; smaller ones are decoded whole.
+pub const STREAM_FROM: u64 = 4 * 1024 * 1024;
+
+/// What one pass over a stored tree found ([`StoredTree::survey`]).
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Names never decrease from one node to the next (restic writes trees so).
+    pub sorted: bool,
+    /// Its subdirectories' trees, the first `max_subdirs`.
+    pub subdirs: Vec<Id>,
+}
 
 /// A tree blob as stored: decrypted, still compressed when it was.
 #[derive(Clone)]
@@ -63,6 +77,31 @@ impl StoredTree {
             read: 0,
             tree: self.clone_meta(),
         })
+    }
+
+    /// Reads the tree through once, checking its length and id before anything in it is
+    /// trusted: whether its names are in order, its subdirectories' trees, and each node
+    /// shown to `each`.
+    pub fn survey(&self, max_subdirs: usize, mut each: impl FnMut(&NodeHead)) -> Result<Survey> {
+        let mut reader = self.nodes()?;
+        let mut survey = Survey {
+            sorted: true,
+            subdirs: Vec::new(),
+        };
+        let mut last: Option<Vec<u8>> = None;
+        while let Some(raw) = reader.next_node()? {
+            let node: NodeHead = serde_json::from_slice(raw)
+                .map_err(|e| self.error(format!("tree {}: invalid node: {e}", self.id.short())))?;
+            each(&node);
+            if node.node_type == NodeType::Dir && survey.subdirs.len() < max_subdirs {
+                survey.subdirs.extend(node.subtree);
+            }
+            if last.as_ref().is_some_and(|l| *l > node.name) {
+                survey.sorted = false;
+            }
+            last = Some(node.name);
+        }
+        Ok(survey)
     }
 
     fn clone_meta(&self) -> Meta {
@@ -333,6 +372,31 @@ mod tests {
         let got = all(&stored(spaced, true)).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].node_type, NodeType::Dir);
+    }
+
+    #[test]
+    fn a_survey_finds_order_and_subdirectories() {
+        let dir = |name: &str| {
+            let mut n = Node::new(name, NodeType::Dir);
+            n.subtree = Some(Id::hash(name.as_bytes()));
+            n
+        };
+        let file = |name: &str| Node::new(name, NodeType::File);
+        let sorted = vec![dir("a"), file("b"), dir("c"), dir("d")];
+        let bytes = Tree { nodes: sorted }.to_bytes().unwrap();
+        let mut names = Vec::new();
+        let s = stored(&bytes, true)
+            .survey(2, |n| names.push(n.name.clone()))
+            .unwrap();
+        assert!(s.sorted);
+        assert_eq!(s.subdirs, vec![Id::hash(b"a"), Id::hash(b"c")]);
+        assert_eq!(names, [b"a", b"b", b"c", b"d"]);
+        let unsorted = Tree {
+            nodes: vec![file("b"), file("a")],
+        }
+        .to_bytes()
+        .unwrap();
+        assert!(!stored(&unsorted, false).survey(9, |_| {}).unwrap().sorted);
     }
 
     #[test]
