@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Deterministic "many small files" data set for benches/shapes.sh (issue 13).
 
-  gen_many_files.py OUT [FILES]        (default FILES: 300000)
+  gen_many_files.py OUT [FILES] [--per-dir N]    (default FILES: 300000, N: 1000)
 
 Writes
-  OUT/data/gNN/dNNNN/...   FILES regular files, 1,000 per directory (10 directories per group)
+  OUT/data/gNN/dNNNN/...   FILES regular files, 1,000 per directory (10 directories per group;
+                           --per-dir FILES: all in one directory, a mail store's or an upload
+                           folder's shape)
   OUT/delta/...            the "changed" variant as a delta: 1% of the files modified (new content,
                            same path) and 1% new files, at the same relative paths as in data/
   OUT/.generated           written last; a data set without it is incomplete
@@ -76,10 +78,16 @@ def fix_dir_times(root, mtime):
 
 
 def main():
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: gen_many_files.py OUT [FILES]")
-    out = os.fsencode(sys.argv[1])
-    files = int(sys.argv[2]) if len(sys.argv) == 3 else 300_000
+    global PER_DIR
+    args = sys.argv[1:]
+    if "--per-dir" in args:
+        at = args.index("--per-dir")
+        PER_DIR = int(args[at + 1])
+        del args[at:at + 2]
+    if len(args) not in (1, 2):
+        sys.exit("usage: gen_many_files.py OUT [FILES] [--per-dir N]")
+    out = os.fsencode(args[0])
+    files = int(args[1]) if len(args) == 2 else 300_000
     data = os.path.join(out, b"data")
     delta = os.path.join(out, b"delta")
     marker = os.path.join(out, b".generated")

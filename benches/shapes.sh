@@ -5,12 +5,15 @@
 #   SHAPES=many,real benches/e2e.sh                      (e2e.sh hands over to this script)
 #   RUNS=1 SNAPBACK_BIN=path WRITE_DOC=0 ...             (as in e2e.sh)
 #   MANY_FILES=300000     files of the many-files shape
+#   WIDE_FILES=300000     files of the wide shape
 #   REPO_BLOBS=1000000    blobs already in the repository of the repo shape
 #   KEEP=1                keep generated data and repositories (default: deleted at the end)
 #
 # Shapes:
 #   many   benches/gen_many_files.py: MANY_FILES small files (80% 20–45 B), 1,000 per directory,
 #          odd names; changed = 1% modified + 1% new.
+#   wide   the same generator with all WIDE_FILES files in one directory (a maildir, an upload
+#          folder): a tree blob of some 70 MB of JSON.
 #   real   benches/gen_real_tree.py: a hard-link farm of /usr/include, /usr/share, /usr/lib (and
 #          the Rust sources if installed), ~800 MB in a sorted walk; changed = 1% + 1%.
 #   repo   a first backup of a small many-files set (20,000 files) into a repository that already
@@ -22,7 +25,7 @@
 #          snapshot; `check` would fail on either (missing packs), so it is not run. The RSS
 #          difference is the end-to-end cost of holding the index, per blob.
 #
-# Steps of many and real, each tool once per run, alternating which goes first:
+# Steps of many, wide and real, each tool once per run, alternating which goes first:
 #   first      backup OUT/<shape>/work (= data)              fresh repository
 #   first-cold (real only) the same with the tree evicted from the page cache first
 #   tar-first  tar -C OUT/<shape> -cf - work | backup --stdin fresh repository
@@ -43,6 +46,7 @@ runs=${RUNS:-1}
 shapes=${SHAPES:-many real repo}
 shapes=${shapes//,/ }
 many_files=${MANY_FILES:-300000}
+wide_files=${WIDE_FILES:-300000}
 repo_blobs=${REPO_BLOBS:-1000000}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -66,7 +70,7 @@ export RESTIC_PASSWORD=e2e-bench-password
 cleanup() {
     rm -rf "$bench/repos" "$bench"/restore-* "$bench/snapback" "$bench/work.tar"
     if [[ "${KEEP:-0}" != 1 ]]; then
-        for s in many real repo; do rm -rf "${out:?}/$s"; done
+        for s in many wide real repo; do rm -rf "${out:?}/$s"; done
     fi
 }
 trap cleanup EXIT
@@ -149,6 +153,8 @@ tree_shape() { # shape
         echo "generating $shape in $dir ..." >&2
         if [[ $shape == many ]]; then
             python3 "$here/gen_many_files.py" "$dir" "$many_files" >&2
+        elif [[ $shape == wide ]]; then
+            python3 "$here/gen_many_files.py" "$dir" "$wide_files" --per-dir "$wide_files" >&2
         else
             python3 "$here/gen_real_tree.py" "$dir" >&2
         fi
@@ -253,9 +259,9 @@ repo_shape() {
 
 for shape in $shapes; do
     case $shape in
-        many | real) tree_shape "$shape" ;;
+        many | wide | real) tree_shape "$shape" ;;
         repo) repo_shape ;;
-        *) echo "unknown shape $shape (many, real, repo)" >&2; exit 2 ;;
+        *) echo "unknown shape $shape (many, wide, real, repo)" >&2; exit 2 ;;
     esac
 done
 

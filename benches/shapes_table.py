@@ -52,12 +52,14 @@ out = [f"Machine: {machine}. snapback {rev}, restic 0.14 (Debian). RUNS={runs} (
        "taken under load are slower than on an idle machine, for both tools alike).", ""]
 
 names = {"many": "Many small files (benches/gen_many_files.py)",
+         "wide": "One wide directory (benches/gen_many_files.py --per-dir FILES)",
          "real": "Real tree (benches/gen_real_tree.py)",
          "repo": f"Repository size: {repo_blobs:,} blobs already indexed"}
 steps = {"many": ["first", "changed", "tar-first", "tar-file", "restore"],
+         "wide": ["first", "changed", "tar-first", "tar-file", "restore"],
          "real": ["first", "first-cold", "changed", "tar-first", "tar-file", "restore"],
          "repo": ["empty-repo", "big-repo"]}
-for shape in ["many", "real", "repo"]:
+for shape in ["many", "wide", "real", "repo"]:
     if not any(r["shape"] == shape for r in meas):
         continue
     files, size = one(shape, steps[shape][0], "files"), one(shape, steps[shape][0], "bytes")
@@ -124,6 +126,18 @@ if any(r["shape"] == "many" for r in meas):
                   verdict(None if fps is None else fps >= 100_000)))
     s = speedup("many", "restore")
     t.append(("restore of them ≥ restic", f"{fmt(s, 2)}×", verdict(None if s is None else s >= 1)))
+if any(r["shape"] == "wide" for r in meas):
+    # Issue 13's bound (64 MiB plus the index term, 32 B per blob: one blob per small file),
+    # and what one wide directory costs over the same files 1,000 per directory.
+    for step in ["first", "changed", "tar-first", "restore"]:
+        rss = med("wide", "snapback", step, "rss_mib")
+        n = one("wide", step, "files") or one("wide", "first", "files") or 0
+        mrss = med("many", "snapback", step, "rss_mib")
+        extra = None if rss is None or mrss is None or not n else (rss - mrss) * MIB / n
+        more = "" if extra is None else f" ({extra:,.0f} B/file over 1,000 per directory)"
+        t.append((f"one wide directory, {step}: peak RSS ≤ 64 MiB + 32 B/file",
+                  f"{fmt(rss)} MiB{more}",
+                  verdict(None if rss is None else rss <= 64 + n * 32 / MIB)))
 if any(r["shape"] == "real" for r in meas):
     for step, what in [("first", "path backup"),
                        ("first-cold", "path backup, files not in the page cache"),
