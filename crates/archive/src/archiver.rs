@@ -424,7 +424,9 @@ impl Archiver {
             };
             let (children, len) = self.load_saved_tree(&sub)?;
             if len <= self.closed.limit {
-                self.closed.insert(path.to_vec(), children.clone(), len);
+                if let Some(copy) = children.clone_small() {
+                    self.closed.insert(path.to_vec(), copy, len);
+                }
             }
             at = Listing::Loaded(children);
         }

@@ -64,20 +64,6 @@ impl Default for Children {
     }
 }
 
-impl Clone for Children {
-    /// Only listings without runs are cloned (the cache of finished listings takes small
-    /// ones); a clone leaves runs behind.
-    fn clone(&self) -> Self {
-        Children {
-            buf: self.buf.clone(),
-            names: self.names.clone(),
-            slots: self.slots.clone(),
-            sorted: self.sorted,
-            runs: Vec::new(),
-        }
-    }
-}
-
 impl Children {
     /// An empty listing.
     pub fn new() -> Self {
@@ -111,6 +97,21 @@ impl Children {
             me.push(&node)?;
         }
         Ok(me)
+    }
+
+    /// A copy, for the cache of finished listings; `None` for a listing with runs (a wide
+    /// directory: too big for the cache anyway).
+    pub fn clone_small(&self) -> Option<Children> {
+        if self.has_runs() {
+            return None;
+        }
+        Some(Children {
+            buf: self.buf.clone(),
+            names: self.names.clone(),
+            slots: self.slots.clone(),
+            sorted: self.sorted,
+            runs: Vec::new(),
+        })
     }
 
     /// Whether the buffer is the tree blob's body already (see [`Self::into_sorted_in`]).

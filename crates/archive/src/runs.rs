@@ -141,8 +141,9 @@ impl Run {
         if !self.bloom.may_hold(name) {
             return Ok(None);
         }
+        let mut d = decompressor()?;
         let mut cursor = Cursor::new(Reading::Borrowed(&self.segments, 0));
-        while cursor.advance()? {
+        while cursor.advance(&mut d)? {
             match cursor.name().cmp(name) {
                 std::cmp::Ordering::Less => continue,
                 std::cmp::Ordering::Equal => return Ok(Some(cursor.json().to_vec())),
@@ -151,6 +152,12 @@ impl Run {
         }
         Ok(None)
     }
+}
+
+type Decompressor = zstd::bulk::Decompressor<'static>;
+
+fn decompressor() -> Result<Decompressor> {
+    Decompressor::new().map_err(codec)
 }
 
 fn len32(n: usize) -> Result<u32> {
@@ -174,7 +181,6 @@ struct Cursor<'a> {
     name: (usize, usize),
     json: (usize, usize),
     next: usize,
-    decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 impl<'a> Cursor<'a> {
@@ -186,12 +192,12 @@ impl<'a> Cursor<'a> {
             name: (0, 0),
             json: (0, 0),
             next: 0,
-            decompressor: None,
         }
     }
 
-    /// Decodes the next block into `plain`; false at the end.
-    fn next_block(&mut self) -> Result<bool> {
+    /// Decodes the next block into `plain` with `d` (one for all cursors of a merge: a zstd
+    /// context is some 100 KiB); false at the end.
+    fn next_block(&mut self, d: &mut Decompressor) -> Result<bool> {
         let seg = loop {
             let seg = match &mut self.segments {
                 Reading::Borrowed(segs, i) => segs.get(*i),
@@ -214,12 +220,6 @@ impl<'a> Cursor<'a> {
             b => seg.blocks[b - 1].0 as usize,
         };
         let (end, len) = seg.blocks[self.block];
-        let d = match &mut self.decompressor {
-            Some(d) => d,
-            None => self
-                .decompressor
-                .insert(zstd::bulk::Decompressor::new().map_err(codec)?),
-        };
         self.plain.clear();
         self.plain.reserve(len as usize);
         d.decompress_to_buffer(&seg.bytes[start..end as usize], &mut self.plain)
@@ -230,9 +230,9 @@ impl<'a> Cursor<'a> {
     }
 
     /// Moves to the next record; false at the end.
-    fn advance(&mut self) -> Result<bool> {
+    fn advance(&mut self, d: &mut Decompressor) -> Result<bool> {
         while self.next >= self.plain.len() {
-            if !self.next_block()? {
+            if !self.next_block(d)? {
                 return Ok(false);
             }
         }
@@ -317,10 +317,11 @@ pub fn merge(runs: Vec<Run>, level: Option<i32>) -> Result<MergedTree> {
         .into_iter()
         .map(|r| Cursor::new(Reading::Owned(r.segments)))
         .collect();
+    let mut d = decompressor()?;
     // Smallest name first; of equal names the oldest run first, so the newest pops last.
     let mut heap = BinaryHeap::with_capacity(cursors.len());
     for (i, c) in cursors.iter_mut().enumerate() {
-        if c.advance()? {
+        if c.advance(&mut d)? {
             heap.push(Reverse((c.name().to_vec(), i)));
         }
     }
@@ -342,7 +343,7 @@ pub fn merge(runs: Vec<Run>, level: Option<i32>) -> Result<MergedTree> {
         out.write(cursors[newest].json())?;
         for i in spent {
             let c = &mut cursors[i];
-            if c.advance()? {
+            if c.advance(&mut d)? {
                 heap.push(Reverse((c.name().to_vec(), i)));
             }
         }

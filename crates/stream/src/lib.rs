@@ -17,6 +17,7 @@
 pub mod command;
 pub mod entry;
 mod error;
+mod listing;
 mod names;
 mod pax;
 pub mod pending_links;

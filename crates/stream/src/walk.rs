@@ -5,13 +5,13 @@
 //! memory does not grow with file sizes.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::listing::Listing;
 use crate::names::NameCache;
 use crate::pending_links::{PendingLinks, PENDING_LINKS_MAX};
 use crate::skip::{pseudo_mounts, SkipReason, SkipRules};
@@ -85,7 +85,7 @@ pub fn read_exclude_file(path: &Path) -> Result<Vec<String>, Error> {
 struct Frame {
     dir: PathBuf,
     /// Member names, and whether the listing (`d_type`) called each a regular file.
-    names: Vec<(OsString, bool)>,
+    names: Listing,
     next: usize,
     /// Members opened ahead (index into `names`, the open file, its fstat), in listing order;
     /// at most [`READ_AHEAD_FILES`], and only in the frame on top of the stack.
@@ -183,7 +183,7 @@ impl Walker {
         while let Some(top) = self.stack.last_mut() {
             if let Some((name, is_file)) = top.names.get(top.next) {
                 top.next += 1;
-                return Some((top.dir.join(name), false, *is_file));
+                return Some((top.dir.join(name), false, is_file));
             }
             self.stack.pop();
         }
@@ -331,12 +331,12 @@ impl Walker {
         // The type comes from the listing (`d_type`), without a stat on the filesystems
         // that fill it in.
         let listing = fs::read_dir(abs).and_then(|rd| {
-            rd.map(|e| e.map(|e| (e.file_name(), e.file_type().is_ok_and(|t| t.is_file()))))
-                .collect::<io::Result<Vec<_>>>()
+            Listing::new(
+                rd.map(|e| e.map(|e| (e.file_name(), e.file_type().is_ok_and(|t| t.is_file())))),
+            )
         });
         match listing {
-            Ok(mut names) => {
-                names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            Ok(names) => {
                 // Descriptors are held for the directory on top only: the parent's are closed
                 // (and opened again when the walk is back), so deep trees hold no more.
                 if let Some(parent) = self.stack.last_mut() {
@@ -389,9 +389,11 @@ impl Walker {
         };
         let mut index = top.ahead_next.max(top.next);
         while top.ahead.len() < READ_AHEAD_FILES && index < top.names.len() {
-            let (name, is_file) = &top.names[index];
+            let Some((name, is_file)) = top.names.get(index) else {
+                break;
+            };
             index += 1;
-            if !*is_file {
+            if !is_file {
                 continue;
             }
             let abs = top.dir.join(name);
@@ -726,6 +728,7 @@ impl Read for FileReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
     use std::io::Write;
 
     fn collect(w: &mut Walker) -> Vec<(PathBuf, EntryKind, Vec<u8>)> {
