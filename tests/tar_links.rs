@@ -427,7 +427,13 @@ fn an_open_directory_costs_less_than_its_encoded_listing() {
         .filter_map(|l| l.strip_prefix("/d0000/"))
         .collect();
     assert_eq!(names.len(), members + 1, "restic ls of the wide directory");
-    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, each name once");
-    assert_eq!(restic.run_ok(&["dump", "latest", "/d0000/unique"]), "in the last one\n");
+    assert!(
+        names.windows(2).all(|w| w[0] < w[1]),
+        "sorted, each name once"
+    );
+    assert_eq!(
+        restic.run_ok(&["dump", "latest", "/d0000/unique"]),
+        "in the last one\n"
+    );
     assert_eq!(restic.run_ok(&["dump", "latest", "/d0000/f0123456"]), "x\n");
 }
