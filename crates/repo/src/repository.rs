@@ -431,7 +431,13 @@ impl Repository {
 
     /// Reads one blob: authenticates, decompresses and checks its hash.
     pub async fn load_blob(&self, id: &Id, loc: &BlobLocation) -> Result<Bytes> {
-        let data = self
+        let data = self.read_blob_encrypted(loc).await?;
+        self.open_blob_owned(id, loc, data)
+    }
+
+    /// A blob's encrypted bytes, read from its pack.
+    async fn read_blob_encrypted(&self, loc: &BlobLocation) -> Result<Bytes> {
+        Ok(self
             .backend
             .read_range(
                 FileType::Pack,
@@ -439,22 +445,13 @@ impl Repository {
                 u64::from(loc.offset),
                 u64::from(loc.length),
             )
-            .await?;
-        self.open_blob_owned(id, loc, data)
+            .await?)
     }
 
     /// Reads a tree blob and authenticates and decrypts it, leaving it compressed: its nodes are
     /// read one at a time ([`StoredTree::nodes`]), which also checks its length and id.
     pub async fn load_tree_stored(&self, id: &Id, loc: &BlobLocation) -> Result<StoredTree> {
-        let data = self
-            .backend
-            .read_range(
-                FileType::Pack,
-                &loc.pack,
-                u64::from(loc.offset),
-                u64::from(loc.length),
-            )
-            .await?;
+        let data = self.read_blob_encrypted(loc).await?;
         self.open_tree_stored(id, loc, data)
     }
 

@@ -696,6 +696,13 @@ mod tests {
         data: &Path,
     ) -> (Repository, Arc<BlobIndex>, Id, PathBuf) {
         write_dirs_of_dirs(data).unwrap();
+        let (repo, index, root) = snapshot_of(repo_dir, data).await;
+        (repo, index, root, clean_path(data))
+    }
+
+    /// A repository in `repo_dir` holding one snapshot of `data`; returns it, its index and
+    /// the snapshot's root tree.
+    async fn snapshot_of(repo_dir: &Path, data: &Path) -> (Repository, Arc<BlobIndex>, Id) {
         let repo = local_repo(repo_dir).await.unwrap();
         let walker = Walker::new([data], WalkOptions::default()).unwrap();
         let paths = vec![data.to_string_lossy().into_owned()];
@@ -707,7 +714,7 @@ mod tests {
             .await
             .unwrap();
         let index = Arc::new(BlobIndex::load(&repo).await.unwrap());
-        (repo, index, snapshot.tree, clean_path(data))
+        (repo, index, snapshot.tree)
     }
 
     /// A walk of a snapshot made by [`snapshot_of_dirs`] (whose directories it holds), and the
@@ -760,19 +767,9 @@ mod tests {
         }
         std::fs::create_dir_all(wide.join("zz-sub")).unwrap();
         std::fs::write(wide.join("zz-sub/inner"), b"x").unwrap();
-        let repo = local_repo(repo_dir.path()).await.unwrap();
-        let walker = Walker::new([data.path()], WalkOptions::default()).unwrap();
-        let paths = vec![data.path().to_string_lossy().into_owned()];
-        let summary = backup(&repo, Box::new(walker), BackupOptions::new("t", paths))
-            .await
-            .unwrap();
-        let snapshot: SnapshotFile = repo
-            .load_json(FileType::Snapshot, &summary.snapshot_id)
-            .await
-            .unwrap();
-        let index = Arc::new(BlobIndex::load(&repo).await.unwrap());
+        let (repo, index, root) = snapshot_of(repo_dir.path(), data.path()).await;
         let wide_path = clean_path(&wide);
-        let mut walker = TreeWalker::new(repo, index, snapshot.tree, Path::new("/"));
+        let mut walker = TreeWalker::new(repo, index, root, Path::new("/"));
         let (mut seen, mut streamed) = (Vec::new(), false);
         while let Some(item) = walker.next().await.unwrap() {
             if let WalkItem::Node { path, .. } = item {
