@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn runs_merge_in_name_order_and_the_newest_run_wins() {
-        let runs = vec![run(&["a", "c", "e"], "old"), run(&["b", "c", "f"], "new")];
+        let runs = [run(&["a", "c", "e"], "old"), run(&["b", "c", "f"], "new")];
         for level in [None, Some(3)] {
             let runs = vec![run(&["a", "c", "e"], "old"), run(&["b", "c", "f"], "new")];
             let m = merge(runs, level).unwrap();
