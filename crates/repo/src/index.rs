@@ -416,21 +416,10 @@ impl<R: std::io::Read> Chunked<R> {
         // Drop what was read; keep the unread tail.
         self.buf.drain(..self.pos);
         self.pos = 0;
-        let len = self.buf.len();
         // A chunk more, or twice the tail when a value is larger than a chunk.
-        let want = READ_BUFFER.max(len);
-        self.buf.resize(len + want, 0);
-        let n = loop {
-            match self.reader.read(&mut self.buf[len..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(serde_json::Error::io(e));
-                }
-            }
-        };
-        self.buf.truncate(len + n);
+        let want = READ_BUFFER.max(self.buf.len());
+        let n = crate::file::read_more(&mut self.reader, &mut self.buf, want)
+            .map_err(serde_json::Error::io)?;
         if n == 0 {
             self.eof = true;
         }

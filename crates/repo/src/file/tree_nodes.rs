@@ -295,18 +295,8 @@ impl NodeReader {
             self.start = 0;
         }
         let len = self.buf.len();
-        self.buf.resize(len + READ_BYTES, 0);
-        let got = loop {
-            match self.src.read(&mut self.buf[len..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(self.error(&format!("cannot decompress: {e}")));
-                }
-            }
-        };
-        self.buf.truncate(len + got);
+        let got = super::read_more(&mut self.src, &mut self.buf, READ_BYTES)
+            .map_err(|e| self.error(&format!("cannot decompress: {e}")))?;
         self.hasher.update(&self.buf[len..]);
         self.read += got as u64;
         Ok(got > 0)
