@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::entry::{Entry, EntryKind, EntrySource, Metadata, Timestamp, Warning};
 use crate::error::Error;
+use crate::read_ahead::ReadAhead;
 use crate::tar_read::{looks_like_tar, TarSource};
 
 /// How to interpret an input stream.
@@ -27,11 +28,13 @@ pub enum StreamMode {
 
 /// Builds the entry source for a stream: a [`TarSource`] when `mode` says so or the first
 /// 512 bytes are a tar header, else a [`SingleFile`] named `name`. The flag is true for tar.
+/// The input is read on a thread of its own ([`ReadAhead`]).
 pub fn stream_source(
-    mut input: Box<dyn Read + Send>,
+    input: Box<dyn Read + Send>,
     mode: StreamMode,
     name: &str,
 ) -> Result<(Box<dyn EntrySource + Send>, bool), Error> {
+    let mut input = ReadAhead::spawn(input).map_err(Error::ReadStream)?;
     let mut head = vec![0u8; 512];
     let n = read_full(&mut input, &mut head).map_err(Error::ReadStream)?;
     head.truncate(n);

@@ -5,7 +5,8 @@
 //! * [`tar_read::TarSource`] yields the entries of any GNU / PAX / ustar tar stream.
 //! * [`command::stream_source`] turns standard input or a producer command's output
 //!   ([`command::CommandPipe`], gated on its exit status by [`command::CommandGate`]) into a
-//!   tar source or a [`command::SingleFile`].
+//!   tar source or a [`command::SingleFile`], read ahead on a thread of its own
+//!   ([`read_ahead::ReadAhead`]).
 //! * [`tar_write::write_tar`] turns any [`EntrySource`] into a deterministic PAX tar stream.
 //!
 //! Every source implements [`EntrySource`], a lending iterator: a regular file's content is a
@@ -21,6 +22,7 @@ mod listing;
 mod names;
 mod pax;
 pub mod pending_links;
+pub mod read_ahead;
 mod skip;
 pub mod tar_read;
 pub mod tar_write;
