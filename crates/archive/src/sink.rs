@@ -2,6 +2,10 @@
 //! memory (one open pack per blob type) and uploads them concurrently, then records them in
 //! index files. Nothing touches local disk.
 //!
+//! An index file (up to 50,000 blobs: several MiB of JSON to encode, compress and encrypt)
+//! is written by a task of its own, one at a time, so that the sink goes on taking blobs
+//! meanwhile; every one is written before the sink returns.
+//!
 //! Blobs arrive in batches (many small blobs in one send, a big one alone), and a batch is
 //! encoded in one blocking task: a task per 30-byte blob would cost more in thread wake-ups
 //! than the encoding itself.
@@ -189,6 +193,8 @@ struct State {
     uploads: JoinSet<Result<(Id, Vec<PackedBlob>, usize)>>,
     index: IndexWriter,
     last_index: Instant,
+    /// The index file being written, if any.
+    index_write: Option<tokio::task::JoinHandle<Result<()>>>,
     stats: SinkStats,
     /// Where blob buffers go once done with.
     buffers: Arc<BufferPool>,
@@ -214,6 +220,7 @@ async fn run(
         uploads: JoinSet::new(),
         index: IndexWriter::default(),
         last_index: Instant::now(),
+        index_write: None,
         stats: SinkStats::default(),
         buffers,
         trees: BlobIndex::default(),
@@ -223,7 +230,11 @@ async fn run(
     };
     let result = st.pump(&mut rx, &mut find_rx).await;
     // Even when failing, record what reached the repository, so a retry reuses it.
-    let flushed = st.drain_uploads().await.and(st.flush_index().await);
+    let flushed = st
+        .drain_uploads()
+        .await
+        .and(st.flush_index().await)
+        .and(st.index_written().await);
     match (result, flushed) {
         (Ok(()), Ok(())) => Ok(st.stats),
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
@@ -418,12 +429,40 @@ impl State {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Starts writing the pending index entries as one file, once the previous file is
+    /// written (so at most two files' entries are held).
     async fn flush_index(&mut self) -> Result<()> {
         self.last_index = Instant::now();
-        if self.index.flush(&self.repo).await?.is_some() {
-            self.stats.index_files += 1;
-        }
+        let Some(file) = self.index.take() else {
+            return Ok(());
+        };
+        self.index_written().await?;
+        let repo = self.repo.clone();
+        self.index_write = Some(tokio::spawn(async move {
+            let sealer = repo.clone();
+            let (id, sealed) = tokio::task::spawn_blocking(move || {
+                let plain = serde_json::to_vec(&file)
+                    .map_err(|e| Error::Pipeline(format!("encoding an index file: {e}")))?;
+                Ok::<_, Error>(sealer.seal_unpacked(FileType::Index, &plain)?)
+            })
+            .await
+            .map_err(|e| Error::Pipeline(format!("index encoder: {e}")))??;
+            repo.save_sealed(FileType::Index, &id, sealed).await?;
+            tracing::debug!(index = %id.short(), "wrote index file");
+            Ok(())
+        }));
+        self.stats.index_files += 1;
         Ok(())
+    }
+
+    /// Waits for the index file being written, if any.
+    async fn index_written(&mut self) -> Result<()> {
+        match self.index_write.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Pipeline(format!("index writer: {e}")))?,
+            None => Ok(()),
+        }
     }
 }
 

@@ -932,12 +932,19 @@ impl IndexWriter {
 
     /// Writes the pending entries as one index file (nothing when empty).
     pub async fn flush(&mut self, repo: &Repository) -> Result<Option<Id>> {
-        if self.pending.packs.is_empty() {
-            return Ok(None);
+        match self.take() {
+            Some(file) => repo.save_json(FileType::Index, &file).await.map(Some),
+            None => Ok(None),
         }
-        let file = std::mem::take(&mut self.pending);
+    }
+
+    /// The pending entries as one index file, for the caller to write (`None` when empty).
+    pub fn take(&mut self) -> Option<IndexFile> {
+        if self.pending.packs.is_empty() {
+            return None;
+        }
         self.blobs = 0;
-        repo.save_json(FileType::Index, &file).await.map(Some)
+        Some(std::mem::take(&mut self.pending))
     }
 }
 

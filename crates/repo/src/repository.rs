@@ -362,6 +362,15 @@ impl Repository {
 
     /// Encrypts and stores `plain` (compressed in version 2); returns the file id.
     pub async fn save_unpacked(&self, ft: FileType, plain: &[u8]) -> Result<Id> {
+        let (id, sealed) = self.seal_unpacked(ft, plain)?;
+        self.save_sealed(ft, &id, sealed).await?;
+        Ok(id)
+    }
+
+    /// The CPU half of [`Repository::save_unpacked`]: `plain` compressed (version 2) and
+    /// encrypted, with the id it is stored under. Big files (an index) are sealed off the
+    /// async threads with this, then stored with [`Repository::save_sealed`].
+    pub fn seal_unpacked(&self, ft: FileType, plain: &[u8]) -> Result<(Id, Vec<u8>)> {
         let sealed = if self.compression() {
             let mut buf = vec![2u8];
             let z = zstd::bulk::compress(plain, DEFAULT_ZSTD_LEVEL)
@@ -371,9 +380,13 @@ impl Repository {
         } else {
             self.key.encrypt(plain)
         };
-        let id = Id::hash(&sealed);
-        self.backend.write(ft, &id, Bytes::from(sealed)).await?;
-        Ok(id)
+        Ok((Id::hash(&sealed), sealed))
+    }
+
+    /// Stores a file sealed by [`Repository::seal_unpacked`].
+    pub async fn save_sealed(&self, ft: FileType, id: &Id, sealed: Vec<u8>) -> Result<()> {
+        self.backend.write(ft, id, Bytes::from(sealed)).await?;
+        Ok(())
     }
 
     /// All snapshots, oldest first.
