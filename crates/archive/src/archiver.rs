@@ -35,6 +35,7 @@ use chrono::{DateTime, FixedOffset};
 use snapback_chunker::{Chunker, Tables};
 use snapback_repo::budget::ByteBudget;
 use snapback_repo::buffers::BufferPool;
+use snapback_repo::file::tree_nodes::StoredTree;
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, BlobType, Id, Repository};
 use snapback_stream::entry::{Entry, EntryKind, EntrySource, Metadata};
@@ -134,6 +135,9 @@ pub struct Archiver {
     trees: TreeFinder,
     /// Listings of recently finished directories, for streams that return to them.
     closed: ClosedDirs,
+    /// The last finished directory too big for `closed`, read back for a hard link into it
+    /// (kept in compressed runs, ~40 B per entry): more links into it do not read it again.
+    wide: Option<(Vec<Vec<u8>>, Children)>,
     /// The parent snapshot's trees, read ahead of the walk.
     parent_trees: ParentTrees,
     opts: ArchiveOptions,
@@ -183,6 +187,7 @@ impl Archiver {
             links: PendingLinks::new(PENDING_LINKS_MAX),
             trees,
             closed: ClosedDirs::new(CLOSED_CACHE_BYTES),
+            wide: None,
             parent_trees,
             opts,
             stats: ArchiveStats::default(),
@@ -398,8 +403,9 @@ impl Archiver {
 
     /// Content ids and size of the regular file at `target` (path components from the root),
     /// from what was already built; see the module docs. Listings read back from the
-    /// repository go into the cache of finished listings, so that more links into the same
-    /// directory do not read it again.
+    /// repository go into the cache of finished listings (a wide one into [`Self::wide`]), so
+    /// that more links into the same directory do not read it again. A saved tree is read a
+    /// node at a time from its stored form, never decoded whole.
     fn built_file(&mut self, target: &[Vec<u8>]) -> Result<Option<(Vec<Id>, u64)>> {
         let Some((name, dir)) = target.split_last() else {
             return Ok(None);
@@ -415,6 +421,10 @@ impl Archiver {
                 at = Listing::Cached(path.to_vec());
                 continue;
             }
+            if self.wide.as_ref().is_some_and(|(p, _)| p == path) {
+                at = Listing::Wide;
+                continue;
+            }
             let sub = self
                 .find_node(&at, &dir[depth])?
                 .filter(|n| n.node_type == NodeType::Dir)
@@ -422,13 +432,19 @@ impl Archiver {
             let Some(sub) = sub else {
                 return Ok(None);
             };
-            let (children, len) = self.load_saved_tree(&sub)?;
-            if len <= self.closed.limit {
+            let stored = self.load_saved_tree(&sub)?;
+            let len = stored.plain_len();
+            let children = Children::from_stored(&stored)?;
+            drop(stored);
+            at = if len <= self.closed.limit {
                 if let Some(copy) = children.clone_small() {
                     self.closed.insert(path.to_vec(), copy, len);
                 }
-            }
-            at = Listing::Loaded(children);
+                Listing::Loaded(children)
+            } else {
+                self.wide = Some((path.to_vec(), children));
+                Listing::Wide
+            };
         }
         Ok(self
             .find_node(&at, name)?
@@ -446,12 +462,16 @@ impl Archiver {
                 None => return Ok(None),
             },
             Listing::Loaded(children) => children,
+            Listing::Wide => match &self.wide {
+                Some((_, c)) => c,
+                None => return Ok(None),
+            },
         };
         Ok(children.find_last(name, |_| true)?.map(|(_, n)| n))
     }
 
-    /// A tree blob this run or an earlier one saved, as a listing, and its encoded size.
-    fn load_saved_tree(&mut self, id: &Id) -> Result<(Children, usize)> {
+    /// A tree blob this run or an earlier one saved, as stored (decrypted, still compressed).
+    fn load_saved_tree(&mut self, id: &Id) -> Result<StoredTree> {
         let loc = match self.index.get(id) {
             Some(loc) => loc,
             None => {
@@ -460,12 +480,7 @@ impl Archiver {
                 self.handle.block_on(self.trees.locate(*id))?
             }
         };
-        let data = self.handle.block_on(self.repo.load_blob(id, &loc))?;
-        let children = Children::from_tree_bytes(&data).map_err(|e| match e {
-            Error::Stream(e) => Error::Stream(format!("saved tree {}: {e}", id.short())),
-            e => e,
-        })?;
-        Ok((children, data.len()))
+        Ok(self.handle.block_on(self.repo.load_tree_stored(id, &loc))?)
     }
 
     fn implicit_node(&self, comps: &[Vec<u8>]) -> Node {
@@ -496,11 +511,18 @@ impl Archiver {
         else {
             return Ok(None);
         };
-        let children = match self.closed.take(path) {
+        let wide = match self.wide.take() {
+            Some((p, children)) if p == path => Some(children),
+            other => {
+                self.wide = other;
+                None
+            }
+        };
+        let children = match wide.or_else(|| self.closed.take(path)) {
             Some(children) => children,
             // Evicted from the cache: its tree blob was saved, read it back.
             None => match node.subtree {
-                Some(sub) => self.load_saved_tree(&sub)?.0,
+                Some(sub) => Children::from_stored(&self.load_saved_tree(&sub)?)?,
                 None => {
                     return Err(Error::Pipeline(format!(
                         "finished directory /{} has no tree",
@@ -714,6 +736,8 @@ enum Listing {
     Cached(Vec<Vec<u8>>),
     /// A listing read back from its tree blob.
     Loaded(Children),
+    /// The listing in [`Archiver::wide`].
+    Wide,
 }
 
 /// Finished directories' nodes, oldest evicted first once their encoded size passes a limit.

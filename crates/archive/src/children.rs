@@ -11,6 +11,7 @@
 //! ([`crate::runs`]).
 
 use snapback_repo::file::tree::{Node, TREE_HEAD, TREE_TAIL};
+use snapback_repo::file::tree_nodes::StoredTree;
 
 use crate::error::{Error, Result};
 use crate::runs::{merge, MergedTree, Run};
@@ -80,20 +81,15 @@ impl Children {
         Ok(me)
     }
 
-    /// The listing of a tree blob's bytes, decoding one node at a time (a tree decoded whole
-    /// holds a `Node` per entry, several times its encoded size).
-    pub fn from_tree_bytes(data: &[u8]) -> Result<Self> {
-        #[derive(serde::Deserialize)]
-        struct RawTree<'a> {
-            #[serde(borrow)]
-            nodes: Vec<&'a serde_json::value::RawValue>,
-        }
-        let bad = |e: serde_json::Error| Error::Stream(e.to_string());
-        let raw: RawTree<'_> = serde_json::from_slice(data).map_err(bad)?;
+    /// The listing of a stored tree blob, decompressed and decoded one node at a time (a
+    /// tree decoded whole holds its JSON and a `Node` per entry, several times its stored
+    /// size). The blob's length and id are checked at its end, before the listing is returned.
+    pub fn from_stored(tree: &StoredTree) -> Result<Self> {
+        let bad = |e: serde_json::Error| Error::Stream(format!("tree {}: {e}", tree.id.short()));
+        let mut reader = tree.nodes()?;
         let mut me = Self::new();
-        me.buf.reserve(data.len());
-        for n in raw.nodes {
-            let node: Node = serde_json::from_str(n.get()).map_err(bad)?;
+        while let Some(raw) = reader.next_node()? {
+            let node: Node = serde_json::from_slice(raw).map_err(bad)?;
             me.push(&node)?;
         }
         Ok(me)
@@ -454,11 +450,25 @@ mod tests {
             file(b"z\xff", 3),
         ];
         let bytes = tree(nodes);
-        let c = Children::from_tree_bytes(&bytes).unwrap();
+        let c = Children::from_stored(&stored(&bytes)).unwrap();
         assert!(c.sorted);
         assert_eq!(c.find_last(b"z\xff", |_| true).unwrap().unwrap().1.size, 3);
         assert_eq!(c.into_tree_bytes(), bytes);
-        assert!(Children::from_tree_bytes(b"{\"nodes\":[{]}").is_err());
+        assert!(Children::from_stored(&stored(b"{\"nodes\":[{]}")).is_err());
+        // A blob whose bytes are not those of its id is refused, though every node is fine.
+        let mut other = stored(&bytes);
+        other.id = snapback_repo::Id::hash(b"another tree");
+        assert!(Children::from_stored(&other).is_err());
+    }
+
+    /// `bytes` as a stored, uncompressed tree blob with its true id.
+    fn stored(bytes: &[u8]) -> StoredTree {
+        StoredTree::new(
+            snapback_repo::Id::hash(bytes),
+            bytes::Bytes::copy_from_slice(bytes),
+            None,
+            "test tree".into(),
+        )
     }
 
     /// Small files as a tar stream lists them: every node with its own content id.

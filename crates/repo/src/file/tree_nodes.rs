@@ -58,6 +58,12 @@ impl StoredTree {
         self.payload.len()
     }
 
+    /// Bytes of the tree's plaintext (its JSON).
+    pub fn plain_len(&self) -> usize {
+        self.uncompressed_length
+            .map_or(self.payload.len(), |n| n as usize)
+    }
+
     /// A reader of the nodes from the first.
     pub fn nodes(&self) -> Result<NodeReader> {
         let src: Box<dyn Read + Send> = match self.uncompressed_length {
@@ -90,8 +96,7 @@ impl StoredTree {
         };
         let mut last: Option<Vec<u8>> = None;
         while let Some(raw) = reader.next_node()? {
-            let node: NodeHead = serde_json::from_slice(raw)
-                .map_err(|e| self.error(format!("tree {}: invalid node: {e}", self.id.short())))?;
+            let node: NodeHead = serde_json::from_slice(raw).map_err(|e| self.invalid(e))?;
             each(&node);
             if node.node_type == NodeType::Dir && survey.subdirs.len() < max_subdirs {
                 survey.subdirs.extend(node.subtree);
@@ -114,6 +119,10 @@ impl StoredTree {
 
     fn error(&self, msg: String) -> Error {
         Error::format(self.what.clone(), msg)
+    }
+
+    fn invalid(&self, e: serde_json::Error) -> Error {
+        self.error(format!("tree {}: invalid node: {e}", self.id.short()))
     }
 }
 
