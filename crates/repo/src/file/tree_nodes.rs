@@ -96,7 +96,8 @@ impl StoredTree {
         };
         let mut last: Option<Vec<u8>> = None;
         while let Some(raw) = reader.next_node()? {
-            let node: NodeHead = serde_json::from_slice(raw).map_err(|e| self.invalid(e))?;
+            let node: NodeHead = serde_json::from_slice(raw)
+                .map_err(|e| self.error(format!("tree {}: invalid node: {e}", self.id.short())))?;
             each(&node);
             if node.node_type == NodeType::Dir && survey.subdirs.len() < max_subdirs {
                 survey.subdirs.extend(node.subtree);
@@ -119,10 +120,6 @@ impl StoredTree {
 
     fn error(&self, msg: String) -> Error {
         Error::format(self.what.clone(), msg)
-    }
-
-    fn invalid(&self, e: serde_json::Error) -> Error {
-        self.error(format!("tree {}: invalid node: {e}", self.id.short()))
     }
 }
 
