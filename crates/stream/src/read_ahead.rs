@@ -3,8 +3,10 @@
 //! A stream of many small tar members keeps the archiver's thread busy with headers, hashes
 //! and tree nodes; the `read` calls on the pipe (the kernel's copy out of the pipe buffer, the
 //! pipe lock shared with the producer) were a seventh of that thread's time. [`ReadAhead`]
-//! moves them to a reader thread, which fills blocks of [`BLOCK`] bytes and hands them over
-//! through a bounded channel; the consumer copies out of the block it holds.
+//! moves them to a reader thread, which reads into blocks of up to [`BLOCK`] bytes and hands
+//! each over as soon as its read returns (a producer that writes a little and pauses is not
+//! kept waiting for a full block), through a bounded channel; the consumer copies out of the
+//! block it holds.
 //!
 //! Memory: at most [`DEPTH`] blocks wait in the channel, plus the one being filled and the one
 //! being read, whatever the stream's length. Blocks are recycled.
@@ -56,13 +58,14 @@ impl ReadAhead {
                     // The consumer is gone.
                     Err(TryRecvError::Disconnected) => return,
                 };
-                let (len, stop) = fill(inner.as_mut(), &mut block);
-                if len > 0 && full_tx.send(Handed::Data(block, len)).is_err() {
-                    return;
-                }
-                if let Some(stop) = stop {
-                    // The last message: nothing to do if the consumer is gone.
-                    let _ = full_tx.send(stop);
+                let handed = match read_once(inner.as_mut(), &mut block) {
+                    Ok(0) => Handed::End,
+                    Ok(len) => Handed::Data(block, len),
+                    Err(e) => Handed::Failed(e),
+                };
+                let last = !matches!(handed, Handed::Data(..));
+                // Nothing to do if the consumer is gone.
+                if full_tx.send(handed).is_err() || last {
                     return;
                 }
             })?;
@@ -127,19 +130,14 @@ impl Read for ReadAhead {
     }
 }
 
-/// Reads into `block` until it is full or the input stops; returns how many bytes it holds
-/// and, if the input stopped, how ([`Handed::End`] or [`Handed::Failed`]).
-fn fill(inner: &mut dyn Read, block: &mut [u8]) -> (usize, Option<Handed>) {
-    let mut filled = 0;
-    while filled < block.len() {
-        match inner.read(&mut block[filled..]) {
-            Ok(0) => return (filled, Some(Handed::End)),
-            Ok(n) => filled += n,
+/// One read into `block` (retried when interrupted): what a pipe holds now, up to its size.
+fn read_once(inner: &mut dyn Read, block: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match inner.read(block) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (filled, Some(Handed::Failed(e))),
+            other => return other,
         }
     }
-    (filled, None)
 }
 
 #[cfg(test)]
@@ -219,6 +217,42 @@ mod tests {
         // Never mistaken for a clean end afterwards.
         let again = reader.read(&mut [0; 16]).unwrap_err();
         assert_eq!(again.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// Yields `first`, then blocks until told to go on (or fails after a while).
+    struct Pausing {
+        first: Option<Vec<u8>>,
+        go_on: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Read for Pausing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(first) = self.first.take() {
+                buf[..first.len()].copy_from_slice(&first);
+                return Ok(first.len());
+            }
+            match self.go_on.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(()) => Ok(0),
+                Err(_) => Err(io::Error::other("nobody read the first bytes")),
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_are_handed_over_without_waiting_for_a_full_block() {
+        // A producer that writes the start of a stream and waits (as a backup's lock test
+        // does): the start must reach the reader now, not when a block is full.
+        let (go_on_tx, go_on) = std::sync::mpsc::channel();
+        let input = Pausing {
+            first: Some(b"the start".to_vec()),
+            go_on,
+        };
+        let mut reader = ReadAhead::spawn(Box::new(input)).unwrap();
+        let mut buf = [0; 64];
+        let n = reader.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"the start");
+        go_on_tx.send(()).unwrap();
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
     }
 
     #[test]
