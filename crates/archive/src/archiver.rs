@@ -511,12 +511,9 @@ impl Archiver {
         else {
             return Ok(None);
         };
-        let wide = match self.wide.take() {
-            Some((p, children)) if p == path => Some(children),
-            other => {
-                self.wide = other;
-                None
-            }
+        let wide = match &self.wide {
+            Some((p, _)) if p == path => self.wide.take().map(|(_, children)| children),
+            _ => None,
         };
         let children = match wide.or_else(|| self.closed.take(path)) {
             Some(children) => children,
