@@ -458,3 +458,74 @@ fn members_of(out: &mut impl Write, members: usize) {
     member(out, "d0000/late", b'0', b"back again\n", "");
     out.write_all(&[0; 1024]).unwrap();
 }
+
+/// Every open directory's listing stays in memory until the directory closes (restic's tree
+/// blob is one sorted document), and a stream can describe a directory of any number of
+/// entries, or wide directories inside each other. Past `--listing-memory`, for all open
+/// listings together, the backup stops with one message naming the directory, saves no
+/// snapshot, and leaves a repository restic checks clean.
+#[test]
+fn listings_past_their_memory_limit_stop_the_backup_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let sb = init(&repo);
+    let backup = |mib: &str, input: &[u8]| {
+        sb.run_with_stdin(
+            &[
+                "backup",
+                "--stdin",
+                "--stdin-filename",
+                "gen.tar",
+                "--listing-memory",
+                mib,
+            ],
+            input,
+        )
+    };
+    let stopped = |out: &std::process::Output, dir: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "backup past the limit succeeded");
+        assert!(
+            err.contains(&format!("directory {dir}: ")) && err.contains("--listing-memory"),
+            "no clear message naming {dir}: {err}"
+        );
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.contains("--listing-memory"))
+                .count(),
+            1,
+            "one message: {err}"
+        );
+    };
+    // One directory of 30,000 members (a run's buffer, one compressed run) fits in 8 MiB.
+    let mut wide = Vec::new();
+    stream(&mut wide, 30_000, 30_000, false);
+    let out = backup("8", &wide);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two such directories, one inside the other, are open at once: together over 8 MiB.
+    let mut nested = Vec::new();
+    for dir in ["a", "a/b"] {
+        member(&mut nested, &format!("{dir}/"), b'5', b"", "");
+        for i in 0..30_000 {
+            member(&mut nested, &format!("{dir}/f{i:07}"), b'0', b"x\n", "");
+        }
+    }
+    nested.extend_from_slice(&[0; 1024]);
+    stopped(&backup("8", &nested), "/a/b");
+    // One directory whose compressed runs alone grow past the limit.
+    let mut wider = Vec::new();
+    stream(&mut wider, 100_000, 100_000, false);
+    stopped(&backup("5", &wider), "/d0000");
+    let snapshots: Vec<serde_json::Value> = sb.json(&["snapshots", "--json"]);
+    assert_eq!(snapshots.len(), 1, "a stopped backup saved a snapshot");
+    if common::skip_without_restic("listings_past_their_memory_limit_stop_the_backup_cleanly") {
+        return;
+    }
+    let restic = Restic::new(repo.to_str().unwrap(), PW);
+    restic.run_ok(&["check", "--read-data"]);
+    assert_eq!(restic.run_ok(&["dump", "latest", "/d0000/f0029999"]), "x\n");
+}

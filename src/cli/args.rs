@@ -23,6 +23,10 @@ pub struct TuningArgs {
     /// (raised to at least pack size + 8).
     #[arg(long, default_value_t = 24)]
     pub blob_memory: usize,
+    /// MiB the listings of the directories being archived may hold together (a directory of
+    /// a million entries takes ~40); past it the backup fails rather than grow without bound.
+    #[arg(long, default_value_t = snapback_archive::archiver::MAX_LISTING_BYTES >> 20)]
+    pub listing_memory: usize,
 }
 
 impl TuningArgs {
@@ -36,6 +40,11 @@ impl TuningArgs {
             zstd_level: zstd_level(&self.compression)?,
             ..SinkOptions::default()
         })
+    }
+
+    /// `--listing-memory` in bytes.
+    pub fn listing_bytes(&self) -> usize {
+        self.listing_memory.saturating_mul(1024 * 1024)
     }
 }
 

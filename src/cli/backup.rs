@@ -148,6 +148,7 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitC
         (None, _) => ParentChoice::Latest,
     };
     opts.sink = args.tuning.sink_options()?;
+    opts.max_listing_bytes = args.tuning.listing_bytes();
     let cancel = CancellationToken::new();
     opts.cancel = cancel.clone();
     let progress = opts.progress.clone();

@@ -315,6 +315,7 @@ pub async fn run(global: &GlobalArgs, args: &SidecarArgs) -> anyhow::Result<Exit
     template.stat_implicit_dirs = is_path_backup;
     template.parent = ParentChoice::Latest;
     template.sink = sink;
+    template.max_listing_bytes = args.tuning.listing_bytes();
     let policy = ExpirePolicy {
         last: args.keep_last,
         hourly: args.keep_hourly,

@@ -35,6 +35,7 @@ use chrono::{DateTime, FixedOffset};
 use snapback_chunker::{Chunker, Tables};
 use snapback_repo::budget::ByteBudget;
 use snapback_repo::buffers::BufferPool;
+use snapback_repo::file::quote::quote;
 use snapback_repo::file::tree_nodes::StoredTree;
 use snapback_repo::file::{Node, NodeType};
 use snapback_repo::{BlobIndex, BlobType, Id, Repository};
@@ -81,7 +82,15 @@ pub struct ArchiveOptions {
     /// zstd level of the sink (`None`: trees are stored uncompressed), for the tree blobs of
     /// wide directories, which are compressed as they are merged (see [`Children`]).
     pub tree_zstd_level: Option<i32>,
+    /// Memory the listings of all open directories may hold together
+    /// ([`Children::held_bytes`]); past it the backup fails ([`Error::ListingTooLarge`]).
+    pub max_listing_bytes: usize,
 }
+
+/// Default of [`ArchiveOptions::max_listing_bytes`]: about 3,000,000 entries in one directory
+/// (its compressed runs take ~40 B per entry), far past what real volumes hold, and short of
+/// what a stream could make a sidecar hold before it is killed for its memory.
+pub const MAX_LISTING_BYTES: usize = 128 << 20;
 
 /// What the archiver saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,6 +156,9 @@ pub struct Archiver {
     window: Vec<u8>,
     /// Recycled buffers, shared with the dedup stage and the sink.
     pool: Arc<BufferPool>,
+    /// [`Children::held_bytes`] of every open directory but the top one: only the top one's
+    /// listing changes, so the sum is kept as directories are opened and closed.
+    held_below_top: usize,
 }
 
 impl Archiver {
@@ -193,6 +205,7 @@ impl Archiver {
             stats: ArchiveStats::default(),
             window: Vec::new(),
             pool: buffers,
+            held_below_top: 0,
         };
         let parent = match me.opts.parent_tree {
             Some(id) => Some(me.parent_trees.take(&id)?),
@@ -358,8 +371,7 @@ impl Archiver {
             }
             _ => self.stats.others += 1,
         }
-        self.top_mut().children.push(&node)?;
-        Ok(())
+        self.push_child(&node)
     }
 
     /// Makes the directory at `parents` the top of the stack, closing finished directories and
@@ -538,6 +550,9 @@ impl Archiver {
         if let Some(parent) = &dir.parent {
             self.parent_trees.want_children(parent);
         }
+        if let Some(top) = self.stack.last() {
+            self.held_below_top += top.children.held_bytes();
+        }
         self.stack.push(dir);
     }
 
@@ -559,6 +574,9 @@ impl Archiver {
             .stack
             .pop()
             .ok_or_else(|| Error::Pipeline("directory stack empty".into()))?;
+        // The new top's listing is what it was when `dir` was opened on it.
+        let below = self.stack.last().map_or(0, |d| d.children.held_bytes());
+        self.held_below_top = self.held_below_top.saturating_sub(below);
         if let Some(parent) = &dir.parent {
             self.parent_trees.forget_children(parent);
         }
@@ -571,7 +589,26 @@ impl Archiver {
             .unwrap_or_else(|| implicit_dir(b"", self.opts.time));
         node.subtree = Some(id);
         node.content = None;
-        self.top_mut().children.push(&node)?;
+        self.push_child(&node)
+    }
+
+    /// Adds `node` to the top directory's listing, within [`ArchiveOptions::max_listing_bytes`]
+    /// for all open listings together: a stream can describe a directory of any number of
+    /// entries, or wide directories nested as deep as its names allow, and each open listing
+    /// stays in memory until its directory closes (restic's tree blob is one sorted document).
+    fn push_child(&mut self, node: &Node) -> Result<()> {
+        self.top_mut().children.push(node)?;
+        let top = self.top();
+        let held = self.held_below_top + top.children.held_bytes();
+        if held > self.opts.max_listing_bytes {
+            let path: Vec<String> = top.path.iter().map(|c| quote(c)).collect();
+            return Err(Error::ListingTooLarge {
+                dir: format!("/{}", path.join("/")),
+                entries: top.children.entries(),
+                held_mib: (held as f64 / f64::from(1 << 20) * 10.0).ceil() / 10.0,
+                limit_mib: self.opts.max_listing_bytes >> 20,
+            });
+        }
         Ok(())
     }
 

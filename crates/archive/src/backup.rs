@@ -57,6 +57,9 @@ pub struct BackupOptions {
     pub progress: Arc<Progress>,
     /// Take no lock (tests of lock handling only).
     pub no_lock: bool,
+    /// Memory the listings of the open directories may hold together (see
+    /// [`ArchiveOptions::max_listing_bytes`]).
+    pub max_listing_bytes: usize,
 }
 
 impl BackupOptions {
@@ -75,6 +78,7 @@ impl BackupOptions {
             cancel: CancellationToken::new(),
             progress: Arc::new(Progress::default()),
             no_lock: false,
+            max_listing_bytes: crate::archiver::MAX_LISTING_BYTES,
         }
     }
 }
@@ -161,6 +165,7 @@ async fn run(
         cancel: cancel.clone(),
         progress: opts.progress.clone(),
         tree_zstd_level: opts.sink.zstd_level.filter(|_| repo.compression()),
+        max_listing_bytes: opts.max_listing_bytes,
     };
     let handle = tokio::runtime::Handle::current();
     let repo2 = repo.clone();

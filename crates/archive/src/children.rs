@@ -21,6 +21,10 @@ use crate::runs::{merge, MergedTree, Run};
 /// tree blob as before.
 pub const RUN_BYTES: usize = 4 * 1024 * 1024;
 
+/// Room past [`RUN_BYTES`] for the node that fills a run (a bigger one, with long extended
+/// attributes, grows the buffer as before).
+const RUN_SLACK: usize = 64 * 1024;
+
 /// [`Children::find_last`]'s position of a child found in a compressed run: it cannot be
 /// removed there, but a later child of the same name replaces it when the runs are merged.
 pub const IN_RUN: usize = usize::MAX;
@@ -51,6 +55,8 @@ pub struct Children {
     sorted: bool,
     /// Earlier children, sorted and compressed, oldest first (a wide directory only).
     runs: Vec<Run>,
+    /// [`Run::held_bytes`] of all `runs`, kept so that [`Children::held_bytes`] is O(1).
+    run_bytes: usize,
 }
 
 impl Default for Children {
@@ -61,6 +67,7 @@ impl Default for Children {
             slots: Vec::new(),
             sorted: true,
             runs: Vec::new(),
+            run_bytes: 0,
         }
     }
 }
@@ -107,6 +114,7 @@ impl Children {
             slots: self.slots.clone(),
             sorted: self.sorted,
             runs: Vec::new(),
+            run_bytes: 0,
         })
     }
 
@@ -128,7 +136,21 @@ impl Children {
 
     /// Bytes held for the runs (compressed).
     pub fn run_bytes(&self) -> usize {
-        self.runs.iter().map(Run::held_bytes).sum()
+        self.run_bytes
+    }
+
+    /// Memory the listing holds: its buffers' capacity and its runs (the runs' merge at close
+    /// comes on top: about their size again, for the compressed blob it writes).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self.names.capacity()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.run_bytes
+    }
+
+    /// How many children are held (a name given more than once may count more than once).
+    pub fn entries(&self) -> usize {
+        self.runs.iter().map(Run::len).sum::<usize>() + self.slots.len()
     }
 
     /// Adds a child; a later child with the same name replaces an earlier one at close.
@@ -139,6 +161,12 @@ impl Children {
                     self.sorted = false;
                 }
             }
+        }
+        if self.buf.len() >= RUN_BYTES / 2 && self.buf.capacity() < RUN_BYTES + RUN_SLACK {
+            // Room for the whole run now: doubling at RUN_BYTES would allocate twice what
+            // the run ever uses, and count it in `held_bytes`.
+            self.buf
+                .reserve_exact(RUN_BYTES + RUN_SLACK - self.buf.len());
         }
         if !self.slots.is_empty() {
             self.buf.push(b',');
@@ -170,6 +198,7 @@ impl Children {
                 &self.buf[s.start as usize..s.end as usize],
             )
         }))?;
+        self.run_bytes += run.held_bytes();
         self.runs.push(run);
         self.buf.truncate(TREE_HEAD.len());
         self.names.clear();

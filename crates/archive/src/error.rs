@@ -15,6 +15,23 @@ pub enum Error {
     /// A stage of the pipeline stopped unexpectedly.
     #[error("backup pipeline failed: {0}")]
     Pipeline(String),
+    /// The listings of the open directories grew over their memory limit (a directory of
+    /// millions of entries, or many wide directories inside each other).
+    #[error(
+        "directory {dir}: {entries} entries so far; with the directories open around it their \
+         listings hold {held_mib:.1} MiB, over the limit of {limit_mib} MiB (raise it with \
+         --listing-memory)"
+    )]
+    ListingTooLarge {
+        /// The directory whose listing was growing, as restic quotes names.
+        dir: String,
+        /// Its entries so far.
+        entries: usize,
+        /// MiB held by all open listings (rounded up to a tenth).
+        held_mib: f64,
+        /// The limit, in MiB.
+        limit_mib: usize,
+    },
     /// The stream is not in a shape we can turn into trees.
     #[error("{0}")]
     Stream(String),
